@@ -1,0 +1,119 @@
+"""Frozen configuration dataclasses: they pickle cleanly to joblib, Dask and Ray workers."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Any
+
+from .errors import ConfigError
+
+DECODERS = ("auto", "decord", "pyav", "opencv")
+LAYOUTS = ("separate", "xy0")
+PACKS = ("dir", "zip")
+DEFAULT_FLOW_TEMPLATES = {"separate": "flow_{}_{:05d}.jpg", "xy0": "flow_{:05d}.jpg"}
+# Fields a template must have: the separate layout names the axis ("x"/"y") then the index.
+_TEMPLATE_FIELDS = {"separate": 2, "xy0": 1}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse 'WxH' (e.g. '340x256') into (width, height) in pixels."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"size must look like WIDTHxHEIGHT, e.g. 340x256; got {text!r}")
+    width, height = (int(p) for p in parts)
+    if width < 2 or height < 2:
+        raise ConfigError(f"size must be at least 2x2 pixels, got {text!r}")
+    return width, height
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How frames are read: decoder, sampling rate (frames per second) and resize (pixels)."""
+
+    decoder: str = "auto"
+    fps: float | None = None
+    size: tuple[int, int] | None = None  # (width, height)
+    short_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ConfigError(f"fps must be a positive number, got {self.fps!r}")
+        if self.size is not None and self.short_side is not None:
+            raise ConfigError("give either size or short_side, not both")
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 2):
+            raise ConfigError(f"size must be (width, height) of at least 2 pixels, got {self.size!r}")
+        if self.short_side is not None and self.short_side < 2:
+            raise ConfigError(f"short_side must be at least 2 pixels, got {self.short_side!r}")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Which flow algorithm runs where, with parameter overrides as sorted (name, value) pairs."""
+
+    algo: str = "tvl1"
+    device: str = "cpu"
+    preset: str | None = None  # a named parameter set of the backend; None: its defaults
+    params: tuple[tuple[str, Any], ...] = ()
+    batch_size: int = 16  # pairs per launch, for batched (GPU) backends
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How flow is quantized and written: bound (pixels), JPEG quality, layout, names, packing."""
+
+    bound: float = 20.0
+    jpeg_quality: int = 95
+    layout: str = "separate"
+    flow_template: str | None = None  # None: the layout's default
+    img_template: str = "img_{:05d}.jpg"
+    start_index: int = 1
+    rgb: bool = False
+    pack: str = "dir"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise ConfigError(f"bound must be a positive number of pixels, got {self.bound!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
+        if self.pack not in PACKS:
+            raise ConfigError(f"pack must be one of {', '.join(PACKS)}; got {self.pack!r}")
+        if self.start_index < 0:
+            raise ConfigError(f"start_index must be >= 0, got {self.start_index!r}")
+        _check_template("flow_template", self.resolved_flow_template, _TEMPLATE_FIELDS[self.layout])
+        _check_template("img_template", self.img_template, 1)
+
+    @property
+    def resolved_flow_template(self) -> str:
+        return self.flow_template or DEFAULT_FLOW_TEMPLATES[self.layout]
+
+
+def _check_template(name: str, template: str, fields: int) -> None:
+    try:
+        count = sum(1 for _, f, _, _ in Formatter().parse(template) if f is not None)
+        template.format(*(["x"] * (fields - 1) + [1]))
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ConfigError(f"{name} {template!r} is not a valid format string: {exc}") from exc
+    if count != fields or "/" in template or not template.endswith((".jpg", ".jpeg")):
+        raise ConfigError(
+            f"{name} {template!r} must be a .jpg file name with {fields} '{{}}' field(s)"
+            + (" (axis, then index)" if fields == 2 else " (the index)")
+        )
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides one video's output; recorded in its meta.json."""
+
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)

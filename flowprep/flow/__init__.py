@@ -1,0 +1,82 @@
+"""Backend registry: (algorithm, device kind) -> implementation, imported only when used."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..config import FlowConfig
+from ..errors import BackendUnavailableError, ConfigError
+from .base import FlowBackend
+
+# Device kinds: "cpu" (OpenCV), "cuda" (cuda or cuda:N, PyTorch / NVIDIA hardware), "torch-cpu" (the PyTorch
+# implementation on the CPU: same code as on the GPU, for machines without one and for tests).
+_REGISTRY: dict[tuple[str, str], str] = {
+    ("tvl1", "cpu"): "flowprep.flow.opencv:OpenCVTVL1",
+    ("farneback", "cpu"): "flowprep.flow.opencv:OpenCVFarneback",
+    ("dis", "cpu"): "flowprep.flow.opencv:OpenCVDIS",
+}
+
+ALGORITHMS = ("tvl1", "farneback", "dis", "nvof")
+
+
+def device_kind(device: str) -> str:
+    """'cuda:1' -> 'cuda'; 'cpu' and 'torch-cpu' unchanged; anything else is a ConfigError."""
+    kind = device.split(":", 1)[0]
+    if kind == "cuda" and (device == "cuda" or device[5:].isdigit()):
+        return kind
+    if device in ("cpu", "torch-cpu"):
+        return device
+    raise ConfigError(f"device must be cpu, torch-cpu, cuda or cuda:N; got {device!r}")
+
+
+def backend_class(algo: str, device: str) -> type[FlowBackend]:
+    """The class implementing `algo` on `device`; ConfigError when no such combination exists."""
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGORITHMS)}")
+    kind = device_kind(device)
+    target = _REGISTRY.get((algo, kind))
+    if target is None:
+        devices = sorted(k for a, k in _REGISTRY if a == algo)
+        raise ConfigError(f"algorithm {algo!r} does not run on {device!r}; it runs on: {', '.join(devices)}")
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_backend(config: FlowConfig) -> FlowBackend:
+    """A ready backend for `config`; BackendUnavailableError says why it cannot run here."""
+    cls = backend_class(config.algo, config.device)
+    reason = cls.availability(config.device)
+    if reason is not None:
+        raise BackendUnavailableError(f"{config.algo} on {config.device} cannot run here: {reason}")
+    return cls(dict(config.params), device=config.device, batch_size=config.batch_size, preset=config.preset)
+
+
+@lru_cache(maxsize=4)
+def cached_backend(config: FlowConfig) -> FlowBackend:
+    """One backend per process and config, reused across the videos a worker processes."""
+    return create_backend(config)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    algo: str
+    device: str
+    usable: bool
+    reason: str  # why it cannot run here; "" when usable
+    description: str
+    presets: tuple[str, ...]
+
+
+def list_backends() -> list[BackendInfo]:
+    """Every registered backend, whether it can run here, and why not."""
+    infos = []
+    for (algo, kind), _ in sorted(_REGISTRY.items()):
+        try:
+            cls = backend_class(algo, kind)
+            reason = cls.availability(kind) or ""
+            description, presets = cls.description, tuple(sorted(cls.presets))
+        except ImportError as exc:
+            reason, description, presets = str(exc), "", ()
+        infos.append(BackendInfo(algo, kind, not reason, reason, description, presets))
+    return infos

@@ -1,0 +1,95 @@
+"""The flow backend interface: frames in (gray uint8, HxW), flow out (float32, HxWx2, pixels)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+class FlowBackend(ABC):
+    """One optical-flow implementation on one kind of device.
+
+    Flow k goes from frame k to frame k+1 (OpenCV's direction): ``frame_k(x, y) ~ frame_k+1(x + u, y + v)``,
+    channel 0 is u (horizontal), channel 1 is v, both in pixels.
+    """
+
+    algo: ClassVar[str]
+    defaults: ClassVar[Mapping[str, Any]]  # every tunable parameter and its default; the types are enforced
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}  # named parameter sets, applied before overrides
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+        batch_size: int = 1,
+        preset: str | None = None,
+    ):
+        base = dict(self.defaults)
+        if preset is not None:
+            if preset not in self.presets:
+                known = ", ".join(sorted(self.presets)) or "none"
+                raise ConfigError(f"unknown preset {preset!r} for algorithm {self.algo!r}; presets: {known}")
+            base.update(self.presets[preset])
+        self.preset = preset
+        self.params = resolve_params(self.algo, self.defaults, {**base, **(params or {})})
+        self.device = device
+        self.batch_size = batch_size
+
+    @classmethod
+    def availability(cls, device: str) -> str | None:
+        """None when the backend can run on `device` here, else the reason it cannot (with the fix)."""
+        return None
+
+    @abstractmethod
+    def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Flow from gray uint8 HxW `prev` to `nxt`, as float32 HxWx2 pixels."""
+
+    def compute_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Flows of consecutive frames: N frames give N-1 flows, yielded as soon as each is known."""
+        prev = None
+        for frame in frames:
+            if prev is not None:
+                yield self.compute(prev, frame)
+            prev = frame
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries this backend runs on, for meta.json."""
+        return {}
+
+
+def resolve_params(algo: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults updated by overrides, each override converted to the default's type (strings are parsed)."""
+    params = dict(defaults)
+    for name, value in overrides.items():
+        if name not in defaults:
+            raise ConfigError(
+                f"unknown parameter {name!r} for algorithm {algo!r}; valid: {', '.join(sorted(defaults))}"
+            )
+        params[name] = _coerce(algo, name, value, type(defaults[name]))
+    return params
+
+
+def _coerce(algo: str, name: str, value: Any, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                text = value.strip().lower()
+                if text not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return text in ("true", "1", "yes")
+            return bool(value)
+        if kind is int:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError(value)
+            return int(as_float)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"parameter {name!r} of {algo!r} must be {kind.__name__}, got {value!r}"
+        ) from None

@@ -1,0 +1,47 @@
+"""Flow <-> uint8 quantization, identical to denseflow and TSN's dense_flow.
+
+``q = clip(rint(255 * (v + b) / (2 b)), 0, 255)`` with round-half-to-even (OpenCV's cvRound), so ``v = 0``
+gives 128; the inverse is ``v = q * 2 b / 255 - b``. For ``|v| <= b`` the round trip errs by at most
+``b / 255`` pixels (half a quantization step); values beyond the bound are clipped to it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DEFAULT_BOUND = 20.0
+
+
+def _check_bound(bound: float) -> float:
+    bound = float(bound)
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"bound must be a positive finite number of pixels, got {bound!r}")
+    return bound
+
+
+def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Map flow in pixels (any shape, e.g. HxWx2 float32) to uint8 of the same shape."""
+    bound = _check_bound(bound)
+    values = np.asarray(flow, dtype=np.float64)
+    if np.isnan(values).any():
+        raise ValueError(f"flow holds {int(np.isnan(values).sum())} NaN values; cannot quantize")
+    # Same operation order as the formula, in float64, so that ties round exactly as the formula says.
+    scaled = 255.0 * (values + bound) / (2.0 * bound)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Map uint8 codes back to float32 pixels: ``q * 2 b / 255 - b``."""
+    bound = _check_bound(bound)
+    q = np.asarray(q)
+    if q.dtype != np.uint8:
+        raise ValueError(f"dequantize expects uint8 codes, got dtype {q.dtype}")
+    return (q.astype(np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)).astype(np.float32)
+
+
+def quantization_error_bound(bound: float = DEFAULT_BOUND) -> float:
+    """Largest |dequantize(quantize(v)) - v| for |v| <= bound, in pixels (before JPEG)."""
+    return _check_bound(bound) / 255.0
