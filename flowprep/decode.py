@@ -1,0 +1,225 @@
+"""Decode stage: video -> RGB frames with timestamps, sampled at a frame rate, resized; streamed.
+
+Readers never trust the container's frame count: they decode until the stream ends.
+"""
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from .config import DecodeConfig
+from .errors import DecodeError
+
+Frame = tuple[float, np.ndarray]  # (seconds from the first frame, RGB uint8 HxWx3)
+
+
+class VideoReader(ABC):
+    """One decoder library behind a small interface: open in __init__, stream with frames()."""
+
+    name: ClassVar[str]
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DecodeError(f"{self.path}: no such file")
+        if self.path.stat().st_size == 0:
+            raise DecodeError(f"{self.path}: empty file (0 bytes)")
+        self.fps: float | None = None  # the container's average rate; None when it does not say
+        self.size: tuple[int, int] = (0, 0)  # (width, height)
+
+    @abstractmethod
+    def frames(self) -> Iterator[Frame]:
+        """Every frame in order; DecodeError naming the file if decoding breaks mid-way."""
+
+    def close(self) -> None:
+        pass
+
+    def version(self) -> str:
+        return ""
+
+    def _fail(self, problem: str, exc: BaseException | None = None) -> DecodeError:
+        detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        return DecodeError(f"{self.path}: {self.name} {problem}{detail}")
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DecordReader(VideoReader):
+    name = "decord"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        import decord
+
+        self._decord = decord
+        try:
+            self._vr = decord.VideoReader(str(self.path), num_threads=1)
+            first = self._vr.next()
+        except Exception as exc:  # decord raises its own DECORDError and plain RuntimeErrors
+            raise self._fail("cannot open it", exc) from None
+        self._first = first.asnumpy()
+        self.size = (self._first.shape[1], self._first.shape[0])
+        fps = self._vr.get_avg_fps()
+        self.fps = fps if fps and math.isfinite(fps) and fps > 0 else None
+
+    def frames(self) -> Iterator[Frame]:
+        claimed = len(self._vr)
+        index, frame = 0, self._first
+        while True:
+            yield self._timestamp(index, claimed), frame
+            index += 1
+            try:
+                frame = self._vr.next().asnumpy()
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise self._fail(f"failed reading frame {index}", exc) from None
+
+    def _timestamp(self, index: int, claimed: int) -> float:
+        if index < claimed:
+            return float(self._vr.get_frame_timestamp(index)[0])
+        return index / (self.fps or 1.0)
+
+    def version(self) -> str:
+        return getattr(self._decord, "__version__", "")
+
+
+class PyAVReader(VideoReader):
+    name = "pyav"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        import av
+
+        self._av = av
+        try:
+            self._container = av.open(str(self.path))
+            self._stream = self._container.streams.video[0]
+        except Exception as exc:
+            raise self._fail("cannot open it", exc) from None
+        self._stream.thread_type = "AUTO"
+        rate = self._stream.average_rate
+        self.fps = float(rate) if rate else None
+        self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
+
+    def frames(self) -> Iterator[Frame]:
+        start = None
+        index = 0
+        try:
+            for frame in self._container.decode(self._stream):
+                t = frame.time if frame.time is not None else index / (self.fps or 1.0)
+                start = t if start is None else start
+                yield t - start, frame.to_ndarray(format="rgb24")
+                index += 1
+        except self._av.FFmpegError as exc:
+            raise self._fail(f"failed reading frame {index}", exc) from None
+
+    def close(self) -> None:
+        self._container.close()
+
+    def version(self) -> str:
+        return self._av.__version__
+
+
+class OpenCVReader(VideoReader):
+    name = "opencv"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise self._fail("cannot open it")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and math.isfinite(fps) and fps > 0 else None
+        self.size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        while True:
+            ok, bgr = self._cap.read()
+            if not ok:
+                return
+            msec = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+            t = msec / 1000.0 if index == 0 or msec > 0 else index / (self.fps or 1.0)
+            yield t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            index += 1
+
+    def close(self) -> None:
+        self._cap.release()
+
+    def version(self) -> str:
+        return cv2.__version__
+
+
+READERS: dict[str, type[VideoReader]] = {r.name: r for r in (DecordReader, PyAVReader, OpenCVReader)}
+
+
+def decoder_order(decoder: str) -> tuple[str, ...]:
+    """Readers to try in turn: 'auto' tries decord, then PyAV, then OpenCV."""
+    return tuple(READERS) if decoder == "auto" else (decoder,)
+
+
+def open_reader(path: str | os.PathLike, decoder: str) -> VideoReader:
+    """Open `path` with one named reader; DecodeError naming the file when it cannot."""
+    try:
+        return READERS[decoder](path)
+    except ImportError as exc:
+        raise DecodeError(f"{path}: reader {decoder!r} is not installed ({exc})") from None
+
+
+def sample_fps(frames: Iterable[Frame], fps: float | None) -> Iterator[Frame]:
+    """Frames nearest the times k/fps (k = 0, 1, ...) up to the last frame's time, each at most once.
+
+    With fps None or above the source rate every source frame is kept once (no duplicates).
+    """
+    if fps is None:
+        yield from frames
+        return
+    k = 0
+    prev: Frame | None = None
+    emitted_time = -math.inf
+    for t, frame in frames:
+        while k / fps <= t:
+            target = k / fps
+            chosen = prev if prev is not None and target - prev[0] <= t - target else (t, frame)
+            if chosen[0] > emitted_time:
+                emitted_time = chosen[0]
+                yield chosen
+            k += 1
+        prev = (t, frame)
+
+
+def output_size(size: tuple[int, int], config: DecodeConfig) -> tuple[int, int]:
+    """(width, height) of the frames written, for a source of `size` pixels."""
+    if config.size is not None:
+        return config.size
+    if config.short_side is not None:
+        w, h = size
+        scale = config.short_side / min(w, h)
+        return (config.short_side, round(h * scale)) if w <= h else (round(w * scale), config.short_side)
+    return size
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (width, height): area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    h, w = image.shape[:2]
+    if (w, h) == size:
+        return image
+    shrinking = size[0] * size[1] < w * h
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> gray with OpenCV's weights (equal to COLOR_BGR2GRAY on the BGR frame mmaction2 and TSN use)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)

@@ -1,0 +1,279 @@
+"""Store stage: file names, JPEG encoding, atomic per-video writers (directory or zip) and their readers.
+
+A video's output is written under a hidden sibling temporary name and moved into place only once complete,
+with meta.json as the last file written: a directory or zip without a valid meta.json is never finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import zipfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .config import DEFAULT_FLOW_TEMPLATES, StoreConfig
+from .errors import OutputError
+
+META_NAME = "meta.json"
+META_FORMAT = "flowprep/1"
+TEMP_MARKER = ".flowprep-tmp-"
+
+
+@dataclass(frozen=True)
+class Naming:
+    """File names of one video's output; indices passed in are 0-based, names start at `start_index`."""
+
+    layout: str = "separate"
+    flow_template: str = DEFAULT_FLOW_TEMPLATES["separate"]
+    img_template: str = "img_{:05d}.jpg"
+    start_index: int = 1
+
+    @classmethod
+    def from_config(cls, store: StoreConfig) -> Naming:
+        return cls(store.layout, store.resolved_flow_template, store.img_template, store.start_index)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Naming:
+        s = meta["settings"]
+        return cls(s["layout"], s["flow_template"], s["img_template"], s["start_index"])
+
+    def flow(self, axis: str, index: int) -> str:
+        """Name of the `axis` ('x' or 'y') image of pair `index` in the separate layout."""
+        return self.flow_template.format(axis, index + self.start_index)
+
+    def xy(self, index: int) -> str:
+        """Name of the 3-channel (x, y, 0) image of pair `index` in the xy0 layout."""
+        return self.flow_template.format(index + self.start_index)
+
+    def img(self, index: int) -> str:
+        return self.img_template.format(index + self.start_index)
+
+
+def encode_jpeg(image: np.ndarray, quality: int, *, rgb: bool = False) -> bytes:
+    """Gray HxW or RGB HxWx3 uint8 -> JPEG bytes; colour is written 4:4:4 so channels do not bleed."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    if rgb:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", image, params)
+    if not ok:
+        raise OutputError(f"OpenCV could not encode a {image.shape} {image.dtype} image as JPEG")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes, name: str, *, rgb: bool = False) -> np.ndarray:
+    """JPEG bytes -> gray HxW (or RGB HxWx3) uint8; OutputError naming `name` if it does not decode."""
+    flag = cv2.IMREAD_COLOR if rgb else cv2.IMREAD_GRAYSCALE
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
+    if image is None:
+        raise OutputError(f"{name}: not a readable JPEG ({len(data)} bytes)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if rgb else image
+
+
+def output_path(base: str | os.PathLike, pack: str) -> Path:
+    """Where a video's output lives: the directory `base`, or `base.zip` for zip packs."""
+    base = Path(base)
+    return base.with_name(base.name + ".zip") if pack == "zip" else base
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Delete temporaries that killed runs left under `root`; returns what was removed."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in list(dirnames) + filenames:
+            if name.startswith(".") and TEMP_MARKER in name:
+                path = Path(dirpath) / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+        dirnames[:] = [d for d in dirnames if TEMP_MARKER not in d]
+    return removed
+
+
+class OutputWriter(ABC):
+    """Writes one video's files into a temporary and commits them atomically; aborts on error."""
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.temp = temp_path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self._done = False
+
+    @abstractmethod
+    def write(self, name: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    def commit(self, meta: dict[str, Any]) -> Path:
+        """Write meta.json last, then move the output into place (replacing an older one)."""
+        self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
+        self._close()
+        _replace(self.temp, self.final)
+        self._done = True
+        return self.final
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._close()
+            shutil.rmtree(self.temp, ignore_errors=True) if self.temp.is_dir() else self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+class DirectoryWriter(OutputWriter):
+    def __init__(self, final: Path):
+        super().__init__(final)
+        self.temp.mkdir()
+
+    def write(self, name: str, data: bytes) -> None:
+        with open(self.temp / name, "wb") as f:
+            f.write(data)
+
+    def _close(self) -> None:
+        pass
+
+
+class ZipWriter(OutputWriter):
+    """Uncompressed zip: JPEGs do not compress, and stored members can be read without inflating."""
+
+    def __init__(self, final: Path):
+        super().__init__(final)
+        self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED)
+
+    def write(self, name: str, data: bytes) -> None:
+        # A fixed timestamp keeps packs of identical content byte-identical across runs.
+        self._zip.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+    def _close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+
+def open_writer(base: str | os.PathLike, pack: str = "dir") -> OutputWriter:
+    final = output_path(base, pack)
+    return ZipWriter(final) if pack == "zip" else DirectoryWriter(final)
+
+
+def _replace(temp: Path, final: Path) -> None:
+    if final.is_dir():
+        # A directory cannot be renamed over a non-empty one: move the old one aside first.
+        trash = temp_path(final)
+        os.rename(final, trash)
+        os.rename(temp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(temp, final)
+
+
+class OutputReader(ABC):
+    """Read access to one video's finished output, directory or zip alike."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @abstractmethod
+    def names(self) -> list[str]: ...
+
+    @abstractmethod
+    def read(self, name: str) -> bytes:
+        """The bytes of file `name`; OutputError naming the file when it is missing or unreadable."""
+
+    def close(self) -> None:
+        pass
+
+    def meta(self) -> dict[str, Any]:
+        """The parsed meta.json; OutputError when it is missing or not valid."""
+        data = self.read(META_NAME)
+        try:
+            meta = json.loads(data)
+        except ValueError as exc:
+            raise OutputError(f"{self.path / META_NAME}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+            raise OutputError(f"{self.path / META_NAME}: not a flowprep meta.json (format {META_FORMAT!r} expected)")
+        return meta
+
+    def read_image(self, name: str, *, rgb: bool = False) -> np.ndarray:
+        return decode_jpeg(self.read(name), str(self.path / name), rgb=rgb)
+
+    def __enter__(self) -> OutputReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DirectoryReader(OutputReader):
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if p.is_file())
+
+    def read(self, name: str) -> bytes:
+        try:
+            with open(self.path / name, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise OutputError(f"{self.path / name}: cannot read ({exc.strerror or exc})") from None
+
+
+class ZipReader(OutputReader):
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise OutputError(f"{path}: not a readable zip pack ({exc})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._zip.namelist())
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._zip.read(name)
+        except KeyError:
+            raise OutputError(f"{self.path / name}: no such file in the zip pack") from None
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise OutputError(f"{self.path / name}: cannot read from the zip pack ({exc})") from None
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def open_output(path: str | os.PathLike) -> OutputReader:
+    """Open a video's output: a directory, a .zip pack, or a base path that has either form."""
+    path = Path(path)
+    if path.is_dir():
+        return DirectoryReader(path)
+    if path.suffix == ".zip" and path.is_file():
+        return ZipReader(path)
+    packed = output_path(path, "zip")
+    if packed.is_file():
+        return ZipReader(packed)
+    raise OutputError(f"{path}: no flow output here (neither a directory nor a .zip pack)")
+
+
+def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] | None:
+    """meta.json of the finished output of form `pack` at `base`, or None if there is none."""
+    final = output_path(base, pack)
+    if not final.exists():
+        return None
+    try:
+        with open_output(final) as reader:
+            return reader.meta()
+    except OutputError:
+        return None
