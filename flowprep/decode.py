@@ -27,10 +27,6 @@ class VideoReader(ABC):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DecodeError(f"{self.path}: no such file")
-        if self.path.stat().st_size == 0:
-            raise DecodeError(f"{self.path}: empty file (0 bytes)")
         self.fps: float | None = None  # the container's average rate; None when it does not say
         self.size: tuple[int, int] = (0, 0)  # (width, height)
 
@@ -45,7 +41,7 @@ class VideoReader(ABC):
         return ""
 
     def _fail(self, problem: str, exc: BaseException | None = None) -> DecodeError:
-        detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        detail = f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if exc else ""
         return DecodeError(f"{self.path}: {self.name} {problem}{detail}")
 
     def __enter__(self) -> VideoReader:
@@ -62,6 +58,8 @@ class DecordReader(VideoReader):
         super().__init__(path)
         import decord
 
+        # decord logs failures to stderr from C++; flowprep reports them itself, once, with the file name.
+        decord.logging.set_level(decord.logging.QUIET)
         self._decord = decord
         try:
             self._vr = decord.VideoReader(str(self.path), num_threads=1)
@@ -168,6 +166,17 @@ READERS: dict[str, type[VideoReader]] = {r.name: r for r in (DecordReader, PyAVR
 def decoder_order(decoder: str) -> tuple[str, ...]:
     """Readers to try in turn: 'auto' tries decord, then PyAV, then OpenCV."""
     return tuple(READERS) if decoder == "auto" else (decoder,)
+
+
+def check_video_file(path: str | os.PathLike) -> None:
+    """DecodeError naming `path` when it is missing, not a file or empty: no reader needs to try those."""
+    path = Path(path)
+    if not path.exists():
+        raise DecodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise DecodeError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
 
 
 def open_reader(path: str | os.PathLike, decoder: str) -> VideoReader:

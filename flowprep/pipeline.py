@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .config import ExtractConfig
-from .decode import VideoReader, decoder_order, open_reader, output_size, resize, sample_fps, to_gray
+from .decode import VideoReader, check_video_file, decoder_order, open_reader, output_size, resize, sample_fps, to_gray
 from .errors import DecodeError
 from .flow import cached_backend
 from .flow.base import FlowBackend
@@ -64,6 +64,7 @@ def extract_video(
     config = config or ExtractConfig()
     backend = backend or cached_backend(config.flow)
     source = Path(source)
+    check_video_file(source)
     problems = []
     for decoder in decoder_order(config.decode.decoder):
         try:
@@ -73,7 +74,8 @@ def extract_video(
             problems.append(str(exc))
     if len(problems) == 1:
         raise DecodeError(problems[0])
-    raise DecodeError(f"{source}: no reader could decode it: " + "; ".join(problems))
+    prefix = f"{source}: "
+    raise DecodeError(prefix + "no reader could decode it: " + "; ".join(p.removeprefix(prefix) for p in problems))
 
 
 def _extract(

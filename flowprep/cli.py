@@ -1,0 +1,118 @@
+"""Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed, 2 usage."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .batch import ENGINES, VIDEO_EXTENSIONS, discover, run_batch
+from .config import DECODERS, LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
+from .errors import ConfigError, MissingDependencyError
+from .flow import ALGORITHMS, backend_class, list_backends
+
+
+class SizeType(click.ParamType):
+    name = "WxH"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _parse_params(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    params = []
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--param")
+        params.append((name.strip(), value.strip()))
+    return tuple(params)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flowprep")
+def main() -> None:
+    """flowprep: video datasets -> optical-flow training data for two-stream networks."""
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True, help="Flow algorithm.")
+@click.option("--device", default="cpu", show_default=True, help="cpu (OpenCV), cuda[:N] or torch-cpu.")
+@click.option("--preset", default=None, help="Named parameter set of the algorithm (see `flowprep backends`).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override an algorithm parameter.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Pairs per launch for batched (GPU) backends.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Sample frames at this rate (nearest frame to each k/fps). Default: the source rate.")
+@click.option("--size", type=SizeType(), default=None, help="Resize frames to WIDTHxHEIGHT, e.g. 340x256.")
+@click.option("--short-side", type=click.IntRange(min=2), default=None, help="Resize so the short side is S pixels.")
+@click.option("--decoder", type=click.Choice(DECODERS), default="auto", show_default=True)
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Quantization bound b in pixels: flow in [-b, b] maps to 0..255.")
+@click.option("--quality", "jpeg_quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="JPEG quality.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
+              help="separate: flow_x/flow_y gray JPEGs; xy0: one (x, y, 0) colour JPEG per pair.")
+@click.option("--flow-template", default=None, help="Flow file names, e.g. 'flow_{}_{:05d}.jpg'.")
+@click.option("--img-template", default="img_{:05d}.jpg", show_default=True, help="RGB frame file names.")
+@click.option("--start-index", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--rgb", is_flag=True, help="Also write the sampled RGB frames.")
+@click.option("--pack", type=click.Choice(PACKS), default="dir", show_default=True,
+              help="dir: a folder per video; zip: one uncompressed zip per video.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (local engine).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
+@click.option("--address", default=None, help="Scheduler address for --engine dask/ray, e.g. tcp://host:8786.")
+@click.option("--ext", "extensions", default=",".join(e[1:] for e in VIDEO_EXTENSIONS), show_default=True,
+              help="Video file extensions searched in directories.")
+@click.option("--overwrite", is_flag=True, help="Recompute videos that are already finished.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def extract(source: str, output: str, algo: str, device: str, preset: str | None, params: tuple[str, ...],
+            batch_size: int, fps: float | None, size: tuple[int, int] | None, short_side: int | None, decoder: str,
+            bound: float, jpeg_quality: int, layout: str, flow_template: str | None, img_template: str,
+            start_index: int, rgb: bool, pack: str, n_jobs: int, engine: str, address: str | None,
+            extensions: str, overwrite: bool, quiet: bool) -> None:
+    """Extract flow of SOURCE (a video, a directory tree or a list file) into OUTPUT."""
+    try:
+        config = ExtractConfig(
+            decode=DecodeConfig(decoder=decoder, fps=fps, size=size, short_side=short_side),
+            flow=FlowConfig(algo=algo, device=device, preset=preset, params=_parse_params(params),
+                            batch_size=batch_size),
+            store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
+                              img_template=img_template, start_index=start_index, rgb=rgb, pack=pack),
+        )
+        # Build the backend once here so that bad parameters are usage errors, not one failure per video.
+        backend_class(algo, device)(dict(config.flow.params), device=device, preset=preset)
+        jobs = discover(source, output, [e.strip() for e in extensions.split(",") if e.strip()])
+    except (ConfigError, MissingDependencyError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if not jobs:
+        raise click.UsageError(f"no videos with extensions {extensions} found in {source!r}")
+    try:
+        report = run_batch(jobs, output, config, engine=engine, n_jobs=n_jobs, address=address,
+                           overwrite=overwrite, progress=not quiet)
+    except (ConfigError, MissingDependencyError) as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished videos are kept; rerun the same command to resume", err=True)
+        sys.exit(130)
+    click.echo(report.summary(), err=True)
+    sys.exit(1 if report.failed else 0)
+
+
+@main.command()
+def backends() -> None:
+    """List the flow backends, whether each can run here, and why not."""
+    for info in list_backends():
+        state = "usable" if info.usable else f"NOT usable: {info.reason}"
+        presets = f" [presets: {', '.join(info.presets)}]" if info.presets else ""
+        click.echo(f"{info.algo:10s} {info.device:10s} {state}{presets}")
+        if info.description:
+            click.echo(f"{'':22s}{info.description}")
