@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from . import __version__
 from .batch import ENGINES, VIDEO_EXTENSIONS, discover, run_batch
 from .config import DECODERS, LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError
@@ -35,7 +36,7 @@ def _parse_params(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="flowprep")
+@click.version_option(version=__version__, prog_name="flowprep")
 def main() -> None:
     """flowprep: video datasets -> optical-flow training data for two-stream networks."""
 

@@ -98,16 +98,17 @@ class StoreConfig:
 
 
 def _check_template(name: str, template: str, fields: int) -> None:
+    expected = f"a .jpg file name with {fields} '{{}}' field(s)" + (" (axis, then index)" if fields == 2 else " (the index)")
     try:
         count = sum(1 for _, f, _, _ in Formatter().parse(template) if f is not None)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {template!r} is not a valid format string ({exc}); expected {expected}") from None
+    if count != fields or "/" in template or not template.endswith((".jpg", ".jpeg")):
+        raise ConfigError(f"{name} {template!r} must be {expected}")
+    try:
         template.format(*(["x"] * (fields - 1) + [1]))
     except (ValueError, IndexError, KeyError) as exc:
-        raise ConfigError(f"{name} {template!r} is not a valid format string: {exc}") from exc
-    if count != fields or "/" in template or not template.endswith((".jpg", ".jpeg")):
-        raise ConfigError(
-            f"{name} {template!r} must be a .jpg file name with {fields} '{{}}' field(s)"
-            + (" (axis, then index)" if fields == 2 else " (the index)")
-        )
+        raise ConfigError(f"{name} {template!r} cannot be filled ({exc}); expected {expected}") from None
 
 
 @dataclass(frozen=True)

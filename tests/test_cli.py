@@ -1,0 +1,50 @@
+"""The CLI as a user runs it: real subprocesses, exit codes and messages."""
+import pytest
+
+from conftest import VIDEOS, run_cli
+
+CLIP = str(VIDEOS / "carphone_pristine.mp4")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["extract", "no/such/videos", "out"], "'no/such/videos' does not exist"),
+    (["extract", CLIP, "out", "--fps", "0"], "'--fps': 0.0 is not in the range x>0"),
+    (["extract", CLIP, "out", "--fps", "-3"], "'--fps'"),
+    (["extract", CLIP, "out", "--bound", "0"], "'--bound': 0.0 is not in the range x>0"),
+    (["extract", CLIP, "out", "--algo", "raft"], "'raft' is not one of 'tvl1', 'farneback', 'dis', 'nvof'"),
+    (["extract", CLIP, "out", "--size", "340by256"], "size must look like WIDTHxHEIGHT, e.g. 340x256; got '340by256'"),
+    (["extract", CLIP, "out", "--size", "340x256", "--short-side", "128"], "either size or short_side"),
+    (["extract", CLIP, "out", "--param", "warps"], "expected NAME=VALUE, got 'warps'"),
+    (["extract", CLIP, "out", "--param", "warp=3"], "unknown parameter 'warp' for algorithm 'tvl1'"),
+    (["extract", CLIP, "out", "--algo", "dis", "--preset", "slow"], "unknown preset 'slow'"),
+    (["extract", CLIP, "out", "--device", "gpu"], "device must be cpu, torch-cpu, cuda or cuda:N; got 'gpu'"),
+    (["extract", CLIP, "out", "--flow-template", "flow_{:05d}.jpg"], "must be a .jpg file name with 2"),
+    (["extract", CLIP, "out", "--quality", "101"], "'--quality': 101 is not in the range 1<=x<=100"),
+])
+def test_usage_errors_exit_2_naming_the_problem(tmp_path, args, message):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_extract_a_file_then_skip_it(tmp_path):
+    args = ["extract", CLIP, str(tmp_path / "flow"), "--algo", "dis", "--fps", "5", "--quiet"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "1 videos: 1 done, 0 skipped, 0 failed; 19 flow pairs" in first.stderr
+    assert (tmp_path / "flow" / "carphone_pristine" / "flow_y_00019.jpg").is_file()
+    second = run_cli(*args)
+    assert second.returncode == 0 and "0 done, 1 skipped" in second.stderr
+
+
+def test_backends_says_what_runs_here():
+    result = run_cli("backends")
+    assert result.returncode == 0
+    lines = {tuple(line.split()[:3]) for line in result.stdout.splitlines() if line and not line.startswith(" ")}
+    assert ("tvl1", "cpu", "usable") in lines and ("dis", "cpu", "usable") in lines
+
+
+def test_module_and_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and "0.1.0" in result.stdout

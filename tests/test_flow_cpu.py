@@ -1,0 +1,110 @@
+"""CPU backends: the same numbers as calling OpenCV directly, parameters, presets and the registry."""
+import cv2
+import numpy as np
+import pytest
+
+from flowprep import ConfigError, FlowConfig, create_backend, list_backends
+from flowprep.flow import backend_class, device_kind
+from flowprep.flowio import endpoint_error
+
+
+@pytest.fixture(scope="module")
+def small_pair(rubberwhale):
+    prev, nxt, gt = rubberwhale
+    return prev[100:228, 200:360].copy(), nxt[100:228, 200:360].copy()
+
+
+def test_tvl1_is_opencv_tvl1_with_defaults_and_hits_the_published_epe(rubberwhale):
+    prev, nxt, gt = rubberwhale
+    flow = create_backend(FlowConfig("tvl1")).compute(prev, nxt)
+    direct = cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None)
+    assert flow.dtype == np.float32 and flow.shape == prev.shape + (2,)
+    assert np.array_equal(flow, direct)
+    assert endpoint_error(flow, gt) == pytest.approx(0.156, abs=0.003)
+
+
+def test_tvl1_parameters_reach_opencv(small_pair):
+    prev, nxt = small_pair
+    flow = create_backend(FlowConfig("tvl1", params=(("warps", "2"), ("lambda", 0.3)))).compute(prev, nxt)
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    tvl1.setWarpingsNumber(2)
+    tvl1.setLambda(0.3)
+    assert np.array_equal(flow, tvl1.calc(prev, nxt, None))
+
+
+def test_farneback_uses_mmaction2_parameters(small_pair):
+    prev, nxt = small_pair
+    flow = create_backend(FlowConfig("farneback")).compute(prev, nxt)
+    assert np.array_equal(flow, cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0))
+
+
+@pytest.mark.parametrize("preset, opencv_preset", [
+    (None, cv2.DISOPTICAL_FLOW_PRESET_MEDIUM),
+    ("medium", cv2.DISOPTICAL_FLOW_PRESET_MEDIUM),
+    ("fast", cv2.DISOPTICAL_FLOW_PRESET_FAST),
+    ("ultrafast", cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST),
+])
+def test_dis_presets_are_opencv_presets(rubberwhale, preset, opencv_preset):
+    prev, nxt, _ = rubberwhale
+    flow = create_backend(FlowConfig("dis", preset=preset)).compute(prev, nxt)
+    assert np.array_equal(flow, cv2.DISOpticalFlow_create(opencv_preset).calc(prev, nxt, None))
+
+
+def test_compute_stream_gives_n_minus_one_flows_in_order(small_pair):
+    prev, nxt = small_pair
+    backend = create_backend(FlowConfig("dis"))
+    frames = [prev, nxt, prev, nxt]
+    flows = list(backend.compute_stream(iter(frames)))
+    assert len(flows) == 3
+    assert np.array_equal(flows[0], backend.compute(prev, nxt))
+    assert np.array_equal(flows[1], backend.compute(nxt, prev))
+
+
+def test_flow_direction_is_opencvs(rubberwhale):
+    # frame1(x, y) ~ frame2(x + u, y + v): content moved 3 px right and 2 px up gives u = +3, v = -2.
+    image = rubberwhale[0]
+    first = image[50:250, 50:350]
+    second = image[52:252, 47:347]
+    flow = create_backend(FlowConfig("tvl1")).compute(np.ascontiguousarray(first), np.ascontiguousarray(second))
+    inner = flow[30:-30, 30:-30]
+    assert np.median(inner[..., 0]) == pytest.approx(3, abs=0.1)
+    assert np.median(inner[..., 1]) == pytest.approx(-2, abs=0.1)
+
+
+@pytest.mark.parametrize("params, message", [
+    ((("warps", "abc"),), "'warps' of 'tvl1' must be int, got 'abc'"),
+    ((("warps", "2.5"),), "must be int"),
+    ((("nope", 1),), "unknown parameter 'nope'.*valid: epsilon, gamma"),
+])
+def test_bad_parameters_are_named(params, message):
+    with pytest.raises(ConfigError, match=message):
+        create_backend(FlowConfig("tvl1", params=params))
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'slow'.*fast, medium, ultrafast"):
+        create_backend(FlowConfig("dis", preset="slow"))
+
+
+def test_preset_then_overrides():
+    backend = create_backend(FlowConfig("dis", preset="fast", params=(("gd_iterations", 3),)))
+    assert backend.params["gd_iterations"] == 3 and backend.params["finest_scale"] == 2
+
+
+@pytest.mark.parametrize("algo, device, message", [
+    ("raft", "cpu", "unknown algorithm 'raft'"),
+    ("farneback", "cuda", "does not run on 'cuda'; it runs on: cpu"),
+    ("tvl1", "gpu", "device must be cpu, torch-cpu, cuda or cuda:N; got 'gpu'"),
+])
+def test_bad_algorithm_or_device(algo, device, message):
+    with pytest.raises(ConfigError, match=message):
+        backend_class(algo, device)
+
+
+def test_device_kinds():
+    assert [device_kind(d) for d in ("cpu", "cuda", "cuda:3", "torch-cpu")] == ["cpu", "cuda", "cuda", "torch-cpu"]
+
+
+def test_list_backends_reports_the_cpu_backends_usable():
+    usable = {(b.algo, b.device) for b in list_backends() if b.usable}
+    assert {("tvl1", "cpu"), ("farneback", "cpu"), ("dis", "cpu")} <= usable
