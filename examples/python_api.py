@@ -4,6 +4,7 @@
 """
 import sys
 import tempfile
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ def main(out_root: Path) -> None:
     decode = DecodeConfig(fps=10, size=(340, 256))
     with open_reader(CLIP, "decord") as reader:
         size = output_size(reader.size, decode)
-        frames = [resize(to_gray(rgb), size) for _, rgb in sample_fps(reader.frames(), decode.fps)][:3]
+        # islice stops decoding after three frames: readers stream, nothing else is held in memory.
+        frames = [resize(to_gray(rgb), size) for _, rgb in islice(sample_fps(reader.frames(), decode.fps), 3)]
     print(f"decoded {len(frames)} frames of {frames[0].shape} (HxW, uint8)")
 
     # 2. Flow: any backend by name; flow is float32 HxWx2 in pixels, OpenCV's direction.
