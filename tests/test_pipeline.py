@@ -38,14 +38,16 @@ def test_extracted_jpegs_match_middlebury_ground_truth(rubber_whale_out):
 
 @pytest.mark.slow
 def test_output_is_byte_identical_to_opencv_called_directly(rubber_whale_out):
-    """The loop mmaction2 users write: BGR frames, BGR2GRAY, OpenCV TV-L1, the formula, imencode at 95."""
+    """The loop denseflow and mmaction2 users write: BGR frames, BGR2GRAY, OpenCV TV-L1, denseflow's float32
+    quantization (clip, then cvRound(255 * (v - L) / (H - L))), imencode at quality 95."""
     reader = decord.VideoReader(str(VIDEOS / "rubber-whale.mp4"))
     bgr = [cv2.cvtColor(reader[i].asnumpy(), cv2.COLOR_RGB2BGR) for i in (0, 1, 3, 4)]
     gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in bgr]
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
     for pair, (a, b) in ((1, (0, 1)), (4, (2, 3))):
-        flow = tvl1.calc(gray[a], gray[b], None).astype(np.float64)
-        q = np.clip(np.rint(255 * (flow + 20) / 40), 0, 255).astype(np.uint8)
+        low, high = np.float32(-20), np.float32(20)
+        flow = np.clip(tvl1.calc(gray[a], gray[b], None), low, high)
+        q = np.rint(np.float32(255) * (flow - low) / (high - low)).astype(np.uint8)
         for axis, name in enumerate("xy"):
             ok, expected = cv2.imencode(".jpg", q[..., axis], [cv2.IMWRITE_JPEG_QUALITY, 95])
             written = (rubber_whale_out / f"flow_{name}_{pair:05d}.jpg").read_bytes()
