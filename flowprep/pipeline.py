@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +82,53 @@ def extract_video(
     raise DecodeError(prefix + "no reader could decode it: " + "; ".join(p.removeprefix(prefix) for p in problems))
 
 
+class _OverlappedWriter:
+    """Encodes on a small thread pool and writes on one thread, in submission order, while flow runs.
+
+    OpenCV's JPEG encoder and numpy release the GIL, so this overlaps with flow computation; one writer thread
+    keeps the order of files (and so zip packs) deterministic. At most `depth` items wait: memory stays flat.
+    """
+
+    def __init__(self, writer: OutputWriter, timing: dict[str, float], depth: int = 8):
+        self._writer, self._timing, self._depth = writer, timing, depth
+        self._encoders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flowprep-encode")
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowprep-write")
+        self._pending: deque[Future] = deque()
+        self._lock = threading.Lock()
+
+    def submit(self, encode: Callable[[], list[tuple[str, bytes]]]) -> None:
+        encoded = self._encoders.submit(encode)
+        self._pending.append(self._writes.submit(self._write, encoded))
+        while len(self._pending) > self._depth:
+            self._pending.popleft().result()
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._timing[stage] += seconds
+
+    def _write(self, encoded: Future) -> None:
+        files = encoded.result()
+        t0 = time.perf_counter()
+        for name, data in files:
+            self._writer.write(name, data)
+        self.add_time("write", time.perf_counter() - t0)
+
+    def finish(self) -> None:
+        """Wait for every file; re-raises the first error."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> _OverlappedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Join the threads before the caller's writer commits or aborts: no write may land afterwards.
+        for future in self._pending:
+            future.cancel()
+        self._encoders.shutdown(wait=True)
+        self._writes.shutdown(wait=True)
+
+
 def _extract(
     reader: VideoReader, writer: OutputWriter, config: ExtractConfig, backend: FlowBackend, problems: list[str]
 ) -> dict[str, Any]:
@@ -87,54 +138,63 @@ def _extract(
     naming = Naming.from_config(store)
     size = output_size(reader.size, config.decode)
     counts = {"frames": 0}
+    consumer = threading.get_ident()
+    inline_decode = [0.0]  # decode time spent inside the backend's pull from the consumer thread
 
-    def gray_frames() -> Iterator[np.ndarray]:
-        frames = iter(sample_fps(reader.frames(), config.decode.fps))
+    with _OverlappedWriter(writer, timing) as output:
+
+        def encode_rgb(index: int, rgb: np.ndarray) -> list[tuple[str, bytes]]:
+            t0 = time.perf_counter()
+            data = encode_jpeg(resize(rgb, size), store.jpeg_quality, rgb=True)
+            output.add_time("encode", time.perf_counter() - t0)
+            return [(naming.img(index), data)]
+
+        def encode_flow(index: int, flow: np.ndarray) -> list[tuple[str, bytes]]:
+            t0 = time.perf_counter()
+            q = quantize(flow, store.bound)
+            t1 = time.perf_counter()
+            if store.layout == "separate":
+                files = [(naming.flow("x", index), encode_jpeg(q[..., 0], store.jpeg_quality)),
+                         (naming.flow("y", index), encode_jpeg(q[..., 1], store.jpeg_quality))]
+            else:
+                xy0 = np.dstack([q, np.zeros(q.shape[:2], np.uint8)])
+                files = [(naming.xy(index), encode_jpeg(xy0, store.jpeg_quality, rgb=True))]
+            output.add_time("quantize", t1 - t0)
+            output.add_time("encode", time.perf_counter() - t1)
+            return files
+
+        def gray_frames() -> Iterator[np.ndarray]:
+            frames = iter(sample_fps(reader.frames(), config.decode.fps))
+            while True:
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                if item is not None:
+                    rgb = item[1]
+                    gray = resize(to_gray(rgb), size)
+                    if store.rgb:
+                        output.submit(partial(encode_rgb, counts["frames"], rgb))
+                dt = time.perf_counter() - t0
+                output.add_time("decode", dt)
+                if threading.get_ident() == consumer:
+                    inline_decode[0] += dt
+                if item is None:
+                    return
+                counts["frames"] += 1
+                yield gray
+
+        pairs = 0
+        flows = backend.compute_stream(gray_frames())
         while True:
             t0 = time.perf_counter()
-            item = next(frames, None)
-            if item is None:
-                timing["decode"] += time.perf_counter() - t0
-                return
-            rgb = item[1]
-            gray = resize(to_gray(rgb), size)
-            t1 = time.perf_counter()
-            timing["decode"] += t1 - t0
-            if store.rgb:
-                data = encode_jpeg(resize(rgb, size), store.jpeg_quality, rgb=True)
-                t2 = time.perf_counter()
-                writer.write(naming.img(counts["frames"]), data)
-                timing["encode"] += t2 - t1
-                timing["write"] += time.perf_counter() - t2
-            counts["frames"] += 1
-            yield gray
-
-    pairs = 0
-    flows = backend.compute_stream(gray_frames())
-    while True:
-        t0 = time.perf_counter()
-        decode_before = timing["decode"] + timing["encode"] + timing["write"]
-        flow = next(flows, None)
-        t1 = time.perf_counter()
-        # Decoding happens inside the backend's pull on the frame iterator: take it out of the flow time.
-        timing["flow"] += (t1 - t0) - (timing["decode"] + timing["encode"] + timing["write"] - decode_before)
-        if flow is None:
-            break
-        q = quantize(flow, store.bound)
-        t2 = time.perf_counter()
-        if store.layout == "separate":
-            files = [(naming.flow("x", pairs), encode_jpeg(q[..., 0], store.jpeg_quality)),
-                     (naming.flow("y", pairs), encode_jpeg(q[..., 1], store.jpeg_quality))]
-        else:
-            xy0 = np.dstack([q, np.zeros(q.shape[:2], np.uint8)])
-            files = [(naming.xy(pairs), encode_jpeg(xy0, store.jpeg_quality, rgb=True))]
-        t3 = time.perf_counter()
-        for name, data in files:
-            writer.write(name, data)
-        timing["quantize"] += t2 - t1
-        timing["encode"] += t3 - t2
-        timing["write"] += time.perf_counter() - t3
-        pairs += 1
+            decode_before = inline_decode[0]
+            flow = next(flows, None)
+            # Frames are decoded when the backend pulls them: that time is the decode stage's, not flow's.
+            timing["flow"] += time.perf_counter() - t0 - (inline_decode[0] - decode_before)
+            if flow is None:
+                break
+            output.submit(partial(encode_flow, pairs, flow))
+            pairs += 1
+        output.finish()
 
     if pairs == 0:
         raise DecodeError(
