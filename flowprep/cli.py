@@ -89,8 +89,13 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
             store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
                               img_template=img_template, start_index=start_index, rgb=rgb, pack=pack),
         )
-        # Build the backend once here so that bad parameters are usage errors, not one failure per video.
-        backend_class(algo, device)(dict(config.flow.params), device=device, preset=preset)
+        # Bad parameters are usage errors, not one failure per video. Availability is checked here only for
+        # local runs: the workers of a cluster may have what this machine lacks (a GPU, say).
+        backend = backend_class(algo, device)
+        backend.check_params(dict(config.flow.params), preset)
+        reason = backend.availability(device) if engine == "local" else None
+        if reason:
+            raise ConfigError(f"{algo} on {device} cannot run here: {reason}")
         jobs = discover(source, output, [e.strip() for e in extensions.split(",") if e.strip()])
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -1,7 +1,10 @@
 """The CLI as a user runs it: real subprocesses, exit codes and messages."""
+import subprocess
+import sys
+
 import pytest
 
-from conftest import VIDEOS, run_cli
+from conftest import REPO, VIDEOS, run_cli
 
 CLIP = str(VIDEOS / "carphone_pristine.mp4")
 
@@ -48,3 +51,17 @@ def test_backends_says_what_runs_here():
 def test_module_and_version():
     result = run_cli("--version")
     assert result.returncode == 0 and "0.1.0" in result.stdout
+
+
+def test_a_shadowing_opencv_without_contrib_is_explained(tmp_path):
+    # A plain opencv-python wheel installed over opencv-contrib leaves a cv2 without optflow: simulate that state.
+    script = ("import cv2; del cv2.optflow; import sys; from flowprep.cli import main; "
+              "sys.argv = ['flowprep'] + sys.argv[1:]; main()")
+    env = {"PYTHONPATH": str(REPO)}
+    backends = subprocess.run([sys.executable, "-c", script, "backends"], capture_output=True, text=True, env=env)
+    assert "tvl1       cpu        NOT usable: cv2" in backends.stdout
+    assert "pip install opencv-contrib-python-headless" in backends.stdout
+    extract = subprocess.run([sys.executable, "-c", script, "extract", CLIP, str(tmp_path / "o"), "-q"],
+                             capture_output=True, text=True, env=env)
+    assert extract.returncode == 2 and "tvl1 on cpu cannot run here: cv2" in extract.stderr
+    assert "has no cv2.optflow" in extract.stderr and not (tmp_path / "o").exists()

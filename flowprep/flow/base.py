@@ -29,16 +29,21 @@ class FlowBackend(ABC):
         batch_size: int = 1,
         preset: str | None = None,
     ):
-        base = dict(self.defaults)
-        if preset is not None:
-            if preset not in self.presets:
-                known = ", ".join(sorted(self.presets)) or "none"
-                raise ConfigError(f"unknown preset {preset!r} for algorithm {self.algo!r}; presets: {known}")
-            base.update(self.presets[preset])
         self.preset = preset
-        self.params = resolve_params(self.algo, self.defaults, {**base, **(params or {})})
+        self.params = self.check_params(params, preset)
         self.device = device
         self.batch_size = batch_size
+
+    @classmethod
+    def check_params(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+        """The full parameter set: defaults, then the preset, then overrides; ConfigError names a bad one."""
+        base = dict(cls.defaults)
+        if preset is not None:
+            if preset not in cls.presets:
+                known = ", ".join(sorted(cls.presets)) or "none"
+                raise ConfigError(f"unknown preset {preset!r} for algorithm {cls.algo!r}; presets: {known}")
+            base.update(cls.presets[preset])
+        return resolve_params(cls.algo, cls.defaults, {**base, **(overrides or {})})
 
     @classmethod
     def availability(cls, device: str) -> str | None:
