@@ -2,6 +2,7 @@
 DataLoader workers, and equality with a TSN-style PIL loader on a real extraction."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +280,17 @@ def test_importing_flowprep_data_without_torch_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 1
     assert "MissingDependencyError" in result.stderr and "pip install 'flowprep[torch]'" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_stream_example_trains_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "train_two_stream.py"), "--video", str(VIDEOS / f"{CLIP}.mp4"),
+         "--work", str(tmp_path), "--steps", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "train.txt").read_text() == "fast/carphone_pristine 29 0\nnormal/carphone_pristine 119 1\n"
+    steps = [line for line in result.stdout.splitlines() if line.startswith("step")]
+    assert len(steps) == 3 and "flow (4, 3, 10, 112, 112)" in steps[0]

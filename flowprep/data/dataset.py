@@ -140,15 +140,18 @@ class FlowStackDataset(Dataset):
     def _read_flow(self, video: VideoOutput, indices: np.ndarray) -> np.ndarray:
         """uint8 codes (segments, 2L, H, W) of the 1-based flow frames `indices` (segments, L), x/y interleaved."""
         reader = self._reader(video.path)
-        pairs = {}
+        codes = None
+        first = 0
         for number in np.unique(indices).tolist():
-            pairs[number] = _read_pair(reader, video.naming, number - 1)
-            _check_shape(pairs, number, video, "flow")
-        first = pairs[indices.flat[0]]
-        codes = np.empty(indices.shape + first.shape, np.uint8)  # (segments, L, 2, H, W)
-        for position, number in np.ndenumerate(indices):
-            codes[position] = pairs[number]
-        return codes.reshape(indices.shape[0], 2 * indices.shape[1], *first.shape[1:])
+            x, y = _read_pair(reader, video.naming, number - 1)
+            if codes is None:
+                codes, first = np.empty((indices.shape[0], 2 * indices.shape[1], *x.shape), np.uint8), number
+            else:
+                _check_size(video, "flow", number, x.shape, first, codes.shape[2:])
+            segment, position = np.nonzero(indices == number)
+            codes[segment, 2 * position] = x
+            codes[segment, 2 * position + 1] = y
+        return codes
 
     def _flow_tensor(self, codes: np.ndarray, bound: float) -> torch.Tensor:
         if self.output == "uint8":
@@ -207,16 +210,21 @@ class TwoStreamDataset(FlowStackDataset):
         return np.minimum(starts + (self.length // 2 if self.rgb_anchor == "centre" else 0), video.rgb_frames)
 
     def _read_rgb(self, video: VideoOutput, numbers: np.ndarray) -> np.ndarray:
-        """uint8 (segments, 3, H, W) RGB frames."""
+        """uint8 (segments, 3, H, W) RGB frames of the 1-based frame `numbers` (segments,)."""
         reader = self._reader(video.path)
-        frames = {}
+        frames = None
+        first = 0
         for number in np.unique(numbers).tolist():
-            frames[number] = reader.read_image(video.naming.img(number - 1), rgb=True).transpose(2, 0, 1)
-            _check_shape(frames, number, video, "RGB")
-        return np.stack([frames[number] for number in numbers.tolist()])
+            frame = reader.read_image(video.naming.img(number - 1), rgb=True).transpose(2, 0, 1)
+            if frames is None:
+                frames, first = np.empty((len(numbers), *frame.shape), np.uint8), number
+            else:
+                _check_size(video, "RGB", number, frame.shape[1:], first, frames.shape[2:])
+            frames[numbers == number] = frame
+        return frames
 
     def _rgb_tensor(self, frames: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(frames))
+        tensor = torch.from_numpy(frames)
         return _squeeze(tensor if self.output == "uint8" else tensor.float().div_(255.0))
 
 
@@ -244,25 +252,26 @@ def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotatio
     return videos, [entry.label for entry in entries]
 
 
-def _read_pair(reader: OutputReader, naming: Naming, index: int) -> np.ndarray:
-    """uint8 (2, H, W) x and y codes of 0-based flow pair `index`."""
+def _read_pair(reader: OutputReader, naming: Naming, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 HxW x and y codes of 0-based flow pair `index`."""
     if naming.layout == "xy0":
         # Written from an (x, y, 0) array as RGB: x is the red channel, y the green one.
-        return reader.read_image(naming.xy(index), rgb=True)[..., :2].transpose(2, 0, 1)
+        xy = reader.read_image(naming.xy(index), rgb=True)
+        return xy[..., 0], xy[..., 1]
     x_name, y_name = naming.flow("x", index), naming.flow("y", index)
     x, y = reader.read_image(x_name), reader.read_image(y_name)
     if x.shape != y.shape:
-        raise OutputError(f"{reader.path / y_name}: {y.shape[1]}x{y.shape[0]} pixels but {x_name} is "
-                          f"{x.shape[1]}x{x.shape[0]}")
-    return np.stack([x, y])
+        raise OutputError(f"{os.path.join(reader.path, y_name)}: {y.shape[1]}x{y.shape[0]} pixels but {x_name} "
+                          f"is {x.shape[1]}x{x.shape[0]}")
+    return x, y
 
 
-def _check_shape(frames: dict[int, np.ndarray], number: int, video: VideoOutput, kind: str) -> None:
-    first_number, first = next(iter(frames.items()))
-    shape = frames[number].shape
-    if shape != first.shape:
-        raise OutputError(f"{video.path}: {kind} frame {number} is {shape[-1]}x{shape[-2]} pixels but frame "
-                          f"{first_number} is {first.shape[-1]}x{first.shape[-2]}")
+def _check_size(video: VideoOutput, kind: str, number: int, shape: tuple[int, ...], first: int,
+                expected: tuple[int, ...]) -> None:
+    """OutputError unless frame `number` has the (H, W) of the video's first frame read, `first`."""
+    if tuple(shape) != tuple(expected):
+        raise OutputError(f"{video.path}: {kind} frame {number} is {shape[1]}x{shape[0]} pixels but frame {first} "
+                          f"is {expected[1]}x{expected[0]}")
 
 
 def _squeeze(tensor: torch.Tensor) -> torch.Tensor:
