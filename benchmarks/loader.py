@@ -4,7 +4,7 @@ Extracts the sample clip (DIS, TSN's 340x256 by default) into --work if it is no
 same TSN train stacks with both loaders in one process and prints items/s and ms per stack side by side,
 after checking that both build identical tensors.
 
-    PYTHONPATH=. python benchmarks/loader.py [--length 10 --segments 3 --items 200 --size 340x256]
+    PYTHONPATH=. python benchmarks/loader.py [--length 10 --segments 3 --items 100 --size 340x256]
 """
 from __future__ import annotations
 
@@ -99,8 +99,8 @@ def main() -> None:
     }
     seconds = best_times(runs, args.repeats)
     print(f"{video.flow_pairs} flow pairs of {size[0]}x{size[1]}; item = {args.segments} segment(s) x "
-          f"{args.length} pairs = {2 * args.length * args.segments} JPEGs; {args.items} items, best of {args.repeats} interleaved runs; "
-          f"torch threads {torch.get_num_threads()}")
+          f"{args.length} pairs = {2 * args.length * args.segments} JPEGs; {args.items} items, best of "
+          f"{args.repeats} interleaved runs; torch threads {torch.get_num_threads()}")
     print(f"{'loader':40s} {'items/s':>9s} {'ms/item':>9s} {'ms/stack':>9s} {'CPU ms/stack':>13s}")
     for name, (wall, cpu) in seconds.items():
         print(f"{name:40s} {args.items / wall:9.1f} {1000 * wall / args.items:9.2f} "

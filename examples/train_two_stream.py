@@ -51,7 +51,8 @@ def extract(video: Path, flow_root: Path) -> None:
     for name, fps in CLASS_FPS.items():
         base = flow_root / name / video.stem
         if finished_meta(base) is None:
-            config = ExtractConfig(decode=DecodeConfig(fps=fps), flow=FlowConfig(algo="dis"), store=StoreConfig(rgb=True))
+            config = ExtractConfig(decode=DecodeConfig(fps=fps), flow=FlowConfig(algo="dis"),
+                                   store=StoreConfig(rgb=True))
             meta = extract_video(video, base, config)
             print(f"extracted {name}: {meta['flow_pairs']} flow pairs at {meta['sampled_fps']:.2f} fps -> {base}")
 

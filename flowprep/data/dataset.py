@@ -77,7 +77,8 @@ class FlowStackDataset(Dataset):
         if output not in OUTPUTS:
             raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
         if on_count_mismatch not in COUNT_MISMATCH:
-            raise ConfigError(f"on_count_mismatch must be one of {', '.join(COUNT_MISMATCH)}; got {on_count_mismatch!r}")
+            raise ConfigError(f"on_count_mismatch must be one of {', '.join(COUNT_MISMATCH)}; "
+                              f"got {on_count_mismatch!r}")
         if mean_subtract and output == "uint8":
             raise ConfigError("mean_subtract needs float values: use output='pixels' or 'unit', not 'uint8'")
         check_sampling(length, segments, mode)
