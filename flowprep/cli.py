@@ -122,3 +122,56 @@ def backends() -> None:
         click.echo(f"{info.algo:10s} {info.device:10s} {state}{presets}")
         if info.description:
             click.echo(f"{'':22s}{info.description}")
+
+
+@main.command("list")
+@click.argument("root", metavar="OUT", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True,
+              help="Annotation list to write ('-': standard output).")
+@click.option("--modality", type=click.Choice(["flow", "rgb"]), default="flow", show_default=True,
+              help="num_frames counts flow pairs (flow) or RGB frames (rgb).")
+@click.option("--classes", "class_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Class index file ('1 ApplyEyeMakeup' lines, as UCF101's classInd.txt, or one name a line). "
+                   "Default: labels from the sorted class folder names.")
+@click.option("--split", "split_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Only the videos of this split list (UCF101 trainlist01.txt style), in its order.")
+@click.option("--skip-missing", is_flag=True, help="With --split, leave out split videos not found under OUT "
+                                                   "(with a warning) instead of failing.")
+@click.option("--layout", type=click.Choice(["separate", "xy0"]), default="separate", show_default=True,
+              help="For trees without meta.json (other tools).")
+@click.option("--flow-template", default=None,
+              help="For trees without meta.json, e.g. '{}_{:05d}.jpg' for mmaction2's script (x_00001.jpg).")
+@click.option("--img-template", default="img_{:05d}.jpg", show_default=True, help="For trees without meta.json.")
+@click.option("--start-index", type=click.IntRange(min=0), default=1, show_default=True,
+              help="For trees without meta.json: 0 for denseflow.")
+def list_videos(root: str, out_file: str, modality: str, class_file: str | None, split_file: str | None,
+                skip_missing: bool, layout: str, flow_template: str | None, img_template: str,
+                start_index: int) -> None:
+    """Write a TSN/mmaction2 annotation list (relative_dir num_frames label) of the videos under OUT."""
+    from . import annotations  # imported here to keep this command one self-contained block
+    from .errors import OutputError
+    from .store import Naming
+
+    try:
+        store = StoreConfig(layout=layout, flow_template=flow_template, img_template=img_template,
+                            start_index=start_index)
+        class_index = annotations.read_class_index(class_file) if class_file else None
+        split = annotations.read_split(split_file) if split_file else None
+        entries = annotations.build_annotations(annotations.find_outputs(root, Naming.from_config(store)),
+                                                modality, class_index)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OutputError as exc:
+        raise click.ClickException(str(exc)) from None
+    if split is not None:
+        entries, missing = annotations.apply_split(entries, split)
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            message = f"{len(missing)} of {len(split)} videos of {split_file} are not under {root}: {shown}"
+            if not skip_missing:
+                raise click.ClickException(message + " (--skip-missing leaves them out)")
+            click.echo(f"warning: {message}; left out", err=True)
+    with click.open_file(out_file, "w") as stream:
+        annotations.write_annotations(entries, stream)
+    labels = {entry.label for entry in entries}
+    click.echo(f"{len(entries)} videos, {len(labels)} classes -> {out_file}", err=True)

@@ -44,7 +44,10 @@ def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
     q = np.asarray(q)
     if q.dtype != np.uint8:
         raise ValueError(f"dequantize expects uint8 codes, got dtype {q.dtype}")
-    return (q.astype(np.float32) * np.float32(2.0 * bound / 255.0) - np.float32(bound)).astype(np.float32)
+    # One float32 array, updated in place: the same float32 operations as the formula, without temporaries.
+    values = np.multiply(q, np.float32(2.0 * bound / 255.0), dtype=np.float32)
+    values -= np.float32(bound)
+    return values
 
 
 def quantization_error_bound(bound: float = DEFAULT_BOUND) -> float:

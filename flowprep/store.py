@@ -210,7 +210,9 @@ class OutputReader(ABC):
         return meta
 
     def read_image(self, name: str, *, rgb: bool = False) -> np.ndarray:
-        return decode_jpeg(self.read(name), str(self.path / name), rgb=rgb)
+        # os.path.join, not Path '/': this runs once per frame when training, and pathlib joins cost as much
+        # as reading a small JPEG.
+        return decode_jpeg(self.read(name), os.path.join(self.path, name), rgb=rgb)
 
     def __enter__(self) -> OutputReader:
         return self
@@ -225,7 +227,7 @@ class DirectoryReader(OutputReader):
 
     def read(self, name: str) -> bytes:
         try:
-            with open(self.path / name, "rb") as f:
+            with open(os.path.join(self.path, name), "rb") as f:
                 return f.read()
         except OSError as exc:
             raise OutputError(f"{self.path / name}: cannot read ({exc.strerror or exc})") from None

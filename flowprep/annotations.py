@@ -1,0 +1,231 @@
+"""Annotation lists: find the videos of an output tree, count their frames, label them, write TSN lists.
+
+A list has one line per video, ``relative_dir num_frames label`` (TSN / mmaction2 rawframe format), where
+num_frames counts flow pairs (flow lists) or RGB frames (rgb lists) and labels are 0-based. Trees written by
+flowprep are described by each video's meta.json; trees written by other tools (denseflow, mmaction2's
+script) by a Naming given by the caller, and frames are counted by listing files.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Formatter
+from typing import IO
+
+from .batch import VIDEO_EXTENSIONS
+from .errors import ConfigError, OutputError
+from .quantize import DEFAULT_BOUND
+from .store import META_NAME, Naming, OutputReader, open_output
+
+MODALITIES = ("flow", "rgb")
+PACK_SUFFIX = ".zip"
+
+
+@dataclass(frozen=True)
+class VideoOutput:
+    """One video's output: where it lies (directory or .zip), how its files are named and how many there are."""
+
+    path: Path
+    naming: Naming
+    bound: float  # quantization bound in pixels: codes 0..255 span [-bound, bound]
+    flow_pairs: int
+    rgb_frames: int
+    has_meta: bool  # False for trees written by other tools
+
+    def frames(self, modality: str) -> int:
+        """Flow pairs for 'flow', RGB frames for 'rgb'."""
+        return self.flow_pairs if modality == "flow" else self.rgb_frames
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One line of an annotation list; `path` is relative to the tree root, '/'-separated, without '.zip'."""
+
+    path: str
+    num_frames: int
+    label: int
+
+    def line(self) -> str:
+        return f"{self.path} {self.num_frames} {self.label}"
+
+
+def describe_output(path: str | os.PathLike, naming: Naming = Naming(), bound: float = DEFAULT_BOUND) -> VideoOutput:
+    """Describe the output at `path` (directory, .zip, or base path of either) from its meta.json when it has
+    one, else from `naming` and `bound` by counting its files. OutputError naming the path when files do not
+    follow the naming (e.g. a 0-based tree read with start index 1) or x and y counts differ."""
+    with open_output(path) as reader:
+        names = reader.names()
+        if META_NAME in names:
+            meta = reader.meta()
+            return VideoOutput(reader.path, Naming.from_meta(meta), float(meta["settings"]["bound"]),
+                               int(meta["flow_pairs"]), int(meta.get("rgb_frames", 0)), True)
+        return VideoOutput(reader.path, naming, float(bound), _count_flow(reader, names, naming),
+                           _count_frames(reader, names, naming.img_template, None, naming.start_index), False)
+
+
+def find_outputs(root: str | os.PathLike, naming: Naming = Naming(), bound: float = DEFAULT_BOUND
+                 ) -> dict[str, VideoOutput]:
+    """Every video output under `root`, keyed by its path relative to root ('Class/video', no '.zip'), sorted.
+
+    A video is a directory or zip pack holding meta.json or files named by `naming`; hidden entries (flowprep's
+    temporaries) are skipped, other zips and folders without such files are not videos.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise OutputError(f"{root}: not a directory")
+    patterns = [_template_regex(naming.img_template, None)] + (
+        [_template_regex(naming.flow_template, "x")] if naming.layout == "separate"
+        else [_template_regex(naming.flow_template, None)])
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if META_NAME in filenames or any(p.fullmatch(f) for f in filenames for p in patterns):
+            found[here.relative_to(root).as_posix()] = describe_output(here, naming, bound)
+            dirnames.clear()
+            continue
+        for name in filenames:
+            if name.endswith(PACK_SUFFIX) and not name.startswith("."):
+                pack = here / name
+                if _is_video_pack(pack, patterns):
+                    found[pack.relative_to(root).as_posix()[: -len(PACK_SUFFIX)]] = describe_output(pack, naming, bound)
+    return dict(sorted(found.items()))
+
+
+def class_of(relative: str) -> str:
+    """Class name of a video: its first folder under the root ('' for videos lying directly in the root)."""
+    parts = relative.split("/")
+    return parts[0] if len(parts) > 1 else ""
+
+
+def read_class_index(path: str | os.PathLike) -> dict[str, int]:
+    """Class name -> 0-based label from a class index file.
+
+    Lines are ``index name`` (UCF101's classInd.txt, 1-based: label = index - 1; a file whose smallest index
+    is 0 is taken as 0-based) or just ``name`` (label = line number, from 0).
+    """
+    lines = [line.split() for line in _read_text(path).splitlines() if line.strip()]
+    if all(len(cols) == 1 for cols in lines):
+        index = {cols[0]: number for number, cols in enumerate(lines)}
+    elif all(len(cols) == 2 and cols[0].isdigit() for cols in lines):
+        first = min(int(cols[0]) for cols in lines)
+        index = {cols[1]: int(cols[0]) - (1 if first >= 1 else 0) for cols in lines}
+    else:
+        raise ConfigError(f"{path}: class index lines must be 'index name' or 'name'")
+    if len(index) != len(lines):
+        raise ConfigError(f"{path}: a class name is listed twice")
+    return index
+
+
+def read_split(path: str | os.PathLike) -> list[str]:
+    """Video paths of a split list (UCF101 ``trainlist01.txt`` style: ``Class/video.avi [label]``), without
+    their video extension, in file order."""
+    videos = []
+    for line in _read_text(path).splitlines():
+        if line.strip():
+            video = Path(line.split()[0])
+            videos.append((video.with_suffix("") if video.suffix.lower() in VIDEO_EXTENSIONS else video).as_posix())
+    return videos
+
+
+def build_annotations(outputs: dict[str, VideoOutput], modality: str = "flow",
+                      class_index: dict[str, int] | None = None) -> list[Annotation]:
+    """One Annotation per video of `outputs` (as from find_outputs); labels from `class_index`, or else the
+    position of the video's class among the sorted class names of all `outputs`."""
+    if modality not in MODALITIES:
+        raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
+    if class_index is None:
+        class_index = {name: label for label, name in enumerate(sorted({class_of(p) for p in outputs}))}
+    entries = []
+    for relative, output in outputs.items():
+        name = class_of(relative)
+        if name not in class_index:
+            raise ConfigError(f"{output.path}: class {name!r} is not in the class index")
+        frames = output.frames(modality)
+        if frames == 0:
+            raise OutputError(f"{output.path}: no {modality} frames (RGB frames are written with --rgb)")
+        entries.append(Annotation(relative, frames, class_index[name]))
+    return entries
+
+
+def apply_split(entries: Sequence[Annotation], split: Sequence[str]) -> tuple[list[Annotation], list[str]]:
+    """The entries named by `split`, in split order, and the split's videos that have no entry."""
+    by_path = {entry.path: entry for entry in entries}
+    return [by_path[p] for p in split if p in by_path], [p for p in split if p not in by_path]
+
+
+def write_annotations(entries: Iterable[Annotation], out: str | os.PathLike | IO[str]) -> None:
+    """Write a list, one ``relative_dir num_frames label`` line per entry, to a path or an open text stream."""
+    text = "".join(entry.line() + "\n" for entry in entries)
+    if hasattr(out, "write"):
+        out.write(text)
+    else:
+        Path(out).write_text(text)
+
+
+def read_annotations(path: str | os.PathLike) -> list[Annotation]:
+    """Parse a ``relative_dir num_frames label`` list (paths may contain spaces); ConfigError naming the line."""
+    entries = []
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        cols = line.rsplit(None, 2)
+        if len(cols) != 3 or not cols[1].isdigit() or not cols[2].isdigit():
+            raise ConfigError(f"{path}:{number}: expected 'relative_dir num_frames label', got {line!r}")
+        entries.append(Annotation(cols[0].strip().removesuffix(PACK_SUFFIX), int(cols[1]), int(cols[2])))
+    return entries
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _template_regex(template: str, axis: str | None) -> re.Pattern[str]:
+    """Regex for the file names of `template`, capturing the index; in a two-field (axis, index) template
+    the axis field is fixed to `axis`."""
+    parsed = list(Formatter().parse(template))
+    two_fields = sum(field is not None for _, field, _, _ in parsed) == 2
+    parts, seen = [], 0
+    for literal, field, _, _ in parsed:
+        parts.append(re.escape(literal))
+        if field is not None:
+            seen += 1
+            parts.append(re.escape(axis or "") if two_fields and seen == 1 else r"(\d+)")
+    return re.compile("".join(parts))
+
+
+def _count_frames(reader: OutputReader, names: list[str], template: str, axis: str | None, start: int) -> int:
+    """How many files are named like `template`; OutputError unless they are numbered start, start + 1, ..."""
+    pattern = _template_regex(template, axis)
+    indices = sorted(int(m.group(1)) for m in map(pattern.fullmatch, names) if m)
+    if indices and indices != list(range(start, start + len(indices))):
+        kind = f"{template!r} (axis {axis})" if axis else repr(template)
+        raise OutputError(
+            f"{reader.path}: {len(indices)} files named like {kind} are numbered {indices[0]}..{indices[-1]}, "
+            f"but start index {start} expects {start}..{start + len(indices) - 1} without gaps "
+            "(give the tree's start index, e.g. 0 for denseflow)"
+        )
+    return len(indices)
+
+
+def _count_flow(reader: OutputReader, names: list[str], naming: Naming) -> int:
+    if naming.layout == "xy0":
+        return _count_frames(reader, names, naming.flow_template, None, naming.start_index)
+    xs, ys = (_count_frames(reader, names, naming.flow_template, axis, naming.start_index) for axis in "xy")
+    if xs != ys:
+        raise OutputError(f"{reader.path}: {xs} x flow files but {ys} y flow files")
+    return xs
+
+
+def _is_video_pack(path: Path, patterns: list[re.Pattern[str]]) -> bool:
+    try:
+        with open_output(path) as reader:
+            return any(name == META_NAME or any(p.fullmatch(name) for p in patterns) for name in reader.names())
+    except OutputError:
+        return False

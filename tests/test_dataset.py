@@ -1,0 +1,296 @@
+"""FlowStackDataset and TwoStreamDataset: values, channel order, sampling, trees of other tools, errors,
+DataLoader workers, and equality with a TSN-style PIL loader on a real extraction."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, VIDEOS, run_cli
+from fake_trees import rgb_code, write_foreign_video, write_video, x_code, y_code
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from flowprep.annotations import Annotation
+from flowprep.data import FlowStackDataset, TwoStreamDataset
+from flowprep.data.transforms import Compose, FlowHorizontalFlip, HorizontalFlip, RandomCrop, Transform
+from flowprep.errors import ConfigError, OutputError
+from flowprep.quantize import dequantize
+from flowprep.store import Naming
+
+CLIP = "carphone_pristine"
+
+
+@pytest.fixture(scope="session")
+def carphone(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sample clip extracted for real (DIS, with RGB) as Talking/carphone_pristine, as a directory tree and
+    as a zip-pack tree, and its flow annotation list written by `flowprep list`."""
+    base = tmp_path_factory.mktemp("carphone")
+    videos = base / "videos" / "Talking"
+    videos.mkdir(parents=True)
+    (videos / f"{CLIP}.mp4").symlink_to(VIDEOS / f"{CLIP}.mp4")
+    trees = {}
+    for pack in ("dir", "zip"):
+        trees[pack] = base / f"flow_{pack}"
+        result = run_cli("extract", str(base / "videos"), str(trees[pack]), "--algo", "dis", "--rgb",
+                         "--pack", pack, "--quiet")
+        assert result.returncode == 0, result.stderr
+    trees["list"] = base / "train.txt"
+    result = run_cli("list", str(trees["dir"]), "--out", str(trees["list"]))
+    assert result.returncode == 0, result.stderr
+    return trees
+
+
+class TSNReference:
+    """What tsn-pytorch's TSNDataSet (Flow modality) builds, written plainly: PIL reads, TSN index formulas."""
+
+    def __init__(self, root: Path, list_file: Path, length: int, segments: int, bound: float = 20.0):
+        self.root, self.length, self.segments, self.bound = root, length, segments, bound
+        self.records = [line.split() for line in list_file.read_text().splitlines()]
+
+    def starts(self, num_frames: int, mode: str) -> list[int]:
+        L, K = self.length, self.segments
+        if mode == "val" and num_frames <= K + L - 1:
+            return [1] * K
+        tick = (num_frames - L + 1) / float(K)
+        return [int(tick / 2.0 + tick * k) + 1 for k in range(K)]
+
+    def codes(self, index: int, starts: list[int]) -> np.ndarray:
+        path, num_frames, _ = self.records[index]
+        images = []
+        for start in starts:
+            p = start
+            for _ in range(self.length):
+                for axis in "xy":
+                    images.append(np.asarray(Image.open(self.root / path / f"flow_{axis}_{p:05d}.jpg").convert("L")))
+                if p < int(num_frames):
+                    p += 1
+        return np.stack(images).reshape(len(starts), 2 * self.length, *images[0].shape)
+
+    def pixels(self, codes: np.ndarray) -> np.ndarray:
+        return codes.astype(np.float32) * np.float32(2 * self.bound / 255) - np.float32(self.bound)
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+@pytest.mark.parametrize("mode", ["train", "val", "test"])
+def test_same_tensors_as_a_tsn_style_pil_loader(carphone, pack, mode):
+    reference = TSNReference(carphone["dir"], carphone["list"], length=5, segments=3)
+    dataset = FlowStackDataset(carphone[pack], carphone["list"], length=5, segments=3, mode=mode,
+                               test_segments=3, seed=11)
+    flow, label = dataset[0]
+    starts = dataset.frame_indices(0)[:, 0].tolist()
+    if mode == "train":
+        average = (119 - 5 + 1) // 3  # one random start in each of 3 spans of 38 start positions
+        assert all(k * average < s <= (k + 1) * average for k, s in enumerate(starts))
+    else:
+        assert starts == reference.starts(119, mode)
+    assert label == 0 and flow.shape == (3, 10, 144, 176) and flow.dtype == torch.float32
+    assert torch.equal(flow, torch.from_numpy(reference.pixels(reference.codes(0, starts))))
+
+
+def test_uint8_stack_equals_the_jpegs_written_and_pixels_match_dequantize(carphone):
+    video = carphone["dir"] / "Talking" / CLIP
+    codes, _ = FlowStackDataset(carphone["dir"], length=10, mode="val", output="uint8")[0]
+    assert codes.dtype == torch.uint8 and codes.shape == (20, 144, 176)
+    start = int(119 / 2 - 10 / 2 + 0.5)  # val centre: int(tick / 2), tick = 110, 1-based start 56
+    assert start == 55
+    for j in range(10):
+        for c, axis in enumerate("xy"):
+            written = cv2.imread(str(video / f"flow_{axis}_{start + 1 + j:05d}.jpg"), cv2.IMREAD_GRAYSCALE)
+            assert np.array_equal(codes[2 * j + c].numpy(), written)
+    pixels, _ = FlowStackDataset(carphone["dir"], length=10, mode="val")[0]
+    assert np.array_equal(pixels.numpy(), dequantize(codes.numpy(), 20.0))
+    unit, _ = FlowStackDataset(carphone["dir"], length=10, mode="val", output="unit")[0]
+    assert torch.allclose(unit, pixels / 20.0, atol=1e-6) and unit.abs().max() <= 1.0
+
+
+def test_channel_order_and_sampling_on_known_values(tmp_path):
+    write_video(tmp_path / "A" / "v", 30)
+    flow, _ = FlowStackDataset(tmp_path, length=10, segments=3, mode="val", output="uint8")[0]
+    # val with n=30, L=10, K=3 starts at 4, 11, 18 (hand-computed in test_sampling).
+    for k, start in enumerate([4, 11, 18]):
+        for j in range(10):
+            assert set(flow[k, 2 * j].unique().tolist()) == {x_code(start + j - 1)}
+            assert set(flow[k, 2 * j + 1].unique().tolist()) == {y_code(start + j - 1)}
+
+
+def test_short_video_repeats_its_last_pair(tmp_path):
+    write_video(tmp_path / "A" / "v", 4)
+    for mode in ("train", "val", "test"):
+        dataset = FlowStackDataset(tmp_path, length=10, mode=mode, test_segments=1, output="uint8", seed=0)
+        flow, _ = dataset[0]
+        assert dataset.frame_indices(0).tolist() == [[1, 2, 3, 4, 4, 4, 4, 4, 4, 4]]
+        assert [int(flow[2 * j, 0, 0]) for j in range(10)] == [x_code(k) for k in [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]]
+        assert [int(flow[2 * j + 1, 0, 0]) for j in range(10)] == [y_code(k) for k in [0, 1, 2, 3] + [3] * 6]
+
+
+@pytest.mark.parametrize("layout", ["separate", "xy0"])
+def test_zip_packs_and_layouts_read_alike(tmp_path, layout):
+    write_video(tmp_path / "dir" / "A" / "v", 12, layout=layout)
+    write_video(tmp_path / "zip" / "A" / "v", 12, layout=layout, pack="zip")
+    # val with n=12, L=5, K=2: tick = 8 / 2 = 4, offsets int(2 + 4k) = 2, 6: starts 3 and 7.
+    a, _ = FlowStackDataset(tmp_path / "dir", length=5, segments=2, mode="val", output="uint8")[0]
+    b, _ = FlowStackDataset(tmp_path / "zip", length=5, segments=2, mode="val", output="uint8")[0]
+    assert torch.equal(a, b)
+    expected = torch.tensor([[x_code(s + j - 1), y_code(s + j - 1)] for s in (3, 7) for j in range(5)]).view(2, 10)
+    tolerance = 1 if layout == "xy0" else 0  # colour JPEG round trip
+    assert (a[..., 0, 0].int() - expected).abs().max() <= tolerance
+
+
+def test_trees_of_other_tools_through_naming_options(tmp_path):
+    write_video(tmp_path / "ours" / "A" / "v", 8)
+    write_foreign_video(tmp_path / "denseflow" / "A" / "v", 8, Naming(start_index=0))
+    write_foreign_video(tmp_path / "mmaction2" / "A" / "v", 8, Naming(flow_template="{}_{:05d}.jpg"))
+    ours, _ = FlowStackDataset(tmp_path / "ours", length=3, mode="val")[0]
+    dense, _ = FlowStackDataset(tmp_path / "denseflow", length=3, mode="val", start_index=0)[0]
+    mm, _ = FlowStackDataset(tmp_path / "mmaction2", length=3, mode="val", flow_template="{}_{:05d}.jpg")[0]
+    assert torch.equal(ours, dense) and torch.equal(ours, mm)
+    # A foreign tree quantized with bound 40 (Beyond Short Snippets): values follow the bound option.
+    wide, _ = FlowStackDataset(tmp_path / "denseflow", length=3, mode="val", start_index=0, bound=40)[0]
+    assert torch.allclose(wide, ours * 2, atol=1e-4)
+
+
+def test_bound_recorded_in_meta_and_mean_subtraction(tmp_path):
+    write_video(tmp_path / "A" / "v", 6, bound=40.0)
+    codes, _ = FlowStackDataset(tmp_path, length=2, mode="val", output="uint8")[0]
+    pixels, _ = FlowStackDataset(tmp_path, length=2, mode="val", bound=5.0)[0]  # meta.json's bound wins
+    assert np.array_equal(pixels.numpy(), dequantize(codes.numpy(), 40.0))
+    centred, _ = FlowStackDataset(tmp_path, length=2, mode="val", mean_subtract=True)[0]
+    assert torch.allclose(centred, torch.zeros_like(centred), atol=1e-5)  # constant fields minus their mean
+    with pytest.raises(ConfigError, match="mean_subtract"):
+        FlowStackDataset(tmp_path, output="uint8", mean_subtract=True)
+    with pytest.raises(ConfigError, match="'float'"):
+        FlowStackDataset(tmp_path, output="float")
+
+
+def test_missing_frame_raises_naming_the_file(tmp_path):
+    video = write_video(tmp_path / "A" / "v", 6)
+    (video / "flow_y_00004.jpg").unlink()
+    dataset = FlowStackDataset(tmp_path, length=6, mode="val")
+    with pytest.raises(OutputError, match=r"v/flow_y_00004\.jpg"):
+        dataset[0]
+
+
+def test_corrupt_jpeg_raises_naming_the_file(tmp_path):
+    video = write_video(tmp_path / "A" / "v", 6, pack="zip")
+    dir_video = write_video(tmp_path / "B" / "w", 6)
+    (dir_video / "flow_x_00002.jpg").write_bytes((dir_video / "flow_x_00002.jpg").read_bytes()[:200])
+    dataset = FlowStackDataset(tmp_path, length=6, mode="val")
+    assert dataset.videos[0].path == video
+    with pytest.raises(OutputError, match=r"B/w/flow_x_00002\.jpg: not a readable JPEG"):
+        dataset[1]
+
+
+def test_count_mismatch_between_list_and_tree_is_reported(tmp_path):
+    write_video(tmp_path / "A" / "v", 6)
+    entries = [Annotation("A/v", 9, 0)]
+    with pytest.raises(OutputError, match=r"A/v: the annotation list says 9 frames but the tree has 6 flow pairs"):
+        FlowStackDataset(tmp_path, entries)
+    dataset = FlowStackDataset(tmp_path, entries, length=10, mode="val", on_count_mismatch="tree")
+    assert dataset.frame_indices(0).max() == 6
+    with pytest.raises(OutputError, match="no flow output"):
+        FlowStackDataset(tmp_path, [Annotation("A/gone", 6, 0)])
+
+
+def test_seeded_items_and_epochs(tmp_path):
+    write_video(tmp_path / "A" / "v", 40)
+    dataset = FlowStackDataset(tmp_path, length=5, segments=3, seed=5)
+    first = dataset.frame_indices(0)
+    assert np.array_equal(first, dataset.frame_indices(0))
+    epochs = set()
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        epochs.add(tuple(dataset.frame_indices(0)[:, 0]))
+    assert len(epochs) > 1
+
+
+def test_dataloader_with_two_workers_gives_the_same_items_as_none(carphone):
+    # The list written for the directory tree serves the zip-pack tree too (same relative paths).
+    dataset = FlowStackDataset(carphone["zip"], carphone["list"], length=5, segments=2,
+                               seed=3, transform=Compose([RandomCrop(96), FlowHorizontalFlip(0.5)]))
+    big = torch.utils.data.ConcatDataset([dataset] * 6)
+    batches = [list(DataLoader(big, batch_size=3, num_workers=workers)) for workers in (0, 2)]
+    for (flow0, label0), (flow2, label2) in zip(*batches):
+        assert flow0.shape == (3, 2, 10, 96, 96)
+        assert torch.equal(flow0, flow2) and torch.equal(label0, label2)
+
+
+def test_two_stream_items_align_rgb_with_the_flow_stack(tmp_path):
+    write_video(tmp_path / "A" / "v", 20, rgb_frames=21)
+    dataset = TwoStreamDataset(tmp_path, length=5, segments=2, mode="val")
+    rgb, flow, label = dataset[0]
+    starts = dataset.frame_indices(0)[:, 0].tolist()
+    assert starts == [5, 13]  # tick = 16 / 2 = 8: int(4 + 8k) + 1
+    assert rgb.shape == (2, 3, 8, 12) and rgb.dtype == torch.float32 and flow.shape == (2, 10, 8, 12)
+    for k, start in enumerate(starts):
+        centre = start + 5 // 2  # flow frames start..start+4 span RGB frames start..start+5
+        expected = torch.tensor(rgb_code(centre - 1), dtype=torch.float32) / 255
+        assert (rgb[k, :, 0, 0] - expected).abs().max() <= 1 / 255 + 1e-6
+        assert int(flow[k, 0, 0, 0].round()) == int(dequantize(np.uint8(x_code(start - 1))).round())
+    start_rgb, _, _ = TwoStreamDataset(tmp_path, length=5, segments=2, mode="val", rgb_anchor="start",
+                                       output="uint8")[0]
+    assert start_rgb.dtype == torch.uint8
+    assert [int(start_rgb[k, 0, 0, 0]) for k in range(2)] == pytest.approx([rgb_code(4)[0], rgb_code(12)[0]], abs=1)
+
+
+def test_two_stream_transforms_are_seeded_alike_and_rgb_is_required(tmp_path):
+    class Draws(Transform):
+        def __init__(self):
+            self.draws = []
+
+        def __call__(self, tensor, generator=None):
+            self.draws.append(int(torch.randint(10**9, (1,), generator=generator)))
+            return tensor
+
+    write_video(tmp_path / "A" / "v", 20, rgb_frames=21)
+    flow_draws, rgb_draws = Draws(), Draws()
+    dataset = TwoStreamDataset(tmp_path, transform=flow_draws, rgb_transform=rgb_draws, seed=1)
+    for _ in range(3):
+        dataset[0]
+    assert flow_draws.draws == rgb_draws.draws and len(set(flow_draws.draws)) == 1
+    write_video(tmp_path / "B" / "no_rgb", 5)
+    with pytest.raises(OutputError, match="no_rgb: no RGB frames"):
+        TwoStreamDataset(tmp_path)
+
+
+def test_two_stream_real_clip_crops_and_flips_both_streams_alike(carphone):
+    plain = TwoStreamDataset(carphone["zip"], length=4, segments=2, mode="val", seed=2)
+    augmented = TwoStreamDataset(carphone["zip"], length=4, segments=2, mode="val", seed=2,
+                                 transform=Compose([RandomCrop(64), FlowHorizontalFlip(1.0)]),
+                                 rgb_transform=Compose([RandomCrop(64), HorizontalFlip(1.0)]))
+    rgb, flow, _ = plain[0]
+    rgb_aug, flow_aug, _ = augmented[0]
+    # Locate the RGB crop in the full frame, then check the flow was cut from the same window.
+    windows = rgb.unfold(-2, 64, 1).unfold(-2, 64, 1)  # (2, 3, H-63, W-63, 64, 64)
+    match = (windows == rgb_aug.flip(-1)[:, :, None, None]).flatten(-2).all(-1).all(1).all(0).nonzero()
+    assert len(match) >= 1
+    top, left = match[0].tolist()
+    expected = flow[..., top:top + 64, left:left + 64].flip(-1)
+    expected[:, 0::2] *= -1
+    assert torch.equal(flow_aug, expected)
+
+
+def test_importing_flowprep_data_without_torch_names_the_extra():
+    code = "import sys; sys.modules['torch'] = None\nimport flowprep.data"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "MissingDependencyError" in result.stderr and "pip install 'flowprep[torch]'" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_stream_example_trains_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "train_two_stream.py"), "--video", str(VIDEOS / f"{CLIP}.mp4"),
+         "--work", str(tmp_path), "--steps", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "train.txt").read_text() == "fast/carphone_pristine 29 0\nnormal/carphone_pristine 119 1\n"
+    steps = [line for line in result.stdout.splitlines() if line.startswith("step")]
+    assert len(steps) == 3 and "flow (4, 3, 10, 112, 112)" in steps[0]
