@@ -6,11 +6,12 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, annotations
 from .batch import ENGINES, VIDEO_EXTENSIONS, discover, run_batch
 from .config import DECODERS, LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
-from .errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, backend_class, list_backends
+from .store import Naming
 
 
 class SizeType(click.ParamType):
@@ -148,10 +149,6 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
                 skip_missing: bool, layout: str, flow_template: str | None, img_template: str,
                 start_index: int) -> None:
     """Write a TSN/mmaction2 annotation list (relative_dir num_frames label) of the videos under OUT."""
-    from . import annotations  # imported here to keep this command one self-contained block
-    from .errors import OutputError
-    from .store import Naming
-
     try:
         store = StoreConfig(layout=layout, flow_template=flow_template, img_template=img_template,
                             start_index=start_index)
