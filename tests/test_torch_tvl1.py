@@ -54,6 +54,7 @@ def test_import_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow
 def test_rubberwhale_epe_within_10_percent_of_opencv():
     prev, nxt = gray(RUBBER / "frame10.png"), gray(RUBBER / "frame11.png")
     gt = read_flo(DATA / "middlebury/other-gt-flow/RubberWhale/flow10.flo")
