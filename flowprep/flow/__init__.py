@@ -15,6 +15,9 @@ _REGISTRY: dict[tuple[str, str], str] = {
     ("tvl1", "cpu"): "flowprep.flow.opencv:OpenCVTVL1",
     ("farneback", "cpu"): "flowprep.flow.opencv:OpenCVFarneback",
     ("dis", "cpu"): "flowprep.flow.opencv:OpenCVDIS",
+    ("tvl1", "cuda"): "flowprep.flow.torch_tvl1:TorchTVL1",
+    ("tvl1", "torch-cpu"): "flowprep.flow.torch_tvl1:TorchTVL1",
+    ("nvof", "cuda"): "flowprep.flow.nvof:NVOF",
 }
 
 ALGORITHMS = ("tvl1", "farneback", "dis", "nvof")

@@ -1,0 +1,121 @@
+"""TV-L1 on the GPU (or CPU) in PyTorch: OpenCV's DualTVL1 scheme and defaults, many pairs per launch.
+
+torch is an optional extra, so it is imported only when a flow is computed or the backend is checked.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..errors import MissingDependencyError, require
+from .base import FlowBackend
+from .opencv import OpenCVTVL1
+from .prefetch import prefetch
+
+if TYPE_CHECKING:
+    import torch
+
+_PURPOSE = "TV-L1 in PyTorch (--device cuda or torch-cpu)"
+
+
+def tvl1_flow(
+    frames0: torch.Tensor,
+    frames1: torch.Tensor,
+    params: Mapping[str, Any] | None = None,
+    check_every: int | None = None,
+) -> torch.Tensor:
+    """TV-L1 flow from each frames0[b] to frames1[b], all pairs at once, on the tensors' device.
+
+    frames0, frames1: BxHxW float (or uint8) tensors, intensities 0..255 (lambda is tuned for that range).
+    params: OpenCV DualTVL1 parameters by OpenCV's names (see OpenCVTVL1.defaults); missing ones take the defaults.
+    check_every: read the per-pair convergence flags every this many inner iterations (a host sync); default 1 on
+        the CPU and 10 on a GPU. Results do not depend on it, nor on which other pairs share the batch.
+    Returns BxHxWx2 float32 flow in pixels, OpenCV's direction: frames0[b](x, y) ~ frames1[b](x + u, y + v).
+    """
+    require("torch", "torch", _PURPOSE)
+    from ._tvl1_torch import tvl1_flow as solve
+
+    return solve(frames0, frames1, {**OpenCVTVL1.defaults, **(params or {})}, check_every)
+
+
+def torch_device(device: str) -> str:
+    """flowprep's device name -> torch's: 'torch-cpu' runs on 'cpu'; 'cuda' and 'cuda:N' are unchanged."""
+    return "cpu" if device == "torch-cpu" else device
+
+
+class TorchTVL1(FlowBackend):
+    """Dual TV-L1 in PyTorch, same parameters and defaults as OpenCV's; batch_size pairs per launch."""
+
+    algo = "tvl1"
+    description = "Dual TV-L1 in PyTorch (OpenCV's scheme and defaults), batched; cuda or torch-cpu"
+    defaults: ClassVar[Mapping[str, Any]] = OpenCVTVL1.defaults
+
+    @classmethod
+    def availability(cls, device: str) -> str | None:
+        try:
+            torch = require("torch", "torch", _PURPOSE)
+        except MissingDependencyError as exc:
+            return str(exc)
+        if not device.startswith("cuda"):
+            return None
+        if not torch.cuda.is_available():
+            if torch.version.cuda is None:
+                return (
+                    f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch "
+                    "(https://pytorch.org/get-started/locally/) or use --device torch-cpu"
+                )
+            return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA GPU (driver, CUDA_VISIBLE_DEVICES?)"
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            return f"{device} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)"
+        return None
+
+    def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        if prev.shape != nxt.shape or prev.ndim != 2:
+            raise ValueError(f"frames must be gray HxW of the same size, got {prev.shape} and {nxt.shape}")
+        return self._flows(np.stack([prev, nxt]))[0]
+
+    def compute_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Flows of consecutive frames, batch_size pairs per launch.
+
+        One thread gathers the next windows of frames (decoding them) while another computes, so the caller's work
+        on the flows it receives (quantize, encode, write) overlaps both.
+        """
+        windows = prefetch(frame_windows(frames, self.batch_size), depth=2)
+        flows = prefetch((self._flows(window) for window in windows), depth=1)
+        try:
+            for batch in flows:
+                yield from batch
+        finally:
+            flows.close()
+            windows.close()
+
+    def _flows(self, frames: np.ndarray) -> np.ndarray:
+        """(n+1)xHxW uint8 consecutive frames -> nxHxWx2 float32 flows."""
+        import torch
+
+        stack = torch.from_numpy(np.ascontiguousarray(frames)).to(torch_device(self.device)).float()
+        return tvl1_flow(stack[:-1], stack[1:], self.params).cpu().numpy()
+
+    def versions(self) -> dict[str, str]:
+        import torch
+
+        found = {"torch": torch.__version__}
+        if self.device.startswith("cuda"):
+            found["cuda"] = str(torch.version.cuda)
+            found["gpu"] = torch.cuda.get_device_name(torch_device(self.device))
+        return found
+
+
+def frame_windows(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Stacks (n+1)xHxW of consecutive frames holding n <= batch_size pairs; each starts with the last one's end."""
+    window: list[np.ndarray] = []
+    for frame in frames:
+        window.append(frame)
+        if len(window) == batch_size + 1:
+            yield np.stack(window)
+            window = [frame]
+    if len(window) > 1:
+        yield np.stack(window)
