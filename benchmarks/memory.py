@@ -20,7 +20,7 @@ CLIP = REPO.parent / "shared" / "data" / "videos" / "carphone_pristine.mp4"
 SIZE = (352, 288)
 
 WORKER = """
-import json, resource, sys, time
+import json, resource, sys
 from flowprep.batch import VideoJob, process_video
 from flowprep.config import DecodeConfig, ExtractConfig, FlowConfig
 source, output, decoder, algo = sys.argv[1:5]
