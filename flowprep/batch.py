@@ -8,25 +8,28 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .config import ExtractConfig
-from .errors import ConfigError, FlowprepError
+from .errors import ConfigError, FlowprepError, require
 from .flow import cached_backend
 from .pipeline import extract_video, settings_of
-from .store import finished_meta, output_path, remove_stale_temps
+from .store import finished_meta, output_path, remove_stale_temps, temp_path
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
 ENGINES = ("local", "dask", "ray")
 FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
+LOCK_NAME = ".flowprep.lock"
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,17 @@ def _read_list(path: Path) -> list[Path]:
     return videos
 
 
-def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False, single_thread: bool = False
-                  ) -> VideoResult:
-    """Run one job in a worker; every failure becomes a 'failed' result with the reason."""
+def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False, single_thread: bool = False,
+                  parent_pid: int | None = None) -> VideoResult:
+    """Run one job in a worker; every failure becomes a 'failed' result with the reason.
+
+    `single_thread` limits OpenCV to one thread (workers run side by side). `parent_pid`: exit this process
+    when that parent dies, so that local workers do not outlive a killed run (see _exit_with_parent).
+    """
     started = time.perf_counter()
     try:
+        if parent_pid is not None:
+            _exit_with_parent(parent_pid)
         if single_thread:
             import cv2
 
@@ -121,6 +130,31 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
     return VideoResult(job.source, job.output, "failed", seconds=time.perf_counter() - started, reason=reason)
 
 
+_watchdog_lock = threading.Lock()
+_watched_parent: int | None = None
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Start (once per process) a thread that ends this worker soon after `parent_pid` is gone.
+
+    Loky workers whose parent was killed (kill -9, OOM killer) finish their current video and then idle for
+    minutes; a rerun would race them. A worker that exits mid-video leaves only a temporary, which the next
+    run removes.
+    """
+    global _watched_parent
+    with _watchdog_lock:
+        if _watched_parent == parent_pid or os.getppid() != parent_pid:
+            return
+        _watched_parent = parent_pid
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="flowprep-exit-with-parent", daemon=True).start()
+
+
 def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
     wanted = json.loads(json.dumps(wanted))  # the JSON form, as recorded
     diffs = [f"{k}: {recorded.get(k)!r} recorded, {wanted[k]!r} asked" for k in wanted if recorded.get(k) != wanted[k]]
@@ -129,12 +163,15 @@ def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> st
 
 @dataclass
 class BatchReport:
+    """What one run did; `seconds` is wall time, `pairs` counts the flow pairs this run computed."""
+
     total: int = 0
     done: int = 0
     skipped: int = 0
     failed: int = 0
-    pairs: int = 0  # flow pairs computed by this run
+    pairs: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
     mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings differ
     failures: list[VideoResult] = field(default_factory=list)
 
@@ -152,11 +189,21 @@ class BatchReport:
             self.mismatched.append(f"{result.output}: {result.reason}")
 
     def summary(self) -> str:
-        lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed; "
-                 f"{self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
+        left = self.total - self.done - self.skipped - self.failed
+        lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
+                 + (f", {left} not processed (interrupted)" if self.interrupted else "")
+                 + f"; {self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
         lines += [f"  settings differ: {m}" for m in self.mismatched]
         lines += [f"  FAILED {f.reason}" for f in self.failures]
         return "\n".join(lines)
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during run_batch, after cleanup; `report` holds what was finished until then."""
+
+    def __init__(self, report: BatchReport):
+        super().__init__("batch interrupted")
+        self.report = report
 
 
 def run_batch(
@@ -170,7 +217,13 @@ def run_batch(
     overwrite: bool = False,
     progress: bool = True,
 ) -> BatchReport:
-    """Process `jobs` and write failures.jsonl and report.json (last) under `out_root`."""
+    """Process `jobs` and write failures.jsonl and report.json (last) under `out_root`.
+
+    Finished videos are skipped unless `overwrite`. Temporaries of killed runs are removed first. On Ctrl-C
+    the temporaries of this run are removed, the report is written with interrupted=true and BatchInterrupted
+    is raised. Raises ConfigError for a bad engine, jobs count or address, or when another run holds
+    `out_root`.
+    """
     config = config or ExtractConfig()
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -178,27 +231,58 @@ def run_batch(
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_root)
-    report = BatchReport(total=len(jobs))
-    started = time.perf_counter()
-    runnable, collisions = _split_collisions(jobs, config.store.pack)
-    try:
+    with _exclusive(out_root):
+        # report.json says "this run finished"; a stale one must not vouch for a run that gets killed.
+        (out_root / REPORT_NAME).unlink(missing_ok=True)
+        remove_stale_temps(out_root)
+        report = BatchReport(total=len(jobs))
+        started = time.perf_counter()
+        runnable, collisions = _split_collisions(jobs, config.store.pack)
         for result in collisions:
             report.add(result)
-        with _progress_bar(len(jobs), progress) as bar:
-            bar.update(len(collisions))
-            for result in _run_on_engine(runnable, config, engine, n_jobs, address, overwrite):
-                report.add(result)
-                report.seconds = time.perf_counter() - started
-                bar.set_postfix_str(f"{report.pairs_per_second:.2f} pairs/s, {report.failed} failed", refresh=False)
-                bar.update(1)
-    except BaseException:
-        # Ctrl-C or a lost cluster: workers may have left temporaries behind; none of them looks finished.
-        remove_stale_temps(out_root)
-        raise
-    report.seconds = time.perf_counter() - started
-    _write_report(out_root, report, config, engine, n_jobs)
+        try:
+            # closing(): on Ctrl-C the engine must stop its workers before the temporaries are removed.
+            with _progress_bar(len(jobs), progress) as bar, \
+                    closing(_run_on_engine(runnable, config, engine, n_jobs, address, overwrite)) as results:
+                bar.update(len(collisions))
+                for result in results:
+                    report.add(result)
+                    report.seconds = time.perf_counter() - started
+                    bar.set_postfix_str(f"{report.pairs_per_second:.2f} pairs/s, {report.failed} failed",
+                                        refresh=False)
+                    bar.update(1)
+        except BaseException as exc:
+            # Ctrl-C or a lost cluster: workers may have left temporaries behind; none of them looks finished.
+            remove_stale_temps(out_root)
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
+            report.interrupted = True
+            report.seconds = time.perf_counter() - started
+            _write_report(out_root, report, config, engine, n_jobs)
+            raise BatchInterrupted(report) from None
+        report.seconds = time.perf_counter() - started
+        _write_report(out_root, report, config, engine, n_jobs)
     return report
+
+
+@contextmanager
+def _exclusive(out_root: Path) -> Iterator[None]:
+    """Hold an advisory lock on `out_root` so that two runs never remove each other's temporaries.
+
+    flock locks die with their process, so a killed run never blocks the next one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, one run at a time is the user's job
+        yield
+        return
+    with open(out_root / LOCK_NAME, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another flowprep run is writing into {str(out_root)!r} (it holds "
+                              f"{out_root / LOCK_NAME}); wait for it or stop it first") from None
+        yield
 
 
 def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJob], list[VideoResult]]:
@@ -216,46 +300,49 @@ def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJo
 
 def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, n_jobs: int,
                    address: str | None, overwrite: bool) -> Iterator[VideoResult]:
+    """Results in completion order, so the progress bar moves as each video finishes, on every engine."""
+    if not jobs:
+        return
+    if engine == "ray":
+        yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
+                               address)
+        return
     from joblib import Parallel, delayed, parallel_config
 
     # One OpenCV thread per worker when workers run side by side: processes, not threads, give the parallelism.
-    single_thread = engine != "local" or n_jobs > 1
-    tasks = (delayed(process_video)(job, config, overwrite, single_thread) for job in jobs)
-    with ExitStack() as stack:
-        if engine == "local":
-            backend, workers = ("loky" if n_jobs > 1 else "sequential"), n_jobs
-        else:
-            stack.enter_context(_cluster(engine, address))
-            backend, workers = engine, -1
-        stack.enter_context(parallel_config(backend=backend, n_jobs=workers))
+    # (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
+    local_processes = engine == "local" and n_jobs > 1
+    parent_pid = os.getpid() if local_processes else None
+    tasks = (delayed(process_video)(job, config, overwrite, engine != "local" or n_jobs > 1, parent_pid)
+             for job in jobs)
+    if engine == "local":
+        with parallel_config(backend="loky" if local_processes else "sequential", n_jobs=n_jobs):
+            yield from Parallel(return_as="generator_unordered")(tasks)
+        return
+    distributed = require("distributed", "dask", "--engine dask")
+    try:
+        client = distributed.Client(address) if address else distributed.Client(processes=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+    with client, parallel_config(backend="dask", n_jobs=-1):
         yield from Parallel(return_as="generator_unordered")(tasks)
 
 
-@contextmanager
-def _cluster(engine: str, address: str | None) -> Iterator[None]:
-    from .errors import require
+def _run_on_ray(jobs: Sequence[VideoJob], work: Callable[[VideoJob], VideoResult],
+                address: str | None) -> Iterator[VideoResult]:
+    """Ray's actor pool directly: its joblib backend cannot stream results (no return_as generators)."""
+    ray = require("ray", "ray", "--engine ray")
+    from ray.util.multiprocessing import Pool
 
-    if engine == "dask":
-        distributed = require("distributed", "dask", "--engine dask")
-        try:
-            client = distributed.Client(address) if address else distributed.Client(processes=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
-        with client:
-            yield
-    else:
-        ray = require("ray", "ray", "--engine ray")
-        from ray.util.joblib import register_ray
-
-        try:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        except ConnectionError as exc:
-            raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
-        register_ray()
-        try:
-            yield
-        finally:
-            ray.shutdown()
+    try:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    try:
+        with Pool() as pool:
+            yield from pool.imap_unordered(work, jobs)
+    finally:
+        ray.shutdown()
 
 
 @contextmanager
@@ -267,15 +354,20 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 
 
 def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int) -> None:
-    with open(out_root / FAILURES_NAME, "w") as f:
-        for failure in report.failures:
-            f.write(json.dumps({"source": failure.source, "output": failure.output, "reason": failure.reason}) + "\n")
+    """failures.jsonl (one JSON object per failed video), then report.json, each replaced atomically."""
+    lines = [json.dumps({"source": f.source, "output": f.output, "reason": f.reason}) + "\n"
+             for f in report.failures]
+    _write_atomic(out_root / FAILURES_NAME, "".join(lines))
     data = {
         "total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
-        "pairs": report.pairs, "seconds": round(report.seconds, 3),
+        "interrupted": report.interrupted, "pairs": report.pairs, "seconds": round(report.seconds, 3),
         "pairs_per_second": round(report.pairs_per_second, 3), "settings_mismatch": report.mismatched,
         "engine": engine, "jobs": n_jobs, "config": asdict(config),
     }
-    temp = out_root / f".{REPORT_NAME}.tmp"
-    temp.write_text(json.dumps(data, indent=1))
-    os.replace(temp, out_root / REPORT_NAME)
+    _write_atomic(out_root / REPORT_NAME, json.dumps(data, indent=1))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temp = temp_path(path)
+    temp.write_text(text)
+    os.replace(temp, path)

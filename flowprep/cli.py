@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from . import __version__, annotations
-from .batch import ENGINES, VIDEO_EXTENSIONS, discover, run_batch
+from .batch import ENGINES, VIDEO_EXTENSIONS, BatchInterrupted, discover, run_batch
 from .config import DECODERS, LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, backend_class, list_backends
@@ -107,7 +107,9 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
                            overwrite=overwrite, progress=not quiet)
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, BatchInterrupted):
+            click.echo(exc.report.summary(), err=True)
         click.echo("interrupted: finished videos are kept; rerun the same command to resume", err=True)
         sys.exit(130)
     click.echo(report.summary(), err=True)

@@ -119,9 +119,13 @@ class OutputWriter(ABC):
         """Write meta.json last, then move the output into place (replacing an older one)."""
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
         self._close()
+        self._check_complete()
         _replace(self.temp, self.final)
         self._done = True
         return self.final
+
+    def _check_complete(self) -> None:
+        """OutputError if the temporary lost files: another run's cleanup removed them while we wrote."""
 
     def abort(self) -> None:
         if not self._done:
@@ -140,10 +144,20 @@ class DirectoryWriter(OutputWriter):
     def __init__(self, final: Path):
         super().__init__(final)
         self.temp.mkdir()
+        self._written: set[str] = set()
 
     def write(self, name: str, data: bytes) -> None:
         with open(self.temp / name, "wb") as f:
             f.write(data)
+        self._written.add(name)
+
+    def _check_complete(self) -> None:
+        # A worker orphaned by a killed run can race the next run's remove_stale_temps: never rename a
+        # directory whose files were deleted under it into a place where it looks finished.
+        missing = self._written - set(os.listdir(self.temp))
+        if missing:
+            raise OutputError(f"{self.temp}: {len(missing)} written file(s) vanished before the commit "
+                              f"(e.g. {sorted(missing)[0]}); was another flowprep run cleaning this tree?")
 
     def _close(self) -> None:
         pass

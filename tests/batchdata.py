@@ -1,0 +1,134 @@
+"""Inputs and comparisons for batch tests: class trees of real clips, broken videos made from them, and
+content digests of output trees (directory or zip form alike)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from conftest import REPO, VIDEOS
+
+CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 176x144, 120 frames: 119 pairs, ~0.4 s with --algo dis
+# meta.json fields that describe the run rather than the output: time taken (SPEC: "seconds taken"), and the
+# errors of readers that were tried and abandoned (decord stops at a varying frame and stamps its clock time).
+RUN_SPECIFIC_META = ("seconds", "timing", "decoder_problems")
+
+
+def class_tree(root: Path, classes: int, per_class: int, clip: Path = CARPHONE) -> Path:
+    """root/C0/v0.mp4 ... : copies of a real clip in class folders (copies, so each has its own source path)."""
+    for c in range(classes):
+        (root / f"C{c}").mkdir(parents=True, exist_ok=True)
+        for v in range(per_class):
+            shutil.copyfile(clip, root / f"C{c}" / f"v{v}{clip.suffix}")
+    return root
+
+
+def remux(src: Path, dst: Path, *, options: dict[str, str] | None = None, max_packets: int | None = None) -> Path:
+    """Copy the video packets of `src` into a new container at `dst` (no re-encode), optionally only the first."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options=options or {}) as out:
+        stream_in = inp.streams.video[0]
+        stream_out = out.add_stream_from_template(stream_in)
+        for count, packet in enumerate(inp.demux(stream_in), 1):
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            packet.stream = stream_out
+            out.mux(packet)
+            if max_packets and count >= max_packets:
+                break
+    return dst
+
+
+def broken_videos(folder: Path, work: Path) -> dict[str, Path]:
+    """Bad inputs made from the real carphone clip; keys say what is wrong with each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    data = CARPHONE.read_bytes()
+    bad = {
+        "truncated": folder / "truncated.mp4",  # moov atom is at the end: nothing left to open
+        "zero_bytes": folder / "empty.mp4",
+        "not_a_video": folder / "notes.avi",
+        "one_frame": folder / "one_frame.mp4",
+        "lying_header": folder / "lying.mp4",  # claims 120 frames, holds 33: decord fails at 33, PyAV reads all
+    }
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    bad["zero_bytes"].write_bytes(b"")
+    bad["not_a_video"].write_text("this is a text file with a video extension\n" * 20)
+    remux(CARPHONE, bad["one_frame"], max_packets=1)
+    faststart = remux(CARPHONE, work / "faststart.mp4", options={"movflags": "faststart"})
+    moov_first = faststart.read_bytes()
+    bad["lying_header"].write_bytes(moov_first[: len(moov_first) // 3])
+    return bad
+
+
+def output_digest(root: Path) -> dict[str, str]:
+    """{video file path relative to root: sha256} over every video output under `root`.
+
+    Zip packs are expanded (`A/v.zip` member `flow_x_00001.jpg` -> key `A/v/flow_x_00001.jpg`) so both forms
+    compare equal. meta.json is hashed without RUN_SPECIFIC_META; report.json, failures.jsonl and the lock
+    file describe the run, not the outputs, and are left out.
+    """
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_dir() or len(rel.parts) == 1 and rel.name in ("report.json", "failures.jsonl", ".flowprep.lock"):
+            continue
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as pack:
+                for name in pack.namelist():
+                    digest[str(rel.with_suffix("") / name)] = _file_hash(name, pack.read(name))
+        else:
+            digest[str(rel)] = _file_hash(path.name, path.read_bytes())
+    return digest
+
+
+def _file_hash(name: str, data: bytes) -> str:
+    if name == "meta.json":
+        meta = json.loads(data)
+        for key in RUN_SPECIFIC_META:
+            meta.pop(key)
+        meta["config"]["store"].pop("pack")  # zip and dir forms differ only there
+        data = json.dumps(meta, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".flowprep-tmp-" in p.name]
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """`python -m flowprep ARGS` in its own process group (so the test can signal it and its workers)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "flowprep", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass

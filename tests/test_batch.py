@@ -1,0 +1,170 @@
+"""Batch runs through the real CLI: discovery, broken videos, reports, collisions, skip, overwrite, settings."""
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+
+import pytest
+from batchdata import CARPHONE, broken_videos, output_digest, temporaries
+from conftest import VIDEOS, run_cli
+
+from flowprep.batch import discover
+from flowprep.errors import ConfigError
+from flowprep.store import open_output
+
+
+def test_discover_mirrors_class_folders_and_reads_list_files(tmp_path):
+    videos = tmp_path / "videos"
+    for rel in ["Archery/v_Archery_g01_c01.avi", "Archery/v_Archery_g01_c02.MP4", "Bowling/b.webm",
+                "Bowling/.hidden.mp4", "Bowling/notes.txt"]:
+        (videos / rel).parent.mkdir(parents=True, exist_ok=True)
+        (videos / rel).write_bytes(b"")
+    jobs = discover(videos, tmp_path / "flow")
+    assert [(j.source, j.output) for j in jobs] == [
+        (str(videos / "Archery/v_Archery_g01_c01.avi"), str(tmp_path / "flow/Archery/v_Archery_g01_c01")),
+        (str(videos / "Archery/v_Archery_g01_c02.MP4"), str(tmp_path / "flow/Archery/v_Archery_g01_c02")),
+        (str(videos / "Bowling/b.webm"), str(tmp_path / "flow/Bowling/b")),
+    ]
+    assert [j.source for j in discover(videos, tmp_path / "flow", ["webm"])] == [str(videos / "Bowling/b.webm")]
+
+    listing = videos / "train.txt"  # mmaction2 style: path and label columns, relative to the list's folder
+    listing.write_text("# train split\nBowling/b.webm 1\n\nArchery/v_Archery_g01_c01.avi 0\n")
+    assert [(j.source, j.output) for j in discover(listing, tmp_path / "flow")] == [
+        (str(videos / "Bowling/b.webm"), str(tmp_path / "flow/Bowling/b")),
+        (str(videos / "Archery/v_Archery_g01_c01.avi"), str(tmp_path / "flow/Archery/v_Archery_g01_c01")),
+    ]
+    with pytest.raises(ConfigError, match="nowhere"):
+        discover(tmp_path / "nowhere", tmp_path / "flow")
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """Two good real clips, five broken ones, one run of the CLI over all of them."""
+    root = tmp_path_factory.mktemp("mixed")
+    videos = root / "videos"
+    (videos / "good").mkdir(parents=True)
+    shutil.copyfile(CARPHONE, videos / "good" / "carphone.mp4")
+    shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "good" / "whale.mp4")
+    bad = broken_videos(videos / "bad", root / "work")
+    out = root / "flow"
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--jobs", "2", "-q")
+    return videos, out, bad, result
+
+
+def test_bad_videos_fail_alone_and_are_named_with_reasons(mixed_run):
+    videos, out, bad, result = mixed_run
+    assert result.returncode == 1, result.stderr
+    failures = {json.loads(line)["source"]: json.loads(line) for line in (out / "failures.jsonl").open()}
+    expected_reasons = {
+        "truncated": "cannot open it",
+        "zero_bytes": "empty file (0 bytes)",
+        "not_a_video": "cannot open it",
+        "one_frame": "decoded 1 frame(s)",
+    }
+    assert set(failures) == {str(bad[kind]) for kind in expected_reasons}
+    for kind, reason in expected_reasons.items():
+        failure = failures[str(bad[kind])]
+        assert reason in failure["reason"] and str(bad[kind]) in failure["reason"], failure
+        assert not open_output_exists(failure["output"])
+        assert str(bad[kind]) in result.stderr  # the summary names it too
+    assert temporaries(out) == []
+
+
+def open_output_exists(base: str) -> bool:
+    try:
+        open_output(base).close()
+    except Exception:
+        return False
+    return True
+
+
+def test_good_videos_complete_beside_bad_ones(mixed_run):
+    videos, out, bad, result = mixed_run
+    with open_output(out / "good" / "carphone") as reader:
+        assert reader.meta()["flow_pairs"] == 119
+        assert len([n for n in reader.names() if n.startswith("flow_x_")]) == 119
+    with open_output(out / "good" / "whale") as reader:
+        assert reader.meta()["flow_pairs"] == 7
+    # The header claims 120 frames; decord stops at 33 and --decoder auto falls back to PyAV, which reads all.
+    with open_output(out / "bad" / "lying") as reader:
+        meta = reader.meta()
+    assert meta["decoder"] == "pyav" and meta["flow_pairs"] == 32
+    # Where decord gives up varies from run to run (its decoder thread races the demuxer); PyAV restarts anyway.
+    assert "decord failed reading frame" in meta["decoder_problems"][0]
+
+
+def test_report_counts_the_run(mixed_run):
+    videos, out, bad, result = mixed_run
+    report = json.loads((out / "report.json").read_text())
+    assert (report["total"], report["done"], report["skipped"], report["failed"]) == (7, 3, 0, 4)
+    assert report["pairs"] == 119 + 7 + 32 and report["interrupted"] is False
+    assert report["seconds"] > 0 and report["pairs_per_second"] == pytest.approx(
+        report["pairs"] / report["seconds"], rel=0.01)
+    assert "7 videos: 3 done, 0 skipped, 4 failed; 158 flow pairs" in result.stderr
+
+
+def test_rerun_skips_finished_and_retries_failed(mixed_run):
+    videos, out, bad, _ = mixed_run
+    before = output_digest(out)
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 1
+    report = json.loads((out / "report.json").read_text())
+    assert (report["done"], report["skipped"], report["failed"], report["pairs"]) == (0, 3, 4, 0)
+    assert len((out / "failures.jsonl").read_text().splitlines()) == 4
+    assert output_digest(out) == before
+
+
+def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "whale.mp4")
+    out = tmp_path / "flow"
+    assert run_cli("extract", str(videos), str(out), "--algo", "dis", "-q").returncode == 0
+    before = output_digest(out)
+
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--bound", "40", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "settings differ" in result.stderr and "bound: 20.0 recorded, 40.0 asked" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == 1 and "bound: 20.0 recorded, 40.0 asked" in report["settings_mismatch"][0]
+    assert output_digest(out) == before
+
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--bound", "40", "--overwrite", "-q")
+    assert result.returncode == 0 and "settings differ" not in result.stderr
+    assert open_output(out / "whale").meta()["settings"]["bound"] == 40.0
+    assert temporaries(out) == []
+
+
+def test_outputs_that_would_collide_fail_instead_of_overwriting(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "whale.mp4")
+    shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "whale.mkv")
+    out = tmp_path / "flow"
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 1
+    reasons = [json.loads(line)["reason"] for line in (out / "failures.jsonl").open()]
+    assert len(reasons) == 2 and all("maps to the same output" in r for r in reasons)
+    assert not (out / "whale").exists()
+
+
+def test_usage_errors_exit_2_naming_the_problem(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("extract", str(empty), str(tmp_path / "flow"))
+    assert result.returncode == 2 and "no videos" in result.stderr
+    result = run_cli("extract", str(tmp_path / "missing"), str(tmp_path / "flow"))
+    assert result.returncode == 2 and "missing" in result.stderr
+    result = run_cli("extract", str(CARPHONE), str(tmp_path / "flow"), "--engine", "spark")
+    assert result.returncode == 2 and "spark" in result.stderr
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    out = tmp_path / "flow"
+    out.mkdir()
+    with open(out / ".flowprep.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running batch holds it
+        result = run_cli("extract", str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 2 and "another flowprep run is writing into" in result.stderr
+    assert not (out / "rubber-whale").exists()

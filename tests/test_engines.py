@@ -1,0 +1,129 @@
+"""The same command on every engine gives the same output tree: local (1 and 2 processes), Dask, Ray.
+
+Dask runs as a user would run it: `dask scheduler` and `dask worker` started from the shell (here as
+subprocesses on 127.0.0.1), the CLI pointed at the scheduler with --address.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from batchdata import CARPHONE, broken_videos, output_digest, temporaries
+from conftest import REPO, VIDEOS, run_cli
+
+pytestmark = pytest.mark.slow
+ARGS = ("--algo", "dis", "-q")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Real clips in class folders plus two broken files (one fails, one needs the PyAV fallback)."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "A").mkdir()
+    (root / "B").mkdir()
+    shutil.copyfile(CARPHONE, root / "A" / "carphone.mp4")
+    shutil.copyfile(VIDEOS / "rubber-whale.mp4", root / "B" / "whale.mp4")
+    bad = broken_videos(tmp_path_factory.mktemp("bad"), tmp_path_factory.mktemp("work"))
+    shutil.copyfile(bad["lying_header"], root / "B" / "lying.mp4")
+    shutil.copyfile(bad["not_a_video"], root / "B" / "notes.avi")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local(videos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 1, result.stderr  # notes.avi fails
+    return _outcome(out)
+
+
+def _outcome(out):
+    """What must not depend on the engine: every output file, and which videos failed."""
+    assert temporaries(out) == []
+    failures = sorted(json.loads(line)["source"] for line in (out / "failures.jsonl").open())
+    return output_digest(out), failures
+
+
+def _assert_same(outcome, expected):
+    (digest, failures), (expected_digest, expected_failures) = outcome, expected
+    assert failures == expected_failures
+    assert sorted(digest) == sorted(expected_digest)
+    assert [name for name in digest if digest[name] != expected_digest[name]] == []
+
+
+def test_local_processes_match_a_single_process(videos, local, tmp_path):
+    # Workers run OpenCV single-threaded; flow must not depend on the thread count.
+    result = run_cli("extract", str(videos), str(tmp_path), "--jobs", "2", *ARGS)
+    assert result.returncode == 1
+    _assert_same(_outcome(tmp_path), local)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path_factory):
+    """A Dask scheduler and one worker (1 process, 1 thread) started with Dask's own CLI."""
+    scratch = tmp_path_factory.mktemp("dask")
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    processes = []
+    try:
+        processes.append(subprocess.Popen(
+            [os.path.join(bin_dir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+             "--no-dashboard"], env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(subprocess.Popen(
+            [os.path.join(bin_dir, "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
+             "--no-dashboard", "--local-directory", str(scratch)],
+            env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_workers(address, 1)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_for_workers(address: str, count: int, timeout: float = 90) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=timeout) as client:
+        client.wait_for_workers(count, timeout=timeout)
+
+
+def test_dask_cluster_gives_the_local_tree(videos, local, dask_cluster, tmp_path):
+    result = run_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", dask_cluster,
+                     "--algo", "dis")
+    assert result.returncode == 1, result.stderr
+    _assert_same(_outcome(tmp_path), local)
+    assert "4/4" in result.stderr  # the progress bar reached the end with remote workers
+    assert json.loads((tmp_path / "report.json").read_text())["engine"] == "dask"
+
+
+def test_unreachable_dask_scheduler_is_a_usage_error(videos, tmp_path, monkeypatch):
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")  # Dask's default waits 30 s
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    result = run_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
+    assert result.returncode == 2 and f"cannot reach the Dask scheduler at {address!r}" in result.stderr
+
+
+def test_ray_local_instance_gives_the_local_tree(videos, local, tmp_path):
+    pytest.importorskip("ray")
+    result = run_cli("extract", str(videos), str(tmp_path), "--engine", "ray", *ARGS)
+    assert result.returncode == 1, result.stderr
+    _assert_same(_outcome(tmp_path), local)
+    assert json.loads((tmp_path / "report.json").read_text())["engine"] == "ray"

@@ -1,0 +1,116 @@
+"""Killed and interrupted runs: kill -9 at a random moment (seeded) or Ctrl-C, rerun, compare with a clean run."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+import zipfile
+
+import pytest
+from batchdata import class_tree, group_alive, kill_group, output_digest, start_cli, temporaries, wait_for
+from conftest import run_cli
+
+from flowprep.store import finished_meta
+
+pytestmark = pytest.mark.slow
+ARGS = ("--algo", "dis", "-q")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """8 copies of a real clip in 2 class folders: ~0.5 s each, so a run lasts long enough to be killed."""
+    return class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=4)
+
+
+@pytest.fixture(scope="module")
+def clean(videos, tmp_path_factory):
+    """Digests of uninterrupted runs, per pack form."""
+    digests = {}
+    for pack in ("dir", "zip"):
+        out = tmp_path_factory.mktemp(f"clean_{pack}")
+        result = run_cli("extract", str(videos), str(out), "--pack", pack, *ARGS)
+        assert result.returncode == 0, result.stderr
+        digests[pack] = output_digest(out)
+    assert len(digests["dir"]) == 8 * (2 * 119 + 1)
+    return digests
+
+
+def _finished(out, pack):
+    suffix = ".zip" if pack == "zip" else ""
+    return [p for p in out.glob(f"C*/v*{suffix}") if finished_meta(p.with_suffix("") if suffix else p, pack)]
+
+
+def _kill_mid_run(videos, out, seed, *extra, whole_group=True):
+    """Start a run, SIGKILL it at a seeded random moment after its first video finished; returns its pgid."""
+    pack = "zip" if "zip" in extra else "dir"
+    process = start_cli("extract", str(videos), str(out), *ARGS, *extra)
+    wait_for(lambda: _finished(out, pack) or process.poll() is not None, 60, "a first finished video")
+    assert process.poll() is None, "the run ended before it could be killed: give it more videos"
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))
+    if whole_group:
+        kill_group(process.pid)
+    else:
+        process.kill()  # the parent only, as the OOM killer would: its workers are orphaned
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_then_rerun_gives_the_clean_tree(videos, clean, tmp_path, seed):
+    out = tmp_path / "flow"
+    _kill_mid_run(videos, out, seed)
+    done_before = len(_finished(out, "dir"))
+    assert 0 < done_before < 8
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] >= done_before and report["done"] + report["skipped"] == 8
+    assert output_digest(out) == clean["dir"]
+    assert temporaries(out) == []
+
+
+def test_workers_of_a_killed_parent_exit_and_the_rerun_is_clean(videos, clean, tmp_path):
+    out = tmp_path / "flow"
+    pgid = _kill_mid_run(videos, out, 3, "--jobs", "2", whole_group=False)
+    try:
+        # Loky's own workers would finish their video and idle for minutes; flowprep's watchdog ends them.
+        wait_for(lambda: not group_alive(pgid), 10, "the orphaned workers to exit")
+    finally:
+        kill_group(pgid)
+    result = run_cli("extract", str(videos), str(out), "--jobs", "2", *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean["dir"]
+    assert temporaries(out) == []
+
+
+def test_killed_zip_run_leaves_no_pack_that_looks_finished(videos, clean, tmp_path):
+    out = tmp_path / "flow"
+    _kill_mid_run(videos, out, 4, "--pack", "zip")
+    for pack in out.glob("C*/*.zip"):  # every visible pack is complete: meta.json and all its pairs
+        with zipfile.ZipFile(pack) as z:
+            assert z.testzip() is None
+            meta = json.loads(z.read("meta.json"))
+            assert len([n for n in z.namelist() if n.startswith("flow_")]) == 2 * meta["flow_pairs"]
+    result = run_cli("extract", str(videos), str(out), "--pack", "zip", *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean["zip"] == clean["dir"]
+    assert temporaries(out) == []
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(videos, clean, tmp_path):
+    out = tmp_path / "flow"
+    process = start_cli("extract", str(videos), str(out), "--jobs", "2", *ARGS)
+    wait_for(lambda: _finished(out, "dir") or process.poll() is not None, 60, "a first finished video")
+    kill_group(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "not processed (interrupted)" in stderr
+    assert temporaries(out) == []
+    report = json.loads((out / "report.json").read_text())
+    # A worker may commit a video whose result the parent never received: finished on disk, not counted.
+    assert report["interrupted"] is True and report["done"] <= len(_finished(out, "dir")) < 8
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "report.json").read_text())["interrupted"] is False
+    assert output_digest(out) == clean["dir"]

@@ -1,0 +1,157 @@
+"""Store stage: atomic writers (directory and zip), readers for both forms, stale temporaries."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from flowprep.errors import OutputError
+from flowprep.store import (
+    META_FORMAT,
+    META_NAME,
+    TEMP_MARKER,
+    DirectoryWriter,
+    Naming,
+    encode_jpeg,
+    finished_meta,
+    open_output,
+    open_writer,
+    output_path,
+    remove_stale_temps,
+)
+
+META = {"format": META_FORMAT, "flow_pairs": 2, "settings": {"layout": "separate"}}
+
+
+def _files() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    naming = Naming()
+    files = {}
+    for index in range(2):
+        for axis in "xy":
+            files[naming.flow(axis, index)] = encode_jpeg(rng.integers(0, 256, (24, 32), np.uint8), 95)
+    return files
+
+
+def _temps(root):
+    return [p for p in root.rglob("*") if TEMP_MARKER in p.name]
+
+
+def test_naming_is_one_based_by_default_and_follows_templates():
+    assert Naming().flow("x", 0) == "flow_x_00001.jpg"
+    assert Naming().img(9) == "img_00010.jpg"
+    assert Naming("xy0", "flow_{:05d}.jpg").xy(0) == "flow_00001.jpg"
+    assert Naming(flow_template="{}_{:04d}.jpg", start_index=0).flow("y", 3) == "y_0003.jpg"
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_writer_is_invisible_until_commit_and_readers_agree(tmp_path, pack):
+    base = tmp_path / "Class" / "video"
+    files = _files()
+    writer = open_writer(base, pack)
+    for name, data in files.items():
+        writer.write(name, data)
+    assert not output_path(base, pack).exists()
+    assert finished_meta(base, pack) is None
+    assert len(_temps(tmp_path)) == 1
+    writer.commit(META)
+    assert _temps(tmp_path) == []
+    with open_output(base) as reader:  # the base path finds either form
+        assert reader.names() == sorted([*files, META_NAME])
+        assert all(reader.read(name) == data for name, data in files.items())
+        assert reader.meta() == META
+        image = reader.read_image("flow_x_00001.jpg")
+        assert image.shape == (24, 32) and image.dtype == np.uint8
+        with pytest.raises(OutputError, match="flow_x_00099.jpg"):
+            reader.read("flow_x_00099.jpg")
+    assert finished_meta(base, pack) == META
+
+
+def test_zip_pack_is_stored_with_meta_last_and_byte_identical_across_runs(tmp_path):
+    packs = []
+    for run in ("a", "b"):
+        with open_writer(tmp_path / run / "video", "zip") as writer:
+            for name, data in _files().items():
+                writer.write(name, data)
+            packs.append(writer.commit(META))
+    with zipfile.ZipFile(packs[0]) as pack:
+        infos = pack.infolist()
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in infos)
+        assert infos[-1].filename == META_NAME
+    assert packs[0].read_bytes() == packs[1].read_bytes()
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_error_inside_the_writer_leaves_nothing(tmp_path, pack):
+    with pytest.raises(RuntimeError):
+        with open_writer(tmp_path / "video", pack) as writer:
+            writer.write("flow_x_00001.jpg", b"partial")
+            raise RuntimeError("decoder died")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commit_replaces_an_older_directory_whole(tmp_path):
+    base = tmp_path / "video"
+    with open_writer(base) as writer:
+        writer.write("flow_x_00001.jpg", b"old")
+        writer.write("flow_x_00002.jpg", b"old")
+        writer.commit({**META, "flow_pairs": 2})
+    with open_writer(base) as writer:
+        writer.write("flow_x_00001.jpg", b"new")
+        writer.commit({**META, "flow_pairs": 1})
+    assert sorted(p.name for p in base.iterdir()) == ["flow_x_00001.jpg", META_NAME]
+    assert (base / "flow_x_00001.jpg").read_bytes() == b"new"
+    assert _temps(tmp_path) == []
+
+
+def test_directory_whose_files_vanished_is_never_committed(tmp_path):
+    # What an orphaned worker sees when the next run's cleanup empties its temporary under it.
+    writer = DirectoryWriter(tmp_path / "video")
+    writer.write("flow_x_00001.jpg", b"x")
+    writer.write("flow_y_00001.jpg", b"y")
+    (writer.temp / "flow_x_00001.jpg").unlink()
+    with pytest.raises(OutputError, match="vanished"):
+        with writer:
+            writer.commit(META)
+    assert not (tmp_path / "video").exists()
+    assert _temps(tmp_path) == []
+
+
+def test_unfinished_outputs_are_not_finished(tmp_path):
+    no_meta = tmp_path / "no_meta"
+    no_meta.mkdir()
+    (no_meta / "flow_x_00001.jpg").write_bytes(b"x")
+    bad_json = tmp_path / "bad_json"
+    bad_json.mkdir()
+    (bad_json / META_NAME).write_text("{not json")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / META_NAME).write_text(json.dumps({"format": "other"}))
+    (tmp_path / "cut.zip").write_bytes(b"PK\x03\x04 truncated")
+    for base, pack in [(no_meta, "dir"), (bad_json, "dir"), (foreign, "dir"), (tmp_path / "cut", "zip"),
+                       (tmp_path / "absent", "dir")]:
+        assert finished_meta(base, pack) is None, base
+    with pytest.raises(OutputError, match="bad_json"):
+        open_output(bad_json).meta()
+    with pytest.raises(OutputError, match="no flow output"):
+        open_output(tmp_path / "absent")
+
+
+def test_remove_stale_temps_removes_only_temporaries(tmp_path):
+    keep = tmp_path / "A" / "v1"
+    keep.mkdir(parents=True)
+    (keep / "flow_x_00001.jpg").write_bytes(b"x")
+    stale_dir = tmp_path / "A" / f".v2{TEMP_MARKER}0123456789ab"
+    stale_dir.mkdir()
+    (stale_dir / "flow_x_00001.jpg").write_bytes(b"x")
+    stale_zip = tmp_path / "B" / f".v3.zip{TEMP_MARKER}0123456789ab"
+    stale_zip.parent.mkdir()
+    stale_zip.write_bytes(b"PK")
+    visible = tmp_path / "B" / "not.flowprep-tmp-but-visible"  # not hidden: a user's file, kept
+    visible.write_bytes(b"")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([stale_dir, stale_zip])
+    assert not stale_dir.exists() and not stale_zip.exists()
+    assert keep.is_dir() and visible.exists()
