@@ -8,7 +8,7 @@ import click
 
 from . import __version__, annotations
 from .batch import ENGINES, VIDEO_EXTENSIONS, BatchInterrupted, discover, run_batch
-from .config import DECODERS, LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
+from .config import LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, backend_class, list_backends
 from .store import Naming
@@ -55,7 +55,8 @@ def main() -> None:
               help="Sample frames at this rate (nearest frame to each k/fps). Default: the source rate.")
 @click.option("--size", type=SizeType(), default=None, help="Resize frames to WIDTHxHEIGHT, e.g. 340x256.")
 @click.option("--short-side", type=click.IntRange(min=2), default=None, help="Resize so the short side is S pixels.")
-@click.option("--decoder", type=click.Choice(DECODERS), default="auto", show_default=True)
+@click.option("--decoder", default="auto", show_default=True,
+              help="auto (pyav, then decord, then opencv), one reader, or a fallback list such as 'decord,pyav'.")
 @click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="Quantization bound b in pixels: flow in [-b, b] maps to 0..255.")
 @click.option("--quality", "jpeg_quality", type=click.IntRange(1, 100), default=95, show_default=True,

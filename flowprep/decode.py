@@ -163,11 +163,6 @@ class OpenCVReader(VideoReader):
 READERS: dict[str, type[VideoReader]] = {r.name: r for r in (DecordReader, PyAVReader, OpenCVReader)}
 
 
-def decoder_order(decoder: str) -> tuple[str, ...]:
-    """Readers to try in turn: 'auto' tries decord, then PyAV, then OpenCV."""
-    return tuple(READERS) if decoder == "auto" else (decoder,)
-
-
 def check_video_file(path: str | os.PathLike) -> None:
     """DecodeError naming `path` when it is missing, not a file or empty: no reader needs to try those."""
     path = Path(path)

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .config import ExtractConfig
-from .decode import VideoReader, check_video_file, decoder_order, open_reader, output_size, resize, sample_fps, to_gray
+from .decode import VideoReader, check_video_file, open_reader, output_size, resize, sample_fps, to_gray
 from .errors import DecodeError
 from .flow import cached_backend
 from .flow.base import FlowBackend
@@ -62,15 +62,15 @@ def extract_video(
     """Extract flow (and RGB frames if asked) of `source` into `output` (a directory, or `output.zip`).
 
     Returns the meta.json written. Raises DecodeError (naming the file) when no reader can decode at least
-    two frames; nothing is left at `output` then. With decoder 'auto' a reader that fails is replaced by the
-    next one, starting the video again.
+    two frames; nothing is left at `output` then. A reader that fails is replaced by the next one of
+    config.decode.readers, starting the video again.
     """
     config = config or ExtractConfig()
     backend = backend or cached_backend(config.flow)
     source = Path(source)
     check_video_file(source)
     problems = []
-    for decoder in decoder_order(config.decode.decoder):
+    for decoder in config.decode.readers:
         try:
             with open_reader(source, decoder) as reader, open_writer(output, config.store.pack) as writer:
                 return _extract(reader, writer, config, backend, problems)

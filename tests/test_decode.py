@@ -5,7 +5,7 @@ import av
 import numpy as np
 import pytest
 
-from flowprep import DecodeConfig, DecodeError
+from flowprep import ConfigError, DecodeConfig, DecodeError
 from flowprep.decode import READERS, check_video_file, open_reader, output_size, resize, sample_fps, to_gray
 
 from conftest import VIDEOS
@@ -105,3 +105,16 @@ def test_resize_and_gray_shapes():
     assert resize(rgb, (340, 256)).shape == (256, 340, 3)
     assert resize(to_gray(rgb), (88, 72)).shape == (72, 88)
     assert resize(rgb, (176, 144)) is rgb
+
+
+@pytest.mark.parametrize("decoder, readers", [
+    ("auto", ("pyav", "decord", "opencv")), ("opencv", ("opencv",)), ("decord, pyav", ("decord", "pyav")),
+])
+def test_decoder_fallback_lists(decoder, readers):
+    assert DecodeConfig(decoder=decoder).readers == readers
+
+
+@pytest.mark.parametrize("decoder", ["ffmpeg", "", "pyav,,nvdec"])
+def test_unknown_decoders_are_named(decoder):
+    with pytest.raises(ConfigError, match=f"decoder must be auto, or one or more of pyav, decord, opencv.*{decoder!r}"):
+        DecodeConfig(decoder=decoder)

@@ -64,7 +64,7 @@ def test_meta_json_records_the_run(rubber_whale_out):
     assert (s["algorithm"], s["device"], s["bound"], s["jpeg_quality"], s["layout"]) == ("tvl1", "cpu", 20.0, 95,
                                                                                          "separate")
     assert s["params"]["tau"] == 0.25 and s["params"]["warps"] == 5 and s["params"]["median_filtering"] == 5
-    assert meta["decoder"] == "decord" and {"flowprep", "opencv", "decord"} <= set(meta["versions"])
+    assert meta["decoder"] == "pyav" and {"flowprep", "opencv", "pyav"} <= set(meta["versions"])
     assert meta["seconds"] > 0 and set(meta["timing"]) == {"decode", "flow", "quantize", "encode", "write"}
 
 
@@ -119,7 +119,8 @@ def test_zip_pack_holds_the_same_files_as_the_directory(tmp_path):
 def test_a_lying_header_falls_back_to_the_next_reader(tmp_path):
     clip = tmp_path / "lying.mp4"
     make_lying_clip(clip)
-    meta = extract_video(clip, tmp_path / "out", ExtractConfig(flow=FlowConfig("dis")))
+    config = ExtractConfig(decode=DecodeConfig(decoder="decord,pyav"), flow=FlowConfig("dis"))
+    meta = extract_video(clip, tmp_path / "out", config)
     assert meta["decoder"] == "pyav" and "decord failed reading frame" in meta["decoder_problems"][0]
     assert 0 < meta["flow_pairs"] == meta["frames"] - 1 < 119
 
