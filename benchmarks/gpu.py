@@ -24,7 +24,7 @@ from flowprep.flow.opencv import OpenCVTVL1  # noqa: E402
 from flowprep.flow.torch_tvl1 import TorchTVL1, torch_device, tvl1_flow  # noqa: E402
 from flowprep.flowio import endpoint_error, read_flo  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "../shared/data/flow_gt"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flow_gt"
 SINTEL = DATA / "sintel/training"
 SEQUENCES = ("alley_1", "cave_2", "market_5")
 

@@ -13,14 +13,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .config import ExtractConfig
 from .errors import ConfigError, FlowprepError, require
-from .flow import cached_backend
+from .flow import backend_class, cached_backend, device_kind
 from .pipeline import extract_video, settings_of
 from .store import finished_meta, output_path, remove_stale_temps, temp_path
 
@@ -100,21 +100,21 @@ def _read_list(path: Path) -> list[Path]:
 
 
 def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False, single_thread: bool = False,
-                  parent_pid: int | None = None) -> VideoResult:
+                  parent_pid: int | None = None, gpu: int | None = None) -> VideoResult:
     """Run one job in a worker; every failure becomes a 'failed' result with the reason.
 
-    `single_thread` limits OpenCV to one thread (workers run side by side). `parent_pid`: exit this process
-    when that parent dies, so that local workers do not outlive a killed run (see _exit_with_parent).
+    `single_thread` limits the backend's libraries to one thread (workers run side by side). `parent_pid`: exit
+    this process when that parent dies, so that local workers do not outlive a killed run (see _exit_with_parent).
+    `gpu`: run a `cuda` job on cuda:`gpu` (meta.json still records the device asked for, `cuda`).
     """
     started = time.perf_counter()
     try:
         if parent_pid is not None:
             _exit_with_parent(parent_pid)
         if single_thread:
-            import cv2
-
-            cv2.setNumThreads(1)
-        backend = cached_backend(config.flow)
+            backend_class(config.flow.algo, config.flow.device).limit_threads()
+        flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
+        backend = cached_backend(flow)
         existing = None if overwrite else finished_meta(job.output, config.store.pack)
         if existing is not None:
             return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),
@@ -305,7 +305,7 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
         return
     if engine == "ray":
         yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
-                               address)
+                               address, _uses_cuda(config))
         return
     from joblib import Parallel, delayed, parallel_config
 
@@ -313,8 +313,10 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
     # (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
     local_processes = engine == "local" and n_jobs > 1
     parent_pid = os.getpid() if local_processes else None
-    tasks = (delayed(process_video)(job, config, overwrite, engine != "local" or n_jobs > 1, parent_pid)
-             for job in jobs)
+    gpus = _local_gpu_count(config) if local_processes else 0
+    tasks = (delayed(process_video)(job, config, overwrite, engine != "local" or n_jobs > 1, parent_pid,
+                                    index % gpus if gpus > 1 else None)
+             for index, job in enumerate(jobs))
     if engine == "local":
         with parallel_config(backend="loky" if local_processes else "sequential", n_jobs=n_jobs):
             yield from Parallel(return_as="generator_unordered")(tasks)
@@ -324,12 +326,27 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
         client = distributed.Client(address) if address else distributed.Client(processes=True)
     except OSError as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
-    with client, parallel_config(backend="dask", n_jobs=-1):
+    # GPU jobs run only on workers started with `--resources GPU=1` (one worker per GPU), one job per GPU at a time.
+    resources = {"resources": {"GPU": 1}} if _uses_cuda(config) else {}
+    with client, parallel_config(backend="dask", n_jobs=-1, **resources):
         yield from Parallel(return_as="generator_unordered")(tasks)
 
 
+def _uses_cuda(config: ExtractConfig) -> bool:
+    return device_kind(config.flow.device) == "cuda"
+
+
+def _local_gpu_count(config: ExtractConfig) -> int:
+    """GPUs to spread `--device cuda` jobs over (round-robin by job); 0 when the device names one or is not CUDA."""
+    if config.flow.device != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _run_on_ray(jobs: Sequence[VideoJob], work: Callable[[VideoJob], VideoResult],
-                address: str | None) -> Iterator[VideoResult]:
+                address: str | None, gpu: bool) -> Iterator[VideoResult]:
     """Ray's actor pool directly: its joblib backend cannot stream results (no return_as generators)."""
     ray = require("ray", "ray", "--engine ray")
     from ray.util.multiprocessing import Pool
@@ -339,7 +356,8 @@ def _run_on_ray(jobs: Sequence[VideoJob], work: Callable[[VideoJob], VideoResult
     except ConnectionError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
     try:
-        with Pool() as pool:
+        # A GPU job takes a whole GPU: Ray then gives each pool actor its own (it sets CUDA_VISIBLE_DEVICES).
+        with Pool(ray_remote_args={"num_gpus": 1} if gpu else None) as pool:
             yield from pool.imap_unordered(work, jobs)
     finally:
         ray.shutdown()

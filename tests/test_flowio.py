@@ -1,5 +1,4 @@
 """flowprep.flowio: .flo round trip, errors that name the file, end-point error on published ground truth."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +6,9 @@ import pytest
 from flowprep.errors import OutputError
 from flowprep.flowio import endpoint_error, read_flo, write_flo
 
-DATA = Path("../shared/data")
-RUBBER_GT = DATA / "flow_gt/middlebury/other-gt-flow/RubberWhale/flow10.flo"
+from conftest import MIDDLEBURY
+
+RUBBER_GT = MIDDLEBURY / "other-gt-flow/RubberWhale/flow10.flo"
 
 
 def test_round_trip_of_published_ground_truth(tmp_path):

@@ -1,6 +1,5 @@
 """NVIDIA Optical Flow backend: explains precisely what is missing; the real flow path only with the hardware."""
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,12 +10,14 @@ from flowprep.errors import BackendUnavailableError, ConfigError
 from flowprep.flow import create_backend, list_backends
 from flowprep.flow.nvof import NVOF, nvof_problem
 
+from conftest import MIDDLEBURY
+
 REASON = nvof_problem("cuda")
 try:
     SDK_INSTALLED = bool(version("torch-nvidia-of-sdk"))
 except PackageNotFoundError:
     SDK_INSTALLED = False
-RUBBER = Path("../shared/data/flow_gt/middlebury/other-data/RubberWhale")
+RUBBER = MIDDLEBURY / "other-data/RubberWhale"
 
 
 @pytest.mark.skipif(SDK_INSTALLED, reason="torch-nvidia-of-sdk is installed")

@@ -18,10 +18,9 @@ from flowprep.flow.opencv import OpenCVTVL1  # noqa: E402
 from flowprep.flow.torch_tvl1 import TorchTVL1, tvl1_flow  # noqa: E402
 from flowprep.flowio import endpoint_error, read_flo  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path("../shared/data/flow_gt")
-RUBBER = DATA / "middlebury/other-data/RubberWhale"
-SINTEL = DATA / "sintel/training"
+from conftest import MIDDLEBURY, REPO, SINTEL  # noqa: E402
+
+RUBBER = MIDDLEBURY / "other-data/RubberWhale"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,13 +50,13 @@ def torch_flows(prevs: list[np.ndarray], nxts: list[np.ndarray]) -> np.ndarray:
 
 def test_import_does_not_import_torch():
     code = "import sys, flowprep.flow.torch_tvl1, flowprep.flow.nvof; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.slow
 def test_rubberwhale_epe_within_10_percent_of_opencv():
     prev, nxt = gray(RUBBER / "frame10.png"), gray(RUBBER / "frame11.png")
-    gt = read_flo(DATA / "middlebury/other-gt-flow/RubberWhale/flow10.flo")
+    gt = read_flo(MIDDLEBURY / "other-gt-flow/RubberWhale/flow10.flo")
     ours = endpoint_error(torch_flows([prev], [nxt])[0], gt)
     reference = endpoint_error(opencv_flow(prev, nxt), gt)
     assert reference == pytest.approx(0.1568, abs=0.002)  # MANIFEST.md
@@ -172,6 +171,14 @@ def test_missing_torch_is_explained(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu_on_rubberwhale():
     prev, nxt = gray(RUBBER / "frame10.png"), gray(RUBBER / "frame11.png")
-    gt = read_flo(DATA / "middlebury/other-gt-flow/RubberWhale/flow10.flo")
+    gt = read_flo(MIDDLEBURY / "other-gt-flow/RubberWhale/flow10.flo")
     on_gpu = create_backend(FlowConfig(algo="tvl1", device="cuda")).compute(prev, nxt)
     assert endpoint_error(on_gpu, gt) <= 1.10 * endpoint_error(opencv_flow(prev, nxt), gt)
+
+
+def test_parallel_workers_limit_torch_and_opencv_to_one_thread():
+    # Run in a subprocess: thread settings are process-wide.
+    script = ("import cv2, torch; from flowprep.flow import backend_class; "
+              "backend_class('tvl1', 'torch-cpu').limit_threads(); print(torch.get_num_threads(), cv2.getNumThreads())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
+    assert result.stdout.split() == ["1", "1"], result.stderr

@@ -46,6 +46,13 @@ class FlowBackend(ABC):
         return resolve_params(cls.algo, cls.defaults, {**base, **(overrides or {})})
 
     @classmethod
+    def limit_threads(cls) -> None:
+        """Use one thread in this process: parallel workers, not threads, then share the cores."""
+        import cv2
+
+        cv2.setNumThreads(1)
+
+    @classmethod
     def availability(cls, device: str) -> str | None:
         """None when the backend can run on `device` here, else the reason it cannot (with the fix)."""
         return None

@@ -72,6 +72,12 @@ class TorchTVL1(FlowBackend):
             return f"{device} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)"
         return None
 
+    @classmethod
+    def limit_threads(cls) -> None:
+        # torch's intra-op threads thrash when workers share cores (measured: 14x slower on 2 busy cores).
+        super().limit_threads()
+        require("torch", "torch", _PURPOSE).set_num_threads(1)
+
     def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         if prev.shape != nxt.shape or prev.ndim != 2:
             raise ValueError(f"frames must be gray HxW of the same size, got {prev.shape} and {nxt.shape}")
