@@ -17,6 +17,10 @@ class DecodeError(FlowprepError):
     """A video could not be opened or read."""
 
 
+class VideoTooShortError(DecodeError):
+    """A video decoded fine but gave fewer than two frames: no reader would do better."""
+
+
 class OutputError(FlowprepError):
     """An output tree, directory, zip pack or meta.json is missing, incomplete or corrupt."""
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__
 from .config import ExtractConfig
 from .decode import VideoReader, check_video_file, open_reader, output_size, resize, sample_fps, to_gray
-from .errors import DecodeError
+from .errors import DecodeError, VideoTooShortError
 from .flow import cached_backend
 from .flow.base import FlowBackend
 from .quantize import quantize
@@ -74,6 +74,8 @@ def extract_video(
         try:
             with open_reader(source, decoder) as reader, open_writer(output, config.store.pack) as writer:
                 return _extract(reader, writer, config, backend, problems)
+        except VideoTooShortError:
+            raise
         except DecodeError as exc:
             problems.append(str(exc))
     if len(problems) == 1:
@@ -197,7 +199,7 @@ def _extract(
         output.finish()
 
     if pairs == 0:
-        raise DecodeError(
+        raise VideoTooShortError(
             f"{reader.path}: {reader.name} decoded {counts['frames']} frame(s) after sampling; "
             "at least 2 are needed for one flow pair"
         )
