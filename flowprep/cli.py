@@ -116,3 +116,38 @@ def backends() -> None:
         click.echo(f"{info.algo:10s} {info.device:10s} {state}{presets}")
         if info.description:
             click.echo(f"{'':22s}{info.description}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True))
+@click.option("--roundtrip", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Recompute K random pairs per video from its source and check the JPEG round-trip error.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the round-trip pair choice.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes checking videos side by side.")
+def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
+    """Check that every video output under OUTPUT is complete and readable. Exit 0 clean, 1 on any problem."""
+    from .verify import verify_tree
+
+    report = verify_tree(output, roundtrip, seed=seed, n_jobs=n_jobs)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("video_output", type=click.Path(exists=True))
+@click.option("--out", "target", required=True, type=click.Path(dir_okay=False),
+              help="preview.png (one pair), or .gif / .mp4 (a sequence of pairs).")
+@click.option("--pair", type=click.IntRange(min=0), default=None,
+              help="Pair index, 0-based (PNG default: the middle pair; GIF/MP4 default: the first).")
+@click.option("--max-pairs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Pairs in a GIF/MP4.")
+def show(video_output: str, target: str, pair: int | None, max_pairs: int) -> None:
+    """Render VIDEO_OUTPUT's flow as Middlebury colour code beside the x/y images and RGB frame."""
+    from .errors import OutputError
+    from .visualize import write_preview
+
+    try:
+        click.echo(write_preview(video_output, target, index=pair, max_pairs=max_pairs))
+    except (ConfigError, OutputError) as exc:
+        raise click.UsageError(str(exc)) from None
