@@ -47,6 +47,11 @@ def color_wheel() -> np.ndarray:
     return np.concatenate([np.stack(channels, axis=1) for channels in segments]).astype(np.float64)
 
 
+def magnitude(flow: np.ndarray) -> np.ndarray:
+    """Float64 HxW |flow| in pixels of an HxWx2 flow (float64 so that a maximum taken here is exactly 1 later)."""
+    return np.hypot(flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64))
+
+
 def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
     """Float HxWx2 flow (pixels) -> RGB uint8 HxWx3 by the Middlebury wheel.
 
@@ -56,7 +61,7 @@ def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(f"flow must be HxWx2, got shape {flow.shape}")
     u, v = flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64)
-    radius = np.hypot(u, v)
+    radius = magnitude(flow)
     if max_flow is None:
         max_flow = float(radius.max())
     radius = radius / max_flow if max_flow > 0 else np.zeros_like(radius)
@@ -108,7 +113,7 @@ def preview_sheet(reader: OutputReader, index: int, max_flow: float | None = Non
         raise ConfigError(f"{reader.path}: pair index {index} out of range (0..{meta['flow_pairs'] - 1})")
     codes = read_flow_codes(reader, naming, index)
     flow = dequantize(codes, bound)
-    scale = max_flow if max_flow is not None else float(np.hypot(flow[..., 0], flow[..., 1]).max())
+    scale = max_flow if max_flow is not None else float(magnitude(flow).max())
     panels = []
     if meta.get("rgb_frames"):
         panels.append(_caption(reader.read_image(naming.img(index), rgb=True), "rgb"))
@@ -120,8 +125,7 @@ def preview_sheet(reader: OutputReader, index: int, max_flow: float | None = Non
 
 
 def _sequence_max(reader: OutputReader, naming: Naming, bound: float, indices: Sequence[int]) -> float:
-    return max(float(np.hypot(*np.moveaxis(dequantize(read_flow_codes(reader, naming, i), bound), -1, 0)).max())
-               for i in indices)
+    return max(float(magnitude(dequantize(read_flow_codes(reader, naming, i), bound)).max()) for i in indices)
 
 
 def preview_frames(reader: OutputReader, indices: Sequence[int]) -> Iterator[np.ndarray]:
