@@ -68,11 +68,11 @@ def jpeg_roundtrip_bound(bound: float = DEFAULT_BOUND, jpeg_quality: int = 95, l
     """Documented bound on |dequantize(jpeg(quantize(v))) - clip(v, -b, b)|, in pixels.
 
     JPEG errors grow with libjpeg's table scale s (0.1 at quality 95). Measured on TV-L1 and DIS flow of the
-    real clips in ../shared/data (bounds 5-40, qualities 75-100; docs/verification.md) the worst single value
-    erred by at most 3 + 105 s codes (one code = 2b/255 px) and a pair's mean by at most 0.3 + 2.2 s codes in
-    the separate layout; the 3-channel xy0 layout (colour JPEG) errs about twice as much. The bound allows
-    about twice the measured errors: separate: max 5 + 200 s codes, mean 0.5 + 4 s codes; xy0: twice that.
-    Quality 95, b = 20: max 25 codes = 3.9 px, mean 0.9 codes = 0.14 px. No error can exceed 2b.
+    real clips in ../shared/data (bounds 5-40, qualities 75-100; benchmarks/jpeg_roundtrip.py) the worst single
+    value erred by at most 3 + 105 s codes (one code = 2b/255 px) and the worst pair's mean by at most
+    0.32 + 3.5 s codes in the separate layout; the 3-channel xy0 layout (colour JPEG) errs about twice as much.
+    The bound allows about twice the measured errors: separate: max 5 + 200 s codes, mean 0.6 + 6 s codes;
+    xy0: twice that. Quality 95, b = 20: max 25 codes = 3.9 px, mean 1.2 codes = 0.19 px. No error can exceed 2b.
     """
     bound = _check_bound(bound)
     if layout not in ("separate", "xy0"):
@@ -80,7 +80,7 @@ def jpeg_roundtrip_bound(bound: float = DEFAULT_BOUND, jpeg_quality: int = 95, l
     scale = _libjpeg_scale(jpeg_quality)
     factor = 2.0 if layout == "xy0" else 1.0
     code = 2.0 * bound / 255.0
-    return RoundTripBound(mean=min(factor * (0.5 + 4.0 * scale) * code, 2.0 * bound),
+    return RoundTripBound(mean=min(factor * (0.6 + 6.0 * scale) * code, 2.0 * bound),
                           max=min(factor * (5.0 + 200.0 * scale) * code, 2.0 * bound))
 
 

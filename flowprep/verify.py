@@ -21,6 +21,7 @@ from .config import DecodeConfig, FlowConfig
 from .decode import open_reader, output_size, resize, sample_fps, to_gray
 from .errors import FlowprepError, OutputError
 from .flow import create_backend
+from .flow.base import FlowBackend
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
 from .store import META_NAME, TEMP_MARKER, Naming, OutputReader, open_output, read_flow_codes
 
@@ -221,6 +222,8 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
                 check.roundtrip = _roundtrip(reader, meta, layout, roundtrip, seed)
             except FlowprepError as exc:
                 check.problems.append(f"{reader.path}: cannot recompute flow for the round trip: {exc}")
+            except KeyError as exc:
+                check.problems.append(f"{reader.path / META_NAME}: field {exc} needed for the round trip is missing")
             else:
                 if not check.roundtrip.ok:
                     check.problems.append(f"{reader.path}: round-trip error above the documented bound"
@@ -357,7 +360,7 @@ def _roundtrip(reader: OutputReader, meta: dict[str, Any], layout: _Layout, coun
     return RoundTrip(wanted, float(np.mean([e[0] for e in errors])), float(max(e[1] for e in errors)), bound)
 
 
-def _recompute(meta: dict[str, Any], wanted: list[int], backend: Any) -> Iterator[tuple[int, np.ndarray]]:
+def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend) -> Iterator[tuple[int, np.ndarray]]:
     """(index, float32 HxWx2 flow) for each wanted pair, decoding the source the way the pipeline did."""
     settings = meta["settings"]
     decode = DecodeConfig(decoder=meta["decoder"], fps=settings["fps"],

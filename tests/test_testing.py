@@ -57,7 +57,7 @@ def test_jpeg_roundtrip_returns_flow_on_the_grid(real_flows: list[np.ndarray]) -
 
 def test_bound_grows_with_bound_and_shrinks_with_quality() -> None:
     b95 = jpeg_roundtrip_bound(20.0, 95)
-    assert b95.max == pytest.approx(25 * 40 / 255) and b95.mean == pytest.approx(0.9 * 40 / 255)
+    assert b95.max == pytest.approx(25 * 40 / 255) and b95.mean == pytest.approx(1.2 * 40 / 255)
     assert jpeg_roundtrip_bound(40.0, 95).max == pytest.approx(2 * b95.max)
     assert jpeg_roundtrip_bound(20.0, 95, "xy0").max == pytest.approx(2 * b95.max)
     maxima = [jpeg_roundtrip_bound(20.0, q).max for q in (100, 95, 90, 75, 50, 10)]
