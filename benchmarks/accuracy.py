@@ -128,7 +128,7 @@ def run(pairs: list[GroundTruthPair], backends: dict[str, FlowBackend], repeat: 
 
 def table(results: dict[tuple[str, str], Result], methods: list[str], pairs: list[str], value: str) -> str:
     header = f"| method | {' | '.join(pairs)} |\n|---|{'---|' * len(pairs)}\n"
-    fmt = {"epe": "{:.3f}", "fl_all": "{:.1f}", "median_seconds": "{:.2f}"}[value]
+    fmt = {"epe": "{:.3f}", "fl_all": "{:.1f}", "median_seconds": "{:.3f}"}[value]
     rows = [f"| {m} | " + " | ".join(fmt.format(getattr(results[(m, p)], value)) for p in pairs) + " |"
             for m in methods]
     return header + "\n".join(rows)
