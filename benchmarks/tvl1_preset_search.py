@@ -32,10 +32,23 @@ CANDIDATES = {
     "outer3": {"outer_iterations": 3},
     "inner10": {"inner_iterations": 10},
     "warps3_inner15": {"warps": 3, "inner_iterations": 15},
-    "step0.5": {"scale_step": 0.5},
-    "step0.5_warps3": {"scale_step": 0.5, "warps": 3},
-    "nscales3": {"nscales": 3},
+    "s05": {"scale_step": 0.5},
+        "nscales3": {"nscales": 3},
     "warps3_outer5_inner20": {"warps": 3, "outer_iterations": 5, "inner_iterations": 20},
+    "eps0.03": {"epsilon": 0.03},
+    # A halving pyramid is both cheaper and better on alley_1: combine it with the other levers.
+    "s05_w3": {"scale_step": 0.5, "warps": 3},
+    "s05_w2": {"scale_step": 0.5, "warps": 2},
+    "s05_n4_w3": {"scale_step": 0.5, "nscales": 4, "warps": 3},
+    "s05_w3_o3": {"scale_step": 0.5, "warps": 3, "outer_iterations": 3},
+    "s05_w3_i15": {"scale_step": 0.5, "warps": 3, "inner_iterations": 15},
+    "s05_w3_m3": {"scale_step": 0.5, "warps": 3, "median_filtering": 3},
+    "s05_e02": {"scale_step": 0.5, "epsilon": 0.02},
+    "s05_e025": {"scale_step": 0.5, "epsilon": 0.025},
+    "s05_e03": {"scale_step": 0.5, "epsilon": 0.03},
+    "s05_w2_e02": {"scale_step": 0.5, "warps": 2, "epsilon": 0.02},
+    "s05_w3_e02": {"scale_step": 0.5, "warps": 3, "epsilon": 0.02},
+    "s05_w4_e02": {"scale_step": 0.5, "warps": 4, "epsilon": 0.02},
 }
 
 

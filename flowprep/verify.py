@@ -211,8 +211,9 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
             check.problems.append(f"{reader.path / META_NAME}: missing or invalid field ({type(exc).__name__}: {exc})")
             return check
         check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
-        _check_names(reader, layout, check)
-        _check_images(reader, layout, check)
+        names = set(reader.names())
+        _check_names(reader, names, layout, check)
+        _check_images(reader, names, layout, check)
         if check.clipped_fraction > clip_warning:
             check.warnings.append(
                 f"{reader.path}: {100 * check.clipped_fraction:.2f}% of flow values are clipped at the bound "
@@ -271,8 +272,7 @@ def _template_pattern(template: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
-def _check_names(reader: OutputReader, layout: _Layout, check: VideoCheck) -> None:
-    names = set(reader.names())
+def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
     where = reader.path
     if layout.frames != layout.pairs + 1:
         check.problems.append(f"{where / META_NAME}: {layout.frames} frames should give {layout.frames - 1} flow "
@@ -281,21 +281,21 @@ def _check_names(reader: OutputReader, layout: _Layout, check: VideoCheck) -> No
         check.problems.append(f"{where / META_NAME}: rgb_frames is {layout.rgb_frames}, expected 0 or the "
                               f"{layout.frames} frames")
     n = layout.naming
-    groups = {"flow": (_template_pattern(n.flow_template), {name for pair in layout.flow_names() for name in pair}),
-              "rgb": (_template_pattern(n.img_template), {n.img(i) for i in range(layout.rgb_frames)})}
+    flow_pattern, rgb_pattern = _template_pattern(n.flow_template), _template_pattern(n.img_template)
+    flow_present = {name: m for name in names if (m := flow_pattern.fullmatch(name))}
+    rgb_present = {name for name in names if rgb_pattern.fullmatch(name)}
     if n.layout == "separate":
-        flow_pattern = groups["flow"][0]
-        axes = [m.group("axis") for m in map(flow_pattern.fullmatch, names) if m]
         for axis in ("x", "y"):
-            found = axes.count(axis)
+            found = sum(1 for m in flow_present.values() if m.group("axis") == axis)
             if found != layout.pairs:
                 check.problems.append(f"{where}: {found} flow_{axis} files, meta.json says {layout.pairs} pairs")
-    for kind, (pattern, expected) in groups.items():
-        present = {name for name in names if pattern.fullmatch(name)}
-        if kind == "rgb" and len(present) != layout.rgb_frames:
-            check.problems.append(f"{where}: {len(present)} RGB frames, meta.json says {layout.rgb_frames}")
-        elif kind == "flow" and n.layout == "xy0" and len(present) != layout.pairs:
-            check.problems.append(f"{where}: {len(present)} flow files, meta.json says {layout.pairs} pairs")
+    elif len(flow_present) != layout.pairs:
+        check.problems.append(f"{where}: {len(flow_present)} flow files, meta.json says {layout.pairs} pairs")
+    if len(rgb_present) != layout.rgb_frames:
+        check.problems.append(f"{where}: {len(rgb_present)} RGB frames, meta.json says {layout.rgb_frames}")
+    flow_expected = {name for pair in layout.flow_names() for name in pair}
+    rgb_expected = {n.img(i) for i in range(layout.rgb_frames)}
+    for present, expected in ((set(flow_present), flow_expected), (rgb_present, rgb_expected)):
         _list(check, where, sorted(expected - names, key=_natural), "missing")
         _list(check, where, sorted(present - expected, key=_natural), "unexpected (beyond the count in meta.json)")
 
@@ -311,9 +311,8 @@ def _list(check: VideoCheck, where: Path, names: list[str], what: str) -> None:
         check.problems.append(f"{where}: {len(names) - _LISTED} more files {what}")
 
 
-def _check_images(reader: OutputReader, layout: _Layout, check: VideoCheck) -> None:
+def _check_images(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
     """Decode every flow and RGB JPEG; count clipped values and sum magnitudes of complete pairs."""
-    names = set(reader.names())
     for pair in layout.flow_names():
         images = [_decode(reader, name, layout, check, rgb=layout.naming.layout == "xy0")
                   for name in pair if name in names]
