@@ -12,6 +12,8 @@ from .config import LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, Sto
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, backend_class, list_backends
 from .store import Naming
+from .verify import verify_tree
+from .visualize import write_preview
 
 
 class SizeType(click.ParamType):
@@ -175,3 +177,34 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
         annotations.write_annotations(entries, stream)
     labels = {entry.label for entry in entries}
     click.echo(f"{len(entries)} videos, {len(labels)} classes -> {out_file}", err=True)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True))
+@click.option("--roundtrip", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
+              help="Recompute K random pairs per video from its source and check the JPEG round-trip error.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the round-trip pair choice.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes checking videos side by side.")
+def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
+    """Check that every video output under OUTPUT is complete and readable. Exit 0 clean, 1 on any problem."""
+    report = verify_tree(output, roundtrip, seed=seed, n_jobs=n_jobs)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("video_output", type=click.Path(exists=True))
+@click.option("--out", "target", required=True, type=click.Path(dir_okay=False),
+              help="preview.png (one pair), or .gif / .mp4 (a sequence of pairs).")
+@click.option("--pair", type=click.IntRange(min=1), default=None,
+              help="Pair number, the first pair is 1 (PNG default: the middle pair; GIF/MP4 default: the first).")
+@click.option("--max-pairs", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Pairs in a GIF/MP4.")
+def show(video_output: str, target: str, pair: int | None, max_pairs: int) -> None:
+    """Render VIDEO_OUTPUT's flow as Middlebury colour code beside the x/y images and RGB frame."""
+    try:
+        click.echo(write_preview(video_output, target, index=None if pair is None else pair - 1,
+                                 max_pairs=max_pairs))
+    except (ConfigError, OutputError) as exc:
+        raise click.UsageError(str(exc)) from None

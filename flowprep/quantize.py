@@ -12,6 +12,7 @@ million on random flow); exact ties such as v = 0 (-> 128) and, for b = 20, v = 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,3 +54,49 @@ def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 def quantization_error_bound(bound: float = DEFAULT_BOUND) -> float:
     """Largest |dequantize(quantize(v)) - v| for |v| <= bound, in pixels (before JPEG)."""
     return _check_bound(bound) / 255.0
+
+
+@dataclass(frozen=True)
+class RoundTripBound:
+    """Largest errors (pixels) of stored JPEG flow against the float flow clipped to the bound."""
+
+    mean: float  # of |error| over all pixels and both components of a pair
+    max: float  # of |error| at any one pixel and component
+
+
+def _libjpeg_scale(quality: int) -> float:
+    """libjpeg's factor on its base quantization tables: 0 at quality 100, 0.1 at 95, 1 at 50, 50/q below."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {quality!r}")
+    return 50.0 / quality if quality < 50 else (200 - 2 * quality) / 100.0
+
+
+def jpeg_roundtrip_bound(bound: float = DEFAULT_BOUND, jpeg_quality: int = 95, layout: str = "separate"
+                         ) -> RoundTripBound:
+    """Documented bound on |dequantize(jpeg(quantize(v))) - clip(v, -b, b)|, in pixels.
+
+    JPEG errors grow with libjpeg's table scale s (0.1 at quality 95). Measured on TV-L1 and DIS flow of the
+    real clips in ../shared/data (bounds 5-40, qualities 75-100; benchmarks/jpeg_roundtrip.py) the worst single
+    value erred by at most 3 + 105 s codes (one code = 2b/255 px) and the worst pair's mean by at most
+    0.32 + 3.5 s codes in the separate layout; the 3-channel xy0 layout (colour JPEG) errs about twice as much.
+    The bound allows about twice the measured errors: separate: max 5 + 200 s codes, mean 0.6 + 6 s codes;
+    xy0: twice that. Quality 95, b = 20: max 25 codes = 3.9 px, mean 1.2 codes = 0.19 px. No error can exceed 2b.
+    """
+    bound = _check_bound(bound)
+    if layout not in ("separate", "xy0"):
+        raise ValueError(f"layout must be 'separate' or 'xy0', got {layout!r}")
+    scale = _libjpeg_scale(jpeg_quality)
+    factor = 2.0 if layout == "xy0" else 1.0
+    code = 2.0 * bound / 255.0
+    return RoundTripBound(mean=min(factor * (0.6 + 6.0 * scale) * code, 2.0 * bound),
+                          max=min(factor * (5.0 + 200.0 * scale) * code, 2.0 * bound))
+
+
+def roundtrip_error(stored: np.ndarray, flow: np.ndarray, bound: float = DEFAULT_BOUND) -> tuple[float, float]:
+    """(mean, max) |dequantize(stored) - clip(flow, -b, b)| in pixels; `stored` uint8 codes, `flow` float,
+    both HxWx2 (or any equal shapes)."""
+    if stored.shape != flow.shape:
+        raise ValueError(f"stored codes have shape {stored.shape} but the flow has shape {flow.shape}")
+    bound = _check_bound(bound)
+    error = np.abs(dequantize(stored, bound) - np.clip(flow, -bound, bound))
+    return float(error.mean()), float(error.max())

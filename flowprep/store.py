@@ -270,6 +270,13 @@ class ZipReader(OutputReader):
         self._zip.close()
 
 
+def read_flow_codes(reader: OutputReader, naming: Naming, index: int) -> np.ndarray:
+    """The stored uint8 codes of pair `index` (0-based) as HxWx2 (x, y), from either layout."""
+    if naming.layout == "xy0":
+        return reader.read_image(naming.xy(index), rgb=True)[..., :2]
+    return np.dstack([reader.read_image(naming.flow(axis, index)) for axis in ("x", "y")])
+
+
 def open_output(path: str | os.PathLike) -> OutputReader:
     """Open a video's output: a directory, a .zip pack, or a base path that has either form."""
     path = Path(path)

@@ -1,0 +1,379 @@
+"""Verify an output tree: every video complete, every JPEG readable at its size, optional round-trip check.
+
+Outputs are found by walking the tree: a directory holding meta.json or a ``.zip`` pack is one video's output;
+a directory holding JPEGs but no meta.json is an unfinished one. Videos are checked one at a time (optionally
+in worker processes) and only their statistics are kept, so memory does not grow with the tree.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Formatter
+from typing import Any
+
+import numpy as np
+
+from .config import DecodeConfig, FlowConfig
+from .decode import open_reader, output_size, resize, sample_fps, to_gray
+from .errors import FlowprepError, OutputError
+from .flow import create_backend
+from .flow.base import FlowBackend
+from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
+from .store import META_NAME, TEMP_MARKER, Naming, OutputReader, open_output, read_flow_codes
+
+ROOT_FILES = ("report.json", "failures.jsonl")  # batch run records at the output root, not video outputs
+CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
+_LISTED = 10  # missing or unexpected files listed one by one per video; the rest are counted
+
+
+@dataclass
+class RoundTrip:
+    """Stored JPEGs against recomputed float flow for `pairs` (0-based indices), errors in pixels."""
+
+    pairs: list[int]
+    mean: float
+    max: float
+    bound: RoundTripBound
+
+    @property
+    def ok(self) -> bool:
+        return self.mean <= self.bound.mean and self.max <= self.bound.max
+
+
+@dataclass
+class VideoCheck:
+    """What verify found in one video's output (a directory or a .zip pack)."""
+
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pairs: int = 0
+    rgb_frames: int = 0
+    bound: float = 0.0
+    values: int = 0  # flow values (pixels x 2 components) read
+    clipped: int = 0  # of those, at code 0 or 255: at or beyond the bound
+    magnitude_sum: float = 0.0  # sum over pixels of |dequantized flow|, pixels
+    roundtrip: RoundTrip | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped / self.values if self.values else 0.0
+
+    @property
+    def mean_magnitude(self) -> float:
+        """Mean flow magnitude in pixels over the pixels read."""
+        return 2.0 * self.magnitude_sum / self.values if self.values else 0.0
+
+
+@dataclass
+class VerifyReport:
+    """Per-video checks of a tree plus the problems of the tree itself (unfinished outputs, leftovers)."""
+
+    root: Path
+    videos: list[VideoCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(v.ok for v in self.videos)
+
+    def all_problems(self) -> list[str]:
+        return self.problems + [p for v in self.videos for p in v.problems]
+
+    def all_warnings(self) -> list[str]:
+        return self.warnings + [w for v in self.videos for w in v.warnings]
+
+    @property
+    def clipped_fraction(self) -> float:
+        values = sum(v.values for v in self.videos)
+        return sum(v.clipped for v in self.videos) / values if values else 0.0
+
+    @property
+    def mean_magnitude(self) -> float:
+        values = sum(v.values for v in self.videos)
+        return 2.0 * sum(v.magnitude_sum for v in self.videos) / values if values else 0.0
+
+    def summary(self) -> str:
+        """Human-readable report: every problem and warning with its path, per-video and overall statistics."""
+        lines = [f"{'PROBLEM' if v.problems else 'ok':7s} {v.path}: {v.pairs} pairs, {v.rgb_frames} rgb, "
+                 f"mean |flow| {v.mean_magnitude:.3f} px, clipped {100 * v.clipped_fraction:.3f}% at bound "
+                 f"{v.bound:g}" + _roundtrip_text(v.roundtrip) for v in self.videos]
+        lines += [f"PROBLEM {p}" for p in self.all_problems()]
+        lines += [f"warning {w}" for w in self.all_warnings()]
+        bad = sum(not v.ok for v in self.videos)
+        lines.append(
+            f"{len(self.videos)} video outputs, {bad} with problems, {len(self.all_problems())} problems; "
+            f"{sum(v.pairs for v in self.videos)} flow pairs, mean |flow| {self.mean_magnitude:.3f} px, "
+            f"clipped {100 * self.clipped_fraction:.3f}%: " + ("OK" if self.ok else "FAILED"))
+        return "\n".join(lines)
+
+
+def _roundtrip_text(rt: RoundTrip | None) -> str:
+    if rt is None:
+        return ""
+    return (f"; round trip of {len(rt.pairs)} pairs: mean {rt.mean:.4f} px (bound {rt.bound.mean:.4f}), "
+            f"max {rt.max:.4f} px (bound {rt.bound.max:.4f})")
+
+
+def find_outputs(root: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """(video outputs under `root`, problems): outputs are directories with meta.json and .zip packs.
+
+    Directories with JPEGs but no meta.json and temporaries of killed runs are problems. `root` may itself be
+    one video's output.
+    """
+    root = Path(root)
+    if not root.exists():
+        return [], [f"{root}: no such file or directory"]
+    if root.is_file():
+        return ([root], []) if root.suffix == ".zip" else ([], [f"{root}: not a directory or .zip pack"])
+    outputs, problems = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            if name.startswith(".") and TEMP_MARKER in name:
+                problems.append(f"{here / name}: temporary left by a killed run (rerun extract to finish)")
+        dirnames[:] = sorted(d for d in dirnames if TEMP_MARKER not in d)
+        if META_NAME in filenames:
+            outputs.append(here)
+            dirnames[:] = []  # a video's output holds no further outputs
+            continue
+        jpegs = [n for n in filenames if n.lower().endswith((".jpg", ".jpeg"))]
+        if jpegs:
+            problems.append(f"{here}: {len(jpegs)} JPEG files but no {META_NAME}: unfinished output")
+        outputs += [here / n for n in sorted(filenames) if n.endswith(".zip") and TEMP_MARKER not in n]
+    return sorted(outputs), problems
+
+
+def verify_tree(
+    root: str | os.PathLike,
+    roundtrip: int = 0,
+    *,
+    seed: int = 0,
+    n_jobs: int = 1,
+    clip_warning: float = CLIP_WARNING,
+) -> VerifyReport:
+    """Check every video output under `root` (see check_video); `n_jobs` > 1 checks videos in processes."""
+    outputs, problems = find_outputs(root)
+    report = VerifyReport(Path(root), problems=problems)
+    if not outputs and not problems:
+        report.problems.append(f"{root}: no flow outputs (directories with {META_NAME} or .zip packs) found")
+    report.videos = list(_check_all(outputs, roundtrip, seed, n_jobs, clip_warning))
+    if report.videos and report.clipped_fraction > clip_warning:
+        report.warnings.append(
+            f"{root}: {100 * report.clipped_fraction:.2f}% of all flow values are clipped at the bound: "
+            "the bound is too small for this data (extract again with a larger --bound)")
+    return report
+
+
+def _check_all(outputs: list[Path], roundtrip: int, seed: int, n_jobs: int, clip_warning: float
+               ) -> Iterator[VideoCheck]:
+    if n_jobs == 1:
+        for path in outputs:
+            yield check_video(path, roundtrip, seed=seed, clip_warning=clip_warning)
+        return
+    from joblib import Parallel, delayed
+
+    yield from Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(check_video)(path, roundtrip, seed=seed, clip_warning=clip_warning) for path in outputs)
+
+
+def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
+                clip_warning: float = CLIP_WARNING) -> VideoCheck:
+    """Check one video's output: meta.json, names and counts, every JPEG decodes at the recorded size.
+
+    Gathers the clipped fraction and mean magnitude of the flow. With `roundtrip` > 0, recomputes that many
+    random pairs (chosen with `seed`) from the source video with the recorded settings and compares them with
+    the stored JPEGs against quantize.jpeg_roundtrip_bound.
+    """
+    check = VideoCheck(Path(path))
+    try:
+        reader = open_output(path)
+    except OutputError as exc:
+        check.problems.append(str(exc))
+        return check
+    with reader:
+        try:
+            meta = reader.meta()
+            layout = _Layout.from_meta(meta)
+        except OutputError as exc:
+            check.problems.append(str(exc))
+            return check
+        except (KeyError, TypeError, ValueError) as exc:
+            check.problems.append(f"{reader.path / META_NAME}: missing or invalid field ({type(exc).__name__}: {exc})")
+            return check
+        check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
+        names = set(reader.names())
+        _check_names(reader, names, layout, check)
+        _check_images(reader, names, layout, check)
+        if check.clipped_fraction > clip_warning:
+            check.warnings.append(
+                f"{reader.path}: {100 * check.clipped_fraction:.2f}% of flow values are clipped at the bound "
+                f"{layout.bound:g} px: the bound is too small for this video's motion")
+        if roundtrip > 0 and check.ok and layout.pairs > 0:
+            try:
+                check.roundtrip = _roundtrip(reader, meta, layout, roundtrip, seed)
+            except FlowprepError as exc:
+                check.problems.append(f"{reader.path}: cannot recompute flow for the round trip: {exc}")
+            except KeyError as exc:
+                check.problems.append(f"{reader.path / META_NAME}: field {exc} needed for the round trip is missing")
+            else:
+                if not check.roundtrip.ok:
+                    check.problems.append(f"{reader.path}: round-trip error above the documented bound"
+                                          + _roundtrip_text(check.roundtrip))
+    return check
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What meta.json promises about a video's files."""
+
+    naming: Naming
+    pairs: int
+    frames: int
+    rgb_frames: int
+    size: tuple[int, int]  # (width, height)
+    bound: float
+    jpeg_quality: int
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> _Layout:
+        settings = meta["settings"]
+        width, height = (int(v) for v in meta["output_size"])
+        return cls(Naming.from_meta(meta), int(meta["flow_pairs"]), int(meta["frames"]), int(meta["rgb_frames"]),
+                   (width, height), float(settings["bound"]), int(settings["jpeg_quality"]))
+
+    def flow_names(self) -> list[list[str]]:
+        """Per pair, the names of its files: [x, y] or [xy0]."""
+        n = self.naming
+        if n.layout == "xy0":
+            return [[n.xy(i)] for i in range(self.pairs)]
+        return [[n.flow("x", i), n.flow("y", i)] for i in range(self.pairs)]
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """Regex matching the names a template makes; two-field templates capture the axis (x or y) as 'axis'."""
+    parts, fields = [], 0
+    parsed = list(Formatter().parse(template))
+    has_axis = sum(f is not None for _, f, _, _ in parsed) == 2
+    for literal, field_name, _, _ in parsed:
+        parts.append(re.escape(literal))
+        if field_name is not None:
+            parts.append("(?P<axis>[xy])" if has_axis and fields == 0 else r"\d+")
+            fields += 1
+    return re.compile("".join(parts))
+
+
+def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
+    where = reader.path
+    if layout.frames != layout.pairs + 1:
+        check.problems.append(f"{where / META_NAME}: {layout.frames} frames should give {layout.frames - 1} flow "
+                              f"pairs, but flow_pairs is {layout.pairs}")
+    if layout.rgb_frames not in (0, layout.frames):
+        check.problems.append(f"{where / META_NAME}: rgb_frames is {layout.rgb_frames}, expected 0 or the "
+                              f"{layout.frames} frames")
+    n = layout.naming
+    flow_pattern, rgb_pattern = _template_pattern(n.flow_template), _template_pattern(n.img_template)
+    flow_present = {name: m for name in names if (m := flow_pattern.fullmatch(name))}
+    rgb_present = {name for name in names if rgb_pattern.fullmatch(name)}
+    if n.layout == "separate":
+        for axis in ("x", "y"):
+            found = sum(1 for m in flow_present.values() if m.group("axis") == axis)
+            if found != layout.pairs:
+                check.problems.append(f"{where}: {found} flow_{axis} files, meta.json says {layout.pairs} pairs")
+    elif len(flow_present) != layout.pairs:
+        check.problems.append(f"{where}: {len(flow_present)} flow files, meta.json says {layout.pairs} pairs")
+    if len(rgb_present) != layout.rgb_frames:
+        check.problems.append(f"{where}: {len(rgb_present)} RGB frames, meta.json says {layout.rgb_frames}")
+    flow_expected = {name for pair in layout.flow_names() for name in pair}
+    rgb_expected = {n.img(i) for i in range(layout.rgb_frames)}
+    for present, expected in ((set(flow_present), flow_expected), (rgb_present, rgb_expected)):
+        _list(check, where, sorted(expected - names, key=_natural), "missing")
+        _list(check, where, sorted(present - expected, key=_natural), "unexpected (beyond the count in meta.json)")
+
+
+def _natural(name: str) -> tuple[int, str]:
+    digits = re.findall(r"\d+", name)
+    return (int(digits[-1]) if digits else -1, name)
+
+
+def _list(check: VideoCheck, where: Path, names: list[str], what: str) -> None:
+    check.problems += [f"{where / name}: {what}" for name in names[:_LISTED]]
+    if len(names) > _LISTED:
+        check.problems.append(f"{where}: {len(names) - _LISTED} more files {what}")
+
+
+def _check_images(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
+    """Decode every flow and RGB JPEG; count clipped values and sum magnitudes of complete pairs."""
+    for pair in layout.flow_names():
+        images = [_decode(reader, name, layout, check, rgb=layout.naming.layout == "xy0")
+                  for name in pair if name in names]
+        if len(images) != len(pair) or any(image is None for image in images):
+            continue
+        codes = images[0][..., :2] if len(images) == 1 else np.dstack(images)
+        check.values += codes.size
+        check.clipped += int(np.count_nonzero((codes == 0) | (codes == 255)))
+        check.magnitude_sum += float(np.linalg.norm(dequantize(codes, layout.bound), axis=-1).sum())
+    for i in range(layout.rgb_frames):
+        name = layout.naming.img(i)
+        if name in names:
+            _decode(reader, name, layout, check, rgb=True)
+
+
+def _decode(reader: OutputReader, name: str, layout: _Layout, check: VideoCheck, *, rgb: bool
+            ) -> np.ndarray | None:
+    try:
+        image = reader.read_image(name, rgb=rgb)
+    except OutputError as exc:
+        check.problems.append(str(exc))
+        return None
+    height, width = image.shape[:2]
+    if (width, height) != layout.size:
+        check.problems.append(f"{reader.path / name}: {width}x{height} pixels, meta.json says "
+                              f"{layout.size[0]}x{layout.size[1]}")
+        return None
+    return image
+
+
+def _roundtrip(reader: OutputReader, meta: dict[str, Any], layout: _Layout, count: int, seed: int) -> RoundTrip:
+    """Recompute `count` random pairs from the source with the recorded settings; compare with the JPEGs."""
+    settings = meta["settings"]
+    wanted = sorted(random.Random(f"{seed}:{reader.path.name}").sample(range(layout.pairs),
+                                                                       min(count, layout.pairs)))
+    backend = create_backend(FlowConfig(algo=settings["algorithm"], device=settings["device"],
+                                        params=tuple(settings["params"].items())))
+    errors = []
+    for index, flow in _recompute(meta, wanted, backend):
+        errors.append(roundtrip_error(read_flow_codes(reader, layout.naming, index), flow, layout.bound))
+    if len(errors) != len(wanted):
+        raise OutputError(f"{meta['source']} now gives fewer sampled frames than the {layout.frames} recorded")
+    bound = jpeg_roundtrip_bound(layout.bound, layout.jpeg_quality, layout.naming.layout)
+    return RoundTrip(wanted, float(np.mean([e[0] for e in errors])), float(max(e[1] for e in errors)), bound)
+
+
+def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, float32 HxWx2 flow) for each wanted pair, decoding the source the way the pipeline did."""
+    settings = meta["settings"]
+    decode = DecodeConfig(decoder=meta["decoder"], fps=settings["fps"],
+                          size=tuple(settings["size"]) if settings["size"] else None,
+                          short_side=settings["short_side"])
+    todo = set(wanted)
+    with open_reader(meta["source"], meta["decoder"]) as video:
+        size = output_size(video.size, decode)
+        prev = None
+        for index, (_, rgb) in enumerate(sample_fps(video.frames(), decode.fps)):
+            gray = resize(to_gray(rgb), size)
+            if index - 1 in todo:
+                yield index - 1, backend.compute(prev, gray)
+                todo.discard(index - 1)
+                if not todo:
+                    return
+            prev = gray

@@ -1,0 +1,41 @@
+"""The fast TV-L1 preset: it exists, it is applied, overrides still win, and it keeps RubberWhale accuracy.
+
+Its speed (>= 2.5x OpenCV's defaults) is measured by benchmarks/tvl1_preset_search.py, not here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowprep import FlowConfig, create_backend
+from flowprep.flow.opencv import OpenCVTVL1
+from flowprep.flowio import endpoint_error
+
+from conftest import run_cli
+
+DEFAULTS_EPE_RUBBERWHALE = 0.157  # OpenCV's defaults, docs/benchmarks.md and ../shared/data/MANIFEST.md
+
+
+def test_fast_preset_is_applied_and_overridable() -> None:
+    fast = create_backend(FlowConfig(algo="tvl1", preset="fast"))
+    defaults = create_backend(FlowConfig(algo="tvl1"))
+    changed = {k for k in defaults.params if fast.params[k] != defaults.params[k]}
+    assert changed == set(OpenCVTVL1.presets["fast"]) and changed
+    assert fast._tvl1.getScaleStep() == pytest.approx(fast.params["scale_step"])
+    assert fast._tvl1.getEpsilon() == pytest.approx(fast.params["epsilon"])
+    overridden = create_backend(FlowConfig(algo="tvl1", preset="fast", params=(("epsilon", "0.01"),)))
+    assert overridden.params["epsilon"] == 0.01
+    assert overridden.params["scale_step"] == fast.params["scale_step"]
+
+
+def test_backends_lists_the_preset() -> None:
+    result = run_cli("backends")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("tvl1"))
+    assert "fast" in line
+
+
+@pytest.mark.slow
+def test_fast_preset_keeps_rubberwhale_accuracy(rubberwhale: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    prev, nxt, gt = rubberwhale
+    flow = create_backend(FlowConfig(algo="tvl1", preset="fast")).compute(prev, nxt)
+    assert endpoint_error(flow, gt) <= 1.15 * DEFAULTS_EPE_RUBBERWHALE
