@@ -20,12 +20,12 @@ from typing import Any
 
 from .config import ExtractConfig
 from .errors import ConfigError, FlowprepError, require
-from .flow import backend_class, cached_backend, device_kind
+from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
 from .store import finished_meta, output_path, remove_stale_temps, temp_path
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
-LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
 FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
@@ -113,14 +113,14 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
             _exit_with_parent(parent_pid)
         if single_thread:
             backend_class(config.flow.algo, config.flow.device).limit_threads()
-        flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
-        backend = cached_backend(flow)
         existing = None if overwrite else finished_meta(job.output, config.store.pack)
         if existing is not None:
+            params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
             return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),
                                existing.get("frames", 0), 0.0,
-                               _settings_difference(existing.get("settings", {}), settings_of(config, backend)))
-        meta = extract_video(job.source, job.output, config, backend=backend)
+                               _settings_difference(existing.get("settings", {}), settings_of(config, params)))
+        flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
+        meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
         return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
                            time.perf_counter() - started)
     except FlowprepError as exc:
@@ -215,7 +215,7 @@ def run_batch(
     n_jobs: int = 1,
     address: str | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool = False,
 ) -> BatchReport:
     """Process `jobs` and write failures.jsonl and report.json (last) under `out_root`.
 
@@ -227,6 +227,8 @@ def run_batch(
     config = config or ExtractConfig()
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    # Bad settings fail the run once, not every video.
+    check_flow_config(config.flow, here=engine == "local")
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
     out_root = Path(out_root)
@@ -323,7 +325,7 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
         return
     distributed = require("distributed", "dask", "--engine dask")
     try:
-        client = distributed.Client(address) if address else distributed.Client(processes=True)
+        client = distributed.Client(address) if address else distributed.Client(processes=True, threads_per_worker=1)
     except OSError as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
     # GPU jobs run only on workers started with `--resources GPU=1` (one worker per GPU), one job per GPU at a time.

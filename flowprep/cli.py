@@ -10,7 +10,7 @@ from . import __version__, annotations
 from .batch import ENGINES, VIDEO_EXTENSIONS, BatchInterrupted, discover, run_batch
 from .config import LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError, OutputError
-from .flow import ALGORITHMS, backend_class, list_backends
+from .flow import ALGORITHMS, check_flow_config, list_backends
 from .store import Naming
 from .verify import verify_tree
 from .visualize import write_preview
@@ -59,9 +59,10 @@ def main() -> None:
 @click.option("--short-side", type=click.IntRange(min=2), default=None, help="Resize so the short side is S pixels.")
 @click.option("--decoder", default="auto", show_default=True,
               help="auto (pyav, then decord, then opencv), one reader, or a fallback list such as 'decord,pyav'.")
-@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+@click.option("--bound", type=click.FloatRange(min=0, min_open=True), default=StoreConfig.bound, show_default=True,
               help="Quantization bound b in pixels: flow in [-b, b] maps to 0..255.")
-@click.option("--quality", "jpeg_quality", type=click.IntRange(1, 100), default=95, show_default=True,
+@click.option("--quality", "jpeg_quality", type=click.IntRange(1, 100), default=StoreConfig.jpeg_quality,
+              show_default=True,
               help="JPEG quality.")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
               help="separate: flow_x/flow_y gray JPEGs; xy0: one (x, y, 0) colour JPEG per pair.")
@@ -93,13 +94,7 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
             store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
                               img_template=img_template, start_index=start_index, rgb=rgb, pack=pack),
         )
-        # Bad parameters are usage errors, not one failure per video. Availability is checked here only for
-        # local runs: the workers of a cluster may have what this machine lacks (a GPU, say).
-        backend = backend_class(algo, device)
-        backend.check_params(dict(config.flow.params), preset)
-        reason = backend.availability(device) if engine == "local" else None
-        if reason:
-            raise ConfigError(f"{algo} on {device} cannot run here: {reason}")
+        check_flow_config(config.flow, here=engine == "local")
         jobs = discover(source, output, [e.strip() for e in extensions.split(",") if e.strip()])
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -74,8 +74,9 @@ class DecordReader(VideoReader):
     def frames(self) -> Iterator[Frame]:
         claimed = len(self._vr)
         index, frame = 0, self._first
+        start = last = self._timestamp(0, claimed, 0.0)
         while True:
-            yield self._timestamp(index, claimed), frame
+            yield last - start, frame
             index += 1
             try:
                 frame = self._vr.next().asnumpy()
@@ -83,11 +84,17 @@ class DecordReader(VideoReader):
                 return
             except Exception as exc:
                 raise self._fail(f"failed reading frame {index}", exc) from None
+            last = self._timestamp(index, claimed, last)
 
-    def _timestamp(self, index: int, claimed: int) -> float:
+    def _timestamp(self, index: int, claimed: int, last: float) -> float:
+        """Seconds of frame `index`: the container's while it has one, else one frame period after the last."""
         if index < claimed:
             return float(self._vr.get_frame_timestamp(index)[0])
-        return index / (self.fps or 1.0)
+        return last + 1 / (self.fps or 1.0)
+
+    def close(self) -> None:
+        # Drops decord's decoder thread and its queue of decoded frames now, not at garbage collection.
+        del self._vr
 
     def version(self) -> str:
         return getattr(self._decord, "__version__", "")
@@ -103,9 +110,12 @@ class PyAVReader(VideoReader):
         self._av = av
         try:
             self._container = av.open(str(self.path))
-            self._stream = self._container.streams.video[0]
         except Exception as exc:
             raise self._fail("cannot open it", exc) from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise self._fail("found no video stream in it")
+        self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate
         self.fps = float(rate) if rate else None
@@ -137,6 +147,7 @@ class OpenCVReader(VideoReader):
         super().__init__(path)
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
+            self._cap.release()
             raise self._fail("cannot open it")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and math.isfinite(fps) and fps > 0 else None
@@ -222,6 +233,14 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     shrinking = size[0] * size[1] < w * h
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def flow_frames(reader: VideoReader, config: DecodeConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The frames flow is computed on: (RGB HxWx3 as decoded, gray uint8 at the output size), sampled at
+    config.fps. Gray comes from the decoded frame, then is resized, so --rgb never changes the flow."""
+    size = output_size(reader.size, config)
+    for _, rgb in sample_fps(reader.frames(), config.fps):
+        yield rgb, resize(to_gray(rgb), size)
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:

@@ -4,23 +4,25 @@ Frames stream through; memory holds a couple of frames (a batch for batched back
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from . import __version__
 from .config import ExtractConfig
-from .decode import VideoReader, check_video_file, open_reader, output_size, resize, sample_fps, to_gray
+from .decode import VideoReader, check_video_file, flow_frames, open_reader, output_size, resize
 from .errors import DecodeError, VideoTooShortError
 from .flow import cached_backend
 from .flow.base import FlowBackend
@@ -30,14 +32,17 @@ from .store import META_FORMAT, Naming, OutputWriter, encode_jpeg, open_writer
 STAGES = ("decode", "flow", "quantize", "encode", "write")
 
 
-def settings_of(config: ExtractConfig, backend: FlowBackend) -> dict[str, Any]:
-    """The requested settings that decide the output bytes, as recorded in meta.json['settings']."""
+def settings_of(config: ExtractConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The requested settings that decide the output bytes, as recorded in meta.json['settings'].
+
+    params: the algorithm's full parameter set (backend.params, or backend_class(...).check_params(...)).
+    """
     d, s = config.decode, config.store
     return {
         "algorithm": config.flow.algo,
         "device": config.flow.device,
         "preset": config.flow.preset,
-        "params": backend.params,
+        "params": dict(params),
         "decoder": d.decoder,
         "fps": d.fps,
         "size": list(d.size) if d.size else None,
@@ -165,37 +170,44 @@ def _extract(
             output.add_time("encode", time.perf_counter() - t1)
             return files
 
+        # RGB frames decoded ahead (a batched backend pulls frames on its own thread) wait here; the consumer
+        # submits img k+1 before flow k, so the order of files (and zip members) never depends on timing.
+        decoded_rgb: deque[tuple[int, np.ndarray]] = deque()
+
         def gray_frames() -> Iterator[np.ndarray]:
-            frames = iter(sample_fps(reader.frames(), config.decode.fps))
+            frames = flow_frames(reader, config.decode)
             while True:
                 t0 = time.perf_counter()
                 item = next(frames, None)
-                if item is not None:
-                    rgb = item[1]
-                    gray = resize(to_gray(rgb), size)
-                    if store.rgb:
-                        output.submit(partial(encode_rgb, counts["frames"], rgb))
                 dt = time.perf_counter() - t0
                 output.add_time("decode", dt)
                 if threading.get_ident() == consumer:
                     inline_decode[0] += dt
                 if item is None:
                     return
+                if store.rgb:
+                    decoded_rgb.append((counts["frames"], item[0]))
                 counts["frames"] += 1
-                yield gray
+                yield item[1]
+
+        def submit_rgb(up_to: float) -> None:
+            while decoded_rgb and decoded_rgb[0][0] <= up_to:
+                output.submit(partial(encode_rgb, *decoded_rgb.popleft()))
 
         pairs = 0
-        flows = backend.compute_stream(gray_frames())
-        while True:
-            t0 = time.perf_counter()
-            decode_before = inline_decode[0]
-            flow = next(flows, None)
-            # Frames are decoded when the backend pulls them: that time is the decode stage's, not flow's.
-            timing["flow"] += time.perf_counter() - t0 - (inline_decode[0] - decode_before)
-            if flow is None:
-                break
-            output.submit(partial(encode_flow, pairs, flow))
-            pairs += 1
+        with closing(backend.compute_stream(gray_frames())) as flows:  # closing stops a backend's threads on error
+            while True:
+                t0 = time.perf_counter()
+                decode_before = inline_decode[0]
+                flow = next(flows, None)
+                # Frames are decoded when the backend pulls them: that time is the decode stage's, not flow's.
+                timing["flow"] += time.perf_counter() - t0 - (inline_decode[0] - decode_before)
+                if flow is None:
+                    break
+                submit_rgb(pairs + 1)
+                output.submit(partial(encode_flow, pairs, flow))
+                pairs += 1
+        submit_rgb(math.inf)
         output.finish()
 
     if pairs == 0:
@@ -208,24 +220,26 @@ def _extract(
         "source": str(reader.path.resolve()),
         "source_fps": reader.fps,
         "source_size": list(reader.size),
-        "sampled_fps": config.decode.fps or reader.fps,
+        # Sampling above the source rate keeps the source frames: the rate of what was kept is the lower one.
+        "sampled_fps": min(config.decode.fps, reader.fps) if config.decode.fps and reader.fps else (
+            config.decode.fps or reader.fps),
         "frames": counts["frames"],
         "flow_pairs": pairs,
         "rgb_frames": counts["frames"] if store.rgb else 0,
         "output_size": list(size),
         "decoder": reader.name,
         "decoder_problems": problems,
-        "settings": settings_of(config, backend),
+        "settings": settings_of(config, backend.params),
         "versions": {
             "flowprep": __version__,
             "numpy": np.__version__,
+            "opencv": cv2.__version__,  # it resizes and encodes every JPEG, whatever the flow backend
             "python": platform.python_version(),
             reader.name: reader.version(),
             **backend.versions(),
         },
         "seconds": round(time.perf_counter() - started, 4),
         "timing": {k: round(v, 4) for k, v in timing.items()},
-        "config": asdict(config),
     }
     writer.commit(meta)
     return meta

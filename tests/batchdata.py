@@ -95,7 +95,6 @@ def _file_hash(name: str, data: bytes) -> str:
         meta = json.loads(data)
         for key in RUN_SPECIFIC_META:
             meta.pop(key)
-        meta["config"]["store"].pop("pack")  # zip and dir forms differ only there
         data = json.dumps(meta, sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()
 

@@ -23,6 +23,9 @@ CLIP = str(VIDEOS / "carphone_pristine.mp4")
     (["extract", CLIP, "out", "--device", "gpu"], "device must be cpu, torch-cpu, cuda or cuda:N; got 'gpu'"),
     (["extract", CLIP, "out", "--flow-template", "flow_{:05d}.jpg"], "must be a .jpg file name with 2"),
     (["extract", CLIP, "out", "--quality", "101"], "'--quality': 101 is not in the range 1<=x<=100"),
+    (["extract", CLIP, "out", "--algo", "nvof", "--device", "cuda", "--param", "grid_size=3"],
+     "grid_size of nvof must be one of 1, 2, 4, got 3"),
+    (["extract", CLIP, "out", "--decoder", "ffmpeg"], "decoder must be auto, or one or more of pyav, decord, opencv"),
 ])
 def test_usage_errors_exit_2_naming_the_problem(tmp_path, args, message):
     result = run_cli(*args, cwd=tmp_path)

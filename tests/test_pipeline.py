@@ -1,5 +1,7 @@
 """One video end to end on real clips: correct flow, names, counts, layouts, and equal to OpenCV called directly."""
 import json
+import threading
+import zipfile
 
 import cv2
 import decord
@@ -130,3 +132,41 @@ def test_one_frame_is_not_enough_and_leaves_nothing(tmp_path):
     with pytest.raises(DecodeError, match="carphone_pristine.mp4: .*1 frame.*at least 2"):
         extract_video(VIDEOS / "carphone_pristine.mp4", tmp_path / "v", config, )
     assert list(tmp_path.iterdir()) == []
+
+
+# TV-L1 in PyTorch on tiny frames with few iterations: fast enough to exercise the batched, threaded path.
+QUICK_TORCH = FlowConfig("tvl1", device="torch-cpu", batch_size=4,
+                         params=(("nscales", 1), ("warps", 1), ("outer_iterations", 1), ("inner_iterations", 2)))
+
+
+def test_a_failing_video_leaves_no_backend_thread_running(tmp_path):
+    # Writing fails (a name longer than the file system allows) while the backend's threads are decoding ahead.
+    pytest.importorskip("torch")
+    config = ExtractConfig(decode=DecodeConfig(size=(44, 36)), flow=QUICK_TORCH,
+                           store=StoreConfig(flow_template="x" * 300 + "_{}_{:05d}.jpg"))
+    with pytest.raises(OSError, match="too long"):
+        extract_video(VIDEOS / "carphone_pristine.mp4", tmp_path / "out", config)
+    for thread in threading.enumerate():
+        if thread.name.startswith("flowprep"):
+            thread.join(timeout=2)
+            assert not thread.is_alive(), f"{thread.name} outlived the failed video"
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_packs_are_byte_identical_with_a_batched_backend_and_rgb(tmp_path):
+    pytest.importorskip("torch")
+    config = ExtractConfig(decode=DecodeConfig(fps=10, size=(44, 36)), flow=QUICK_TORCH,
+                           store=StoreConfig(rgb=True, pack="zip"))
+    for run in ("a", "b"):
+        extract_video(VIDEOS / "carphone_pristine.mp4", tmp_path / run / "v", config)
+    with open_output(tmp_path / "a" / "v") as a, open_output(tmp_path / "b" / "v") as b:
+        assert a.names() == b.names() and all(a.read(n) == b.read(n) for n in a.names() if n != "meta.json")
+    members = [info.filename for info in zipfile.ZipFile(tmp_path / "a" / "v.zip").infolist()]
+    assert members[:4] == ["img_00001.jpg", "img_00002.jpg", "flow_x_00001.jpg", "flow_y_00001.jpg"]
+    assert members[-1] == "meta.json"
+
+
+def test_sampling_above_the_source_rate_records_the_source_rate(tmp_path):
+    config = ExtractConfig(decode=DecodeConfig(fps=60), flow=FlowConfig("dis"))
+    meta = extract_video(VIDEOS / "rubber-whale.mp4", tmp_path / "v", config)
+    assert (meta["frames"], meta["sampled_fps"]) == (8, 1.0)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
+
+from typing import Any
 
 from ..config import FlowConfig
 from ..errors import BackendUnavailableError, ConfigError
@@ -20,7 +22,7 @@ _REGISTRY: dict[tuple[str, str], str] = {
     ("nvof", "cuda"): "flowprep.flow.nvof:NVOF",
 }
 
-ALGORITHMS = ("tvl1", "farneback", "dis", "nvof")
+ALGORITHMS = tuple(dict.fromkeys(algo for algo, _ in _REGISTRY))
 
 
 def device_kind(device: str) -> str:
@@ -55,10 +57,28 @@ def create_backend(config: FlowConfig) -> FlowBackend:
     return cls(dict(config.params), device=config.device, batch_size=config.batch_size, preset=config.preset)
 
 
-@lru_cache(maxsize=4)
+def check_flow_config(config: FlowConfig, *, here: bool = True) -> dict[str, Any]:
+    """The full parameter set of `config`, checked without building the backend: ConfigError names a bad
+    algorithm, device, preset or parameter. With `here`, also ConfigError when it cannot run on this machine
+    (leave it off for clusters: workers may have what this machine lacks, a GPU say)."""
+    cls = backend_class(config.algo, config.device)
+    params = cls.check_params(dict(config.params), config.preset)
+    reason = cls.availability(config.device) if here else None
+    if reason:
+        raise ConfigError(f"{config.algo} on {config.device} cannot run here: {reason}")
+    return params
+
+
+_per_thread = threading.local()
+
+
 def cached_backend(config: FlowConfig) -> FlowBackend:
-    """One backend per process and config, reused across the videos a worker processes."""
-    return create_backend(config)
+    """One backend per thread and config, reused across the videos a worker processes. Per thread, because an
+    OpenCV flow object must not run calc() from two threads at once (Dask workers may run several threads)."""
+    cache = _per_thread.__dict__.setdefault("backends", {})
+    if config not in cache:
+        cache[config] = create_backend(config)
+    return cache[config]
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,17 @@ class NVOF(FlowBackend):
     def availability(cls, device: str) -> str | None:
         return nvof_problem(device)
 
+    @classmethod
+    def check_params(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+        params = super().check_params(overrides, preset)
+        if params["perf_level"] not in PERF_LEVELS:
+            raise ConfigError(f"perf_level of nvof must be one of {', '.join(PERF_LEVELS)}, got {params['perf_level']!r}")
+        if params["grid_size"] not in GRID_SIZES:
+            raise ConfigError(f"grid_size of nvof must be one of 1, 2, 4, got {params['grid_size']!r}")
+        return params
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if self.params["perf_level"] not in PERF_LEVELS:
-            raise ConfigError(f"perf_level of nvof must be one of {', '.join(PERF_LEVELS)}, got {self.params['perf_level']!r}")
-        if self.params["grid_size"] not in GRID_SIZES:
-            raise ConfigError(f"grid_size of nvof must be one of 1, 2, 4, got {self.params['grid_size']!r}")
         self._engines: dict[tuple[int, int], Any] = {}  # one hardware session per frame size
 
     def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ class TorchTVL1(FlowBackend):
     algo = "tvl1"
     description = "Dual TV-L1 in PyTorch (OpenCV's scheme and defaults), batched; cuda or torch-cpu"
     defaults: ClassVar[Mapping[str, Any]] = OpenCVTVL1.defaults
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = OpenCVTVL1.presets  # same names and values on CPU and GPU
 
     @classmethod
     def availability(cls, device: str) -> str | None:
