@@ -18,8 +18,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flowprep import FlowConfig, create_backend  # noqa: E402
-from flowprep.decode import open_reader, resize, sample_fps, to_gray  # noqa: E402
+from flowprep import DecodeConfig, FlowConfig, create_backend  # noqa: E402
+from flowprep.decode import flow_frames, open_reader  # noqa: E402
 from flowprep.quantize import jpeg_roundtrip_bound  # noqa: E402
 from flowprep.testing import jpeg_roundtrip  # noqa: E402
 
@@ -32,8 +32,8 @@ def real_flows(algo: str) -> list[np.ndarray]:
     backend = create_backend(FlowConfig(algo=algo))
     flows = []
     for name, fps, size in CLIPS:
-        with open_reader(VIDEOS / name, "decord") as reader:
-            frames = (resize(to_gray(rgb), size or reader.size) for _, rgb in sample_fps(reader.frames(), fps))
+        with open_reader(VIDEOS / name, "pyav") as reader:
+            frames = (gray for _, gray in flow_frames(reader, DecodeConfig(fps=fps, size=size)))
             flows += list(backend.compute_stream(frames))
     return flows
 

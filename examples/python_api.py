@@ -11,7 +11,7 @@ import numpy as np
 
 from flowprep import (DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, create_backend, dequantize,
                       extract_video, open_output, quantize)
-from flowprep.decode import open_reader, output_size, resize, sample_fps, to_gray
+from flowprep.decode import flow_frames, open_reader
 
 CLIP = Path(__file__).with_name("carphone_pristine.mp4")
 
@@ -19,10 +19,9 @@ CLIP = Path(__file__).with_name("carphone_pristine.mp4")
 def main(out_root: Path) -> None:
     # 1. Decode: stream RGB frames at 10 fps, resized to 340x256, as gray uint8 for the flow stage.
     decode = DecodeConfig(fps=10, size=(340, 256))
-    with open_reader(CLIP, "decord") as reader:
-        size = output_size(reader.size, decode)
+    with open_reader(CLIP, "pyav") as reader:
         # islice stops decoding after three frames: readers stream, nothing else is held in memory.
-        frames = [resize(to_gray(rgb), size) for _, rgb in islice(sample_fps(reader.frames(), decode.fps), 3)]
+        frames = [gray for _, gray in islice(flow_frames(reader, decode), 3)]
     print(f"decoded {len(frames)} frames of {frames[0].shape} (HxW, uint8)")
 
     # 2. Flow: any backend by name; flow is float32 HxWx2 in pixels, OpenCV's direction.
