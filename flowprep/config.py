@@ -7,6 +7,7 @@ from string import Formatter
 from typing import Any
 
 from .errors import ConfigError
+from .quantize import DEFAULT_BOUND
 
 READER_NAMES = ("pyav", "decord", "opencv")
 # PyAV first: decord's decoder thread runs ahead of a slower consumer without limit and ends up holding most of
@@ -83,7 +84,7 @@ class FlowConfig:
 class StoreConfig:
     """How flow is quantized and written: bound (pixels), JPEG quality, layout, names, packing."""
 
-    bound: float = 20.0
+    bound: float = DEFAULT_BOUND
     jpeg_quality: int = 95
     layout: str = "separate"
     flow_template: str | None = None  # None: the layout's default
