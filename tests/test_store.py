@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -22,7 +23,9 @@ from flowprep.store import (
     remove_stale_temps,
 )
 
-META = {"format": META_FORMAT, "flow_pairs": 2, "settings": {"layout": "separate"}}
+META = {"format": META_FORMAT, "frames": 3, "flow_pairs": 2,
+        "settings": {"layout": "separate", "flow_template": "flow_{}_{:05d}.jpg", "img_template": "img_{:05d}.jpg",
+                     "start_index": 1, "bound": 20.0}}
 
 
 def _files() -> dict[str, bytes]:
@@ -155,3 +158,19 @@ def test_remove_stale_temps_removes_only_temporaries(tmp_path):
     assert sorted(removed) == sorted([stale_dir, stale_zip])
     assert not stale_dir.exists() and not stale_zip.exists()
     assert keep.is_dir() and visible.exists()
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_meta_without_settings_is_an_error_naming_the_file(tmp_path, pack):
+    with open_writer(tmp_path / "video", pack) as writer:
+        final = writer.commit({key: value for key, value in META.items() if key != "settings"})
+    with open_output(final) as reader, pytest.raises(OutputError, match=re.escape(f"{final / META_NAME}: missing or invalid field settings")):
+        reader.meta()
+    assert finished_meta(tmp_path / "video", pack) is None
+
+
+def test_meta_field_of_the_wrong_type_is_an_error_naming_it(tmp_path):
+    with open_writer(tmp_path / "video") as writer:
+        final = writer.commit({**META, "settings": {**META["settings"], "start_index": "1"}})
+    with pytest.raises(OutputError, match=r"meta\.json: missing or invalid field settings\.start_index"):
+        open_output(final).meta()
