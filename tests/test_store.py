@@ -164,7 +164,8 @@ def test_remove_stale_temps_removes_only_temporaries(tmp_path):
 def test_meta_without_settings_is_an_error_naming_the_file(tmp_path, pack):
     with open_writer(tmp_path / "video", pack) as writer:
         final = writer.commit({key: value for key, value in META.items() if key != "settings"})
-    with open_output(final) as reader, pytest.raises(OutputError, match=re.escape(f"{final / META_NAME}: missing or invalid field settings")):
+    expected = re.escape(f"{final / META_NAME}: missing or invalid field settings")
+    with open_output(final) as reader, pytest.raises(OutputError, match=expected):
         reader.meta()
     assert finished_meta(tmp_path / "video", pack) is None
 
