@@ -23,8 +23,8 @@ from .errors import FlowprepError, OutputError
 from .flow import create_backend
 from .flow.base import FlowBackend
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
-from .store import (FINISHED, META_NAME, TEMPORARY, UNFINISHED, Naming, OutputReader, meta_field, open_output,
-                    read_flow_codes)
+from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, Naming, OutputReader, meta_field,
+                    open_output, read_flow_codes)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -131,7 +131,7 @@ def find_outputs(root: str | os.PathLike) -> tuple[list[Path], list[str]]:
     root = Path(root)
     if not root.exists():
         return [], [f"{root}: no such file or directory"]
-    if root.is_file() and root.suffix != ".zip":
+    if root.is_file() and root.suffix != PACK_SUFFIX:
         return [], [f"{root}: not a directory or .zip pack"]
     outputs, problems = [], []
     for found in walk_outputs(root):
