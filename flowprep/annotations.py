@@ -8,20 +8,18 @@ script) by a Naming given by the caller, and frames are counted by listing files
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from string import Formatter
 from typing import IO
 
-from .batch import VIDEO_EXTENSIONS
+from . import store
+from .config import VIDEO_EXTENSIONS
 from .errors import ConfigError, OutputError
 from .quantize import DEFAULT_BOUND
-from .store import META_NAME, Naming, OutputReader, open_output
+from .store import META_NAME, PACK_SUFFIX, Naming, OutputReader, ZipReader, open_output, template_pattern
 
 MODALITIES = ("flow", "rgb")
-PACK_SUFFIX = ".zip"
 
 
 @dataclass(frozen=True)
@@ -57,41 +55,40 @@ def describe_output(path: str | os.PathLike, naming: Naming = Naming(), bound: f
     one, else from `naming` and `bound` by counting its files. OutputError naming the path when files do not
     follow the naming (e.g. a 0-based tree read with start index 1) or x and y counts differ."""
     with open_output(path) as reader:
-        names = reader.names()
-        if META_NAME in names:
-            meta = reader.meta()
-            return VideoOutput(reader.path, Naming.from_meta(meta), float(meta["settings"]["bound"]),
-                               int(meta["flow_pairs"]), int(meta.get("rgb_frames", 0)), True)
-        return VideoOutput(reader.path, naming, float(bound), _count_flow(reader, names, naming),
-                           _count_frames(reader, names, naming.img_template, None, naming.start_index), False)
+        return _describe(reader, naming, bound)
+
+
+def _describe(reader: OutputReader, naming: Naming, bound: float, names: list[str] | None = None) -> VideoOutput:
+    """describe_output of an open output; `names`: its file names when the caller has listed them already."""
+    # meta.json first: listing a video's files costs a stat per file, millions for a dataset's annotation list.
+    if reader.has(META_NAME):
+        meta = reader.meta()
+        return VideoOutput(reader.path, Naming.from_meta(meta), float(meta["settings"]["bound"]),
+                           meta["flow_pairs"], int(meta.get("rgb_frames", 0)), True)
+    names = reader.names() if names is None else names
+    return VideoOutput(reader.path, naming, float(bound), _count_flow(reader, names, naming),
+                       _count_frames(reader, names, naming.img_template, None, naming.start_index), False)
 
 
 def find_outputs(root: str | os.PathLike, naming: Naming = Naming(), bound: float = DEFAULT_BOUND
                  ) -> dict[str, VideoOutput]:
     """Every video output under `root`, keyed by its path relative to root ('Class/video', no '.zip'), sorted.
 
-    A video is a directory or zip pack holding meta.json or files named by `naming`; hidden entries (flowprep's
-    temporaries) are skipped, other zips and folders without such files are not videos.
+    Videos are what store.find_outputs finds: directories or zip packs holding meta.json, or files named by
+    `naming` (other tools' trees); hidden entries (flowprep's temporaries), zips that do not open and folders
+    without such files are not videos.
     """
     root = Path(root)
     if not root.is_dir():
         raise OutputError(f"{root}: not a directory")
-    patterns = [_template_regex(naming.img_template, None)] + (
-        [_template_regex(naming.flow_template, "x")] if naming.layout == "separate"
-        else [_template_regex(naming.flow_template, None)])
     found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        here = Path(dirpath)
-        if META_NAME in filenames or any(p.fullmatch(f) for f in filenames for p in patterns):
-            found[here.relative_to(root).as_posix()] = describe_output(here, naming, bound)
-            dirnames.clear()
+    for output in store.find_outputs(root, naming):
+        if output.reader is None:  # a leftover, not a video
             continue
-        for name in filenames:
-            if name.endswith(PACK_SUFFIX) and not name.startswith("."):
-                pack = here / name
-                if _is_video_pack(pack, patterns):
-                    found[pack.relative_to(root).as_posix()[: -len(PACK_SUFFIX)]] = describe_output(pack, naming, bound)
+        relative = output.path.relative_to(root).as_posix()
+        if isinstance(output.reader, ZipReader):
+            relative = relative[: -len(PACK_SUFFIX)]
+        found[relative] = _describe(output.reader, naming, bound, output.names)
     return dict(sorted(found.items()))
 
 
@@ -186,24 +183,11 @@ def _read_text(path: str | os.PathLike) -> str:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _template_regex(template: str, axis: str | None) -> re.Pattern[str]:
-    """Regex for the file names of `template`, capturing the index; in a two-field (axis, index) template
-    the axis field is fixed to `axis`."""
-    parsed = list(Formatter().parse(template))
-    two_fields = sum(field is not None for _, field, _, _ in parsed) == 2
-    parts, seen = [], 0
-    for literal, field, _, _ in parsed:
-        parts.append(re.escape(literal))
-        if field is not None:
-            seen += 1
-            parts.append(re.escape(axis or "") if two_fields and seen == 1 else r"(\d+)")
-    return re.compile("".join(parts))
-
-
 def _count_frames(reader: OutputReader, names: list[str], template: str, axis: str | None, start: int) -> int:
     """How many files are named like `template`; OutputError unless they are numbered start, start + 1, ..."""
-    pattern = _template_regex(template, axis)
-    indices = sorted(int(m.group(1)) for m in map(pattern.fullmatch, names) if m)
+    pattern = template_pattern(template)
+    matches = (m for m in map(pattern.fullmatch, names) if m and (axis is None or m["axis"] == axis))
+    indices = sorted(int(m["index"]) for m in matches)
     if indices and indices != list(range(start, start + len(indices))):
         kind = f"{template!r} (axis {axis})" if axis else repr(template)
         raise OutputError(
@@ -221,11 +205,3 @@ def _count_flow(reader: OutputReader, names: list[str], naming: Naming) -> int:
     if xs != ys:
         raise OutputError(f"{reader.path}: {xs} x flow files but {ys} y flow files")
     return xs
-
-
-def _is_video_pack(path: Path, patterns: list[re.Pattern[str]]) -> bool:
-    try:
-        with open_output(path) as reader:
-            return any(name == META_NAME or any(p.fullmatch(name) for p in patterns) for name in reader.names())
-    except OutputError:
-        return False

@@ -15,6 +15,8 @@ READER_NAMES = ("pyav", "decord", "opencv")
 AUTO_DECODERS = ("pyav", "decord", "opencv")
 LAYOUTS = ("separate", "xy0")
 PACKS = ("dir", "zip")
+# Suffixes taken for videos (lower case): batch discovery and split lists' "Class/video.avi" names.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 DEFAULT_FLOW_TEMPLATES = {"separate": "flow_{}_{:05d}.jpg", "xy0": "flow_{:05d}.jpg"}
 # Fields a template must have: the separate layout names the axis ("x"/"y") then the index.
 _TEMPLATE_FIELDS = {"separate": 2, "xy0": 1}

@@ -7,23 +7,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 import zipfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .config import DEFAULT_FLOW_TEMPLATES, StoreConfig
+from .config import DEFAULT_FLOW_TEMPLATES, LAYOUTS, StoreConfig
 from .errors import OutputError
 
 META_NAME = "meta.json"
 META_FORMAT = "flowprep/1"
 TEMP_MARKER = ".flowprep-tmp-"
+PACK_SUFFIX = ".zip"
+# Fields every flowprep meta.json has, with their types: readers rely on these (bool is no int here).
+_META_FIELDS = {"frames": int, "flow_pairs": int, "settings": dict}
+_SETTINGS_FIELDS = {"layout": str, "flow_template": str, "img_template": str, "start_index": int,
+                    "bound": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,28 @@ class Naming:
 
     def img(self, index: int) -> str:
         return self.img_template.format(index + self.start_index)
+
+    def flow_pattern(self) -> re.Pattern[str]:
+        """Regex matching this naming's flow file names (groups: 'axis' in the separate layout, 'index')."""
+        return template_pattern(self.flow_template)
+
+    def img_pattern(self) -> re.Pattern[str]:
+        """Regex matching this naming's RGB frame file names (group 'index')."""
+        return template_pattern(self.img_template)
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """Regex matching the names `template` makes: the index field is captured as 'index' (digits, as written),
+    and in a two-field template the first field as 'axis' (x or y)."""
+    parsed = list(Formatter().parse(template))
+    has_axis = sum(field is not None for _, field, _, _ in parsed) == 2
+    parts, fields = [], 0
+    for literal, field, _, _ in parsed:
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append("(?P<axis>[xy])" if has_axis and fields == 0 else r"(?P<index>\d+)")
+            fields += 1
+    return re.compile("".join(parts))
 
 
 def encode_jpeg(image: np.ndarray, quality: int, *, rgb: bool = False) -> bytes:
@@ -209,18 +239,22 @@ class OutputReader(ABC):
     def read(self, name: str) -> bytes:
         """The bytes of file `name`; OutputError naming the file when it is missing or unreadable."""
 
+    @abstractmethod
+    def has(self, name: str) -> bool:
+        """Whether file `name` is there (one stat or zip index lookup, without listing the output)."""
+
     def close(self) -> None:
         pass
 
     def meta(self) -> dict[str, Any]:
-        """The parsed meta.json; OutputError when it is missing or not valid."""
+        """The parsed meta.json; OutputError naming it when it is missing, not JSON, or lacks a field that
+        readers rely on (see check_meta)."""
         data = self.read(META_NAME)
         try:
             meta = json.loads(data)
         except ValueError as exc:
             raise OutputError(f"{self.path / META_NAME}: not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-            raise OutputError(f"{self.path / META_NAME}: not a flowprep meta.json (format {META_FORMAT!r} expected)")
+        check_meta(meta, self.path / META_NAME)
         return meta
 
     def read_image(self, name: str, *, rgb: bool = False) -> np.ndarray:
@@ -238,6 +272,9 @@ class OutputReader(ABC):
 class DirectoryReader(OutputReader):
     def names(self) -> list[str]:
         return sorted(p.name for p in self.path.iterdir() if p.is_file())
+
+    def has(self, name: str) -> bool:
+        return os.path.isfile(os.path.join(self.path, name))
 
     def read(self, name: str) -> bytes:
         try:
@@ -258,6 +295,9 @@ class ZipReader(OutputReader):
     def names(self) -> list[str]:
         return sorted(self._zip.namelist())
 
+    def has(self, name: str) -> bool:
+        return name in self._zip.NameToInfo
+
     def read(self, name: str) -> bytes:
         try:
             return self._zip.read(name)
@@ -270,11 +310,51 @@ class ZipReader(OutputReader):
         self._zip.close()
 
 
+def check_meta(meta: Any, where: Path) -> None:
+    """OutputError naming `where` unless `meta` is a flowprep meta.json with the fields every reader relies on:
+    format, frames, flow_pairs, and settings with layout, flow_template, img_template, start_index, bound."""
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise OutputError(f"{where}: not a flowprep meta.json (format {META_FORMAT!r} expected)")
+    for key, kind in _META_FIELDS.items():
+        meta_field(meta, key, kind, where)
+    for key, kind in _SETTINGS_FIELDS.items():
+        meta_field(meta["settings"], key, kind, where, "settings.")
+    if meta["settings"]["layout"] not in LAYOUTS:
+        raise OutputError(f"{where}: settings.layout is {meta['settings']['layout']!r}, expected one of "
+                          f"{', '.join(LAYOUTS)}")
+
+
+def meta_field(fields: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path, prefix: str = ""
+               ) -> Any:
+    """fields[key] if it is there and of `kind` (bool does not pass for a number); OutputError naming `where`
+    and the field otherwise. `prefix` names the enclosing object, e.g. 'settings.'."""
+    if key not in fields:
+        raise OutputError(f"{where}: missing or invalid field {prefix}{key}: it is missing")
+    value = fields[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise OutputError(f"{where}: missing or invalid field {prefix}{key}: {value!r} is not a {names}")
+    return value
+
+
+def read_flow_pair(reader: OutputReader, naming: Naming, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stored uint8 HxW x and y codes of pair `index` (0-based), from either layout; OutputError naming the
+    y file when its size differs from the x file's."""
+    if naming.layout == "xy0":
+        # Written from an (x, y, 0) array as RGB: x is the red channel, y the green one.
+        xy = reader.read_image(naming.xy(index), rgb=True)
+        return xy[..., 0], xy[..., 1]
+    x_name, y_name = naming.flow("x", index), naming.flow("y", index)
+    x, y = reader.read_image(x_name), reader.read_image(y_name)
+    if x.shape != y.shape:
+        raise OutputError(f"{os.path.join(reader.path, y_name)}: {y.shape[1]}x{y.shape[0]} pixels but {x_name} "
+                          f"is {x.shape[1]}x{x.shape[0]}")
+    return x, y
+
+
 def read_flow_codes(reader: OutputReader, naming: Naming, index: int) -> np.ndarray:
     """The stored uint8 codes of pair `index` (0-based) as HxWx2 (x, y), from either layout."""
-    if naming.layout == "xy0":
-        return reader.read_image(naming.xy(index), rgb=True)[..., :2]
-    return np.dstack([reader.read_image(naming.flow(axis, index)) for axis in ("x", "y")])
+    return np.dstack(read_flow_pair(reader, naming, index))
 
 
 def open_output(path: str | os.PathLike) -> OutputReader:
@@ -300,3 +380,69 @@ def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] 
             return reader.meta()
     except OutputError:
         return None
+
+
+FINISHED, UNFINISHED, TEMPORARY, UNREADABLE = "finished", "unfinished", "temporary", "unreadable"
+
+
+@dataclass
+class FoundOutput:
+    """One thing find_outputs found: a video output, or a leftover that is none.
+
+    kind: FINISHED (holds meta.json), UNFINISHED (holds files of the naming but no meta.json: an unfinished
+    output, or one written by another tool), TEMPORARY (a killed run's temporary) or UNREADABLE (a .zip that
+    does not open; `problem` says why).
+    """
+
+    path: Path
+    kind: str
+    names: list[str]  # file names in it (directory listing or zip members); [] for leftovers
+    reader: OutputReader | None = None  # open until the walk moves on; None for leftovers
+    problem: str = ""
+
+
+def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator[FoundOutput]:
+    """Walk `root` (a directory, or itself one output) and yield its video outputs and leftovers, parents before
+    their subfolders, names sorted.
+
+    The one rule: a directory or .zip holding meta.json is a finished output; one holding flow or RGB frame
+    files named by `naming` but no meta.json is unfinished (or another tool's); an output holds no further
+    outputs. Hidden names are skipped, except flowprep's temporaries (``.name.flowprep-tmp-…``), yielded as
+    TEMPORARY. A .zip is opened once, here: its reader comes with it and closes when the walk moves on.
+    """
+    patterns = (naming.flow_pattern(), naming.img_pattern())
+
+    def kind_of(names: list[str]) -> str | None:
+        if META_NAME in names:
+            return FINISHED
+        return UNFINISHED if any(p.fullmatch(n) for n in names for p in patterns) else None
+
+    def packs(paths: list[Path]) -> Iterator[FoundOutput]:
+        for path in paths:
+            try:
+                reader = ZipReader(path)
+            except OutputError as exc:
+                yield FoundOutput(path, UNREADABLE, [], problem=str(exc))
+                continue
+            with reader:
+                names = reader.names()
+                kind = kind_of(names)
+                if kind is not None:
+                    yield FoundOutput(path, kind, names, reader)
+
+    root = Path(root)
+    if root.is_file():
+        yield from packs([root] if root.suffix == PACK_SUFFIX else [])
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            if name.startswith(".") and TEMP_MARKER in name:
+                yield FoundOutput(here / name, TEMPORARY, [])
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        kind = kind_of(filenames)
+        if kind is not None:
+            dirnames.clear()  # an output holds no further outputs
+            yield FoundOutput(here, kind, sorted(filenames), DirectoryReader(here))
+            continue
+        yield from packs([here / n for n in sorted(filenames) if n.endswith(PACK_SUFFIX) and not n.startswith(".")])

@@ -1,8 +1,9 @@
 """Verify an output tree: every video complete, every JPEG readable at its size, optional round-trip check.
 
-Outputs are found by walking the tree: a directory holding meta.json or a ``.zip`` pack is one video's output;
-a directory holding JPEGs but no meta.json is an unfinished one. Videos are checked one at a time (optionally
-in worker processes) and only their statistics are kept, so memory does not grow with the tree.
+Outputs are found by store.find_outputs: a directory or ``.zip`` pack holding meta.json is one video's
+output; one holding flow or RGB frame files (default names) but no meta.json is an unfinished one. Videos are
+checked one at a time (optionally in worker processes) and only their statistics are kept, so memory does not
+grow with the tree.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from string import Formatter
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,10 @@ from .errors import FlowprepError, OutputError
 from .flow import create_backend
 from .flow.base import FlowBackend
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
-from .store import META_NAME, TEMP_MARKER, Naming, OutputReader, open_output, read_flow_codes
+from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, Naming, OutputReader, meta_field,
+                    open_output, read_flow_codes)
+from .store import find_outputs as walk_outputs
 
-ROOT_FILES = ("report.json", "failures.jsonl")  # batch run records at the output root, not video outputs
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
 _LISTED = 10  # missing or unexpected files listed one by one per video; the rest are counted
 
@@ -125,31 +126,23 @@ def _roundtrip_text(rt: RoundTrip | None) -> str:
 
 
 def find_outputs(root: str | os.PathLike) -> tuple[list[Path], list[str]]:
-    """(video outputs under `root`, problems): outputs are directories with meta.json and .zip packs.
-
-    Directories with JPEGs but no meta.json and temporaries of killed runs are problems. `root` may itself be
-    one video's output.
-    """
+    """(finished video outputs under `root`, problems): unfinished outputs, temporaries of killed runs and .zip
+    files that do not open are problems (see store.find_outputs). `root` may itself be one video's output."""
     root = Path(root)
     if not root.exists():
         return [], [f"{root}: no such file or directory"]
-    if root.is_file():
-        return ([root], []) if root.suffix == ".zip" else ([], [f"{root}: not a directory or .zip pack"])
+    if root.is_file() and root.suffix != PACK_SUFFIX:
+        return [], [f"{root}: not a directory or .zip pack"]
     outputs, problems = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        for name in sorted(dirnames + filenames):
-            if name.startswith(".") and TEMP_MARKER in name:
-                problems.append(f"{here / name}: temporary left by a killed run (rerun extract to finish)")
-        dirnames[:] = sorted(d for d in dirnames if TEMP_MARKER not in d)
-        if META_NAME in filenames:
-            outputs.append(here)
-            dirnames[:] = []  # a video's output holds no further outputs
-            continue
-        jpegs = [n for n in filenames if n.lower().endswith((".jpg", ".jpeg"))]
-        if jpegs:
-            problems.append(f"{here}: {len(jpegs)} JPEG files but no {META_NAME}: unfinished output")
-        outputs += [here / n for n in sorted(filenames) if n.endswith(".zip") and TEMP_MARKER not in n]
+    for found in walk_outputs(root):
+        if found.kind == FINISHED:
+            outputs.append(found.path)
+        elif found.kind == UNFINISHED:
+            problems.append(f"{found.path}: {len(found.names)} JPEG files but no {META_NAME}: unfinished output")
+        elif found.kind == TEMPORARY:
+            problems.append(f"{found.path}: temporary left by a killed run (rerun extract to finish)")
+        else:
+            problems.append(found.problem)
     return sorted(outputs), problems
 
 
@@ -203,12 +196,9 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
     with reader:
         try:
             meta = reader.meta()
-            layout = _Layout.from_meta(meta)
+            layout = _Layout.from_meta(meta, reader.path / META_NAME)
         except OutputError as exc:
             check.problems.append(str(exc))
-            return check
-        except (KeyError, TypeError, ValueError) as exc:
-            check.problems.append(f"{reader.path / META_NAME}: missing or invalid field ({type(exc).__name__}: {exc})")
             return check
         check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
         names = set(reader.names())
@@ -245,11 +235,15 @@ class _Layout:
     jpeg_quality: int
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> _Layout:
-        settings = meta["settings"]
-        width, height = (int(v) for v in meta["output_size"])
-        return cls(Naming.from_meta(meta), int(meta["flow_pairs"]), int(meta["frames"]), int(meta["rgb_frames"]),
-                   (width, height), float(settings["bound"]), int(settings["jpeg_quality"]))
+    def from_meta(cls, meta: dict[str, Any], where: Path) -> _Layout:
+        """From a meta.json that OutputReader.meta validated; OutputError naming `where` for the fields that only
+        verify needs."""
+        size = meta_field(meta, "output_size", list, where)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+            raise OutputError(f"{where}: missing or invalid field output_size: {size!r} is not [width, height]")
+        return cls(Naming.from_meta(meta), meta["flow_pairs"], meta["frames"],
+                   meta_field(meta, "rgb_frames", int, where), (size[0], size[1]), float(meta["settings"]["bound"]),
+                   meta_field(meta["settings"], "jpeg_quality", int, where, "settings."))
 
     def flow_names(self) -> list[list[str]]:
         """Per pair, the names of its files: [x, y] or [xy0]."""
@@ -257,19 +251,6 @@ class _Layout:
         if n.layout == "xy0":
             return [[n.xy(i)] for i in range(self.pairs)]
         return [[n.flow("x", i), n.flow("y", i)] for i in range(self.pairs)]
-
-
-def _template_pattern(template: str) -> re.Pattern[str]:
-    """Regex matching the names a template makes; two-field templates capture the axis (x or y) as 'axis'."""
-    parts, fields = [], 0
-    parsed = list(Formatter().parse(template))
-    has_axis = sum(f is not None for _, f, _, _ in parsed) == 2
-    for literal, field_name, _, _ in parsed:
-        parts.append(re.escape(literal))
-        if field_name is not None:
-            parts.append("(?P<axis>[xy])" if has_axis and fields == 0 else r"\d+")
-            fields += 1
-    return re.compile("".join(parts))
 
 
 def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
@@ -281,7 +262,7 @@ def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: 
         check.problems.append(f"{where / META_NAME}: rgb_frames is {layout.rgb_frames}, expected 0 or the "
                               f"{layout.frames} frames")
     n = layout.naming
-    flow_pattern, rgb_pattern = _template_pattern(n.flow_template), _template_pattern(n.img_template)
+    flow_pattern, rgb_pattern = n.flow_pattern(), n.img_pattern()
     flow_present = {name: m for name in names if (m := flow_pattern.fullmatch(name))}
     rgb_present = {name for name in names if rgb_pattern.fullmatch(name)}
     if n.layout == "separate":

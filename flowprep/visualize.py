@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -104,19 +105,26 @@ def _hstack(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.hstack(padded)[:, :-_GAP]
 
 
-def preview_sheet(reader: OutputReader, index: int, max_flow: float | None = None) -> np.ndarray:
-    """RGB uint8 sheet for pair `index` (0-based): RGB frame (if stored), x and y images, colour code, legend."""
-    meta = reader.meta()
-    naming = Naming.from_meta(meta)
-    bound = float(meta["settings"]["bound"])
+def preview_sheet(reader: OutputReader, index: int, max_flow: float | None = None,
+                  meta: dict[str, Any] | None = None) -> np.ndarray:
+    """RGB uint8 sheet for pair `index` (0-based): RGB frame (if stored), x and y images, colour code, legend.
+
+    `meta`: the output's meta.json when the caller has read it already.
+    """
+    meta = reader.meta() if meta is None else meta
     if not 0 <= index < meta["flow_pairs"]:
         raise ConfigError(f"{reader.path}: pair {index + 1} out of range: it has pairs 1..{meta['flow_pairs']}")
-    codes = read_flow_codes(reader, naming, index)
-    flow = dequantize(codes, bound)
+    return _sheet(reader, meta, index, read_flow_codes(reader, Naming.from_meta(meta), index), max_flow)
+
+
+def _sheet(reader: OutputReader, meta: dict[str, Any], index: int, codes: np.ndarray, max_flow: float | None
+           ) -> np.ndarray:
+    """preview_sheet of pair `index` whose uint8 HxWx2 `codes` are read already."""
+    flow = dequantize(codes, float(meta["settings"]["bound"]))
     scale = max_flow if max_flow is not None else float(magnitude(flow).max())
     panels = []
     if meta.get("rgb_frames"):
-        panels.append(_caption(reader.read_image(naming.img(index), rgb=True), "rgb"))
+        panels.append(_caption(reader.read_image(Naming.from_meta(meta).img(index), rgb=True), "rgb"))
     panels += [_caption(_codes_to_image(codes[..., 0]), "flow x"), _caption(_codes_to_image(codes[..., 1]), "flow y"),
                _caption(flow_to_color(flow, scale), f"flow, rim {scale:.1f} px")]
     legend = color_wheel_legend(min(codes.shape[0], 128))
@@ -124,16 +132,19 @@ def preview_sheet(reader: OutputReader, index: int, max_flow: float | None = Non
     return _hstack(panels)
 
 
-def _sequence_max(reader: OutputReader, naming: Naming, bound: float, indices: Sequence[int]) -> float:
-    return max(float(magnitude(dequantize(read_flow_codes(reader, naming, i), bound)).max()) for i in indices)
+def preview_frames(reader: OutputReader, indices: Sequence[int], meta: dict[str, Any] | None = None
+                   ) -> Iterator[np.ndarray]:
+    """Sheets for `indices`, one at a time, all colour-coded against the largest magnitude among them.
 
-
-def preview_frames(reader: OutputReader, indices: Sequence[int]) -> Iterator[np.ndarray]:
-    """Sheets for `indices`, one at a time, all colour-coded against the largest magnitude among them."""
-    meta = reader.meta()
-    scale = _sequence_max(reader, Naming.from_meta(meta), float(meta["settings"]["bound"]), indices)
-    for i in indices:
-        yield preview_sheet(reader, i, max_flow=scale)
+    Each pair is decoded once: the uint8 codes of all `indices` (H x W x 2 bytes each) are held until their
+    sheets are made, so callers bound `indices` (write_preview's max_pairs). `meta` as in preview_sheet.
+    """
+    meta = reader.meta() if meta is None else meta
+    naming, bound = Naming.from_meta(meta), float(meta["settings"]["bound"])
+    codes = [read_flow_codes(reader, naming, i) for i in indices]
+    scale = max(float(magnitude(dequantize(c, bound)).max()) for c in codes)
+    for i, c in zip(indices, codes):
+        yield _sheet(reader, meta, i, c, scale)
 
 
 def write_preview(output: str | os.PathLike, target: str | os.PathLike, *, index: int | None = None,
@@ -145,17 +156,18 @@ def write_preview(output: str | os.PathLike, target: str | os.PathLike, *, index
     if suffix not in (".png", ".jpg", *SEQUENCE_SUFFIXES):
         raise ConfigError(f"{target}: preview must be .png, .jpg, .gif or .mp4, got {suffix or 'no suffix'!r}")
     with open_output(output) as reader:
-        pairs = int(reader.meta()["flow_pairs"])
+        meta = reader.meta()
+        pairs = meta["flow_pairs"]
         if suffix in SEQUENCE_SUFFIXES:
             start = index or 0
             indices = range(start, min(start + max_pairs, pairs))
             if not indices:
                 raise ConfigError(f"{reader.path}: pair {start + 1} out of range: it has pairs 1..{pairs}")
-            fps = float(reader.meta().get("sampled_fps") or 10.0)
-            frames = preview_frames(reader, indices)
+            fps = float(meta.get("sampled_fps") or 10.0)
+            frames = preview_frames(reader, indices, meta)
             (_write_gif if suffix == ".gif" else _write_mp4)(target, frames, fps)
         else:
-            sheet = preview_sheet(reader, pairs // 2 if index is None else index)
+            sheet = preview_sheet(reader, pairs // 2 if index is None else index, meta=meta)
             if not cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
                 raise OutputError(f"{target}: OpenCV could not write the preview")
     return target

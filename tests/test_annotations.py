@@ -1,6 +1,7 @@
 """Annotation lists: `flowprep list` (real subprocess) and the library behind it, on small trees."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,15 @@ def test_split_and_labels_in_python(tree: Path, tmp_path: Path):
     selected, missing = apply_split(build_annotations(find_outputs(tree)), read_split(split))
     assert [e.line() for e in selected] == ["Archery/v2 7 0", "Bowling/v3 3 1"]
     assert missing == ["Z/missing"]
+
+
+def test_list_and_show_name_a_meta_json_without_settings(tmp_path: Path):
+    video = write_video(tmp_path / "flow" / "Archery" / "v1", 3)
+    meta = json.loads((video / "meta.json").read_text())
+    del meta["settings"]
+    (video / "meta.json").write_text(json.dumps(meta))
+    for args in (["list", str(tmp_path / "flow")], ["show", str(video), "--out", str(tmp_path / "p.png")]):
+        result = run_cli(*args)
+        assert result.returncode != 0, args
+        assert f"{video / 'meta.json'}: missing or invalid field settings" in result.stderr, args
+        assert "Traceback" not in result.stderr, args

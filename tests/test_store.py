@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -14,7 +15,12 @@ from flowprep.store import (
     TEMP_MARKER,
     DirectoryWriter,
     Naming,
+    FINISHED,
+    TEMPORARY,
+    UNFINISHED,
+    UNREADABLE,
     encode_jpeg,
+    find_outputs,
     finished_meta,
     open_output,
     open_writer,
@@ -22,7 +28,9 @@ from flowprep.store import (
     remove_stale_temps,
 )
 
-META = {"format": META_FORMAT, "flow_pairs": 2, "settings": {"layout": "separate"}}
+META = {"format": META_FORMAT, "frames": 3, "flow_pairs": 2,
+        "settings": {"layout": "separate", "flow_template": "flow_{}_{:05d}.jpg", "img_template": "img_{:05d}.jpg",
+                     "start_index": 1, "bound": 20.0}}
 
 
 def _files() -> dict[str, bytes]:
@@ -155,3 +163,46 @@ def test_remove_stale_temps_removes_only_temporaries(tmp_path):
     assert sorted(removed) == sorted([stale_dir, stale_zip])
     assert not stale_dir.exists() and not stale_zip.exists()
     assert keep.is_dir() and visible.exists()
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_meta_without_settings_is_an_error_naming_the_file(tmp_path, pack):
+    with open_writer(tmp_path / "video", pack) as writer:
+        final = writer.commit({key: value for key, value in META.items() if key != "settings"})
+    expected = re.escape(f"{final / META_NAME}: missing or invalid field settings")
+    with open_output(final) as reader, pytest.raises(OutputError, match=expected):
+        reader.meta()
+    assert finished_meta(tmp_path / "video", pack) is None
+
+
+def test_meta_field_of_the_wrong_type_is_an_error_naming_it(tmp_path):
+    with open_writer(tmp_path / "video") as writer:
+        final = writer.commit({**META, "settings": {**META["settings"], "start_index": "1"}})
+    with pytest.raises(OutputError, match=r"meta\.json: missing or invalid field settings\.start_index"):
+        open_output(final).meta()
+
+
+def test_find_outputs_follows_one_rule_for_directories_and_zips(tmp_path):
+    for base, pack in [(tmp_path / "A" / "done", "dir"), (tmp_path / "A" / "packed", "zip")]:
+        with open_writer(base, pack) as writer:
+            writer.write("flow_x_00001.jpg", b"x")
+            writer.commit(META)
+    (tmp_path / "A" / "done" / "inner").mkdir()  # an output holds no further outputs
+    (tmp_path / "A" / "done" / "inner" / META_NAME).write_text("{}")
+    (tmp_path / "B" / "half").mkdir(parents=True)
+    (tmp_path / "B" / "half" / "img_00001.jpg").write_bytes(b"x")
+    with zipfile.ZipFile(tmp_path / "B" / "foreign.zip", "w") as pack:
+        pack.writestr("flow_x_00001.jpg", b"x")
+    with zipfile.ZipFile(tmp_path / "B" / "other.zip", "w") as pack:
+        pack.writestr("notes.txt", b"x")
+    (tmp_path / "B" / "cut.zip").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "B" / "cover.jpg").write_bytes(b"x")
+    (tmp_path / ".hidden" / "v").mkdir(parents=True)
+    (tmp_path / ".hidden" / "v" / META_NAME).write_text("{}")
+    (tmp_path / f".v{TEMP_MARKER}0123456789ab").mkdir()
+    found = {f.path.relative_to(tmp_path).as_posix(): f for f in find_outputs(tmp_path)}
+    assert {path: f.kind for path, f in found.items()} == {
+        "A/done": FINISHED, "A/packed.zip": FINISHED, "B/half": UNFINISHED, "B/foreign.zip": UNFINISHED,
+        "B/cut.zip": UNREADABLE, f".v{TEMP_MARKER}0123456789ab": TEMPORARY}
+    assert found["A/done"].names == ["flow_x_00001.jpg", META_NAME]
+    assert "not a readable zip pack" in found["B/cut.zip"].problem

@@ -21,7 +21,7 @@ from ..annotations import Annotation, VideoOutput, build_annotations, describe_o
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
 from ..quantize import DEFAULT_BOUND, dequantize
-from ..store import Naming, OutputReader, open_output
+from ..store import Naming, OutputReader, open_output, read_flow_pair
 from .sampling import check_sampling, stack_indices
 from .transforms import apply_transform
 
@@ -144,7 +144,7 @@ class FlowStackDataset(Dataset):
         codes = None
         first = 0
         for number in np.unique(indices).tolist():
-            x, y = _read_pair(reader, video.naming, number - 1)
+            x, y = read_flow_pair(reader, video.naming, number - 1)
             if codes is None:
                 codes, first = np.empty((indices.shape[0], 2 * indices.shape[1], *x.shape), np.uint8), number
             else:
@@ -251,20 +251,6 @@ def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotatio
                 "on_count_mismatch='tree' to use the tree's count"
             )
     return videos, [entry.label for entry in entries]
-
-
-def _read_pair(reader: OutputReader, naming: Naming, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 HxW x and y codes of 0-based flow pair `index`."""
-    if naming.layout == "xy0":
-        # Written from an (x, y, 0) array as RGB: x is the red channel, y the green one.
-        xy = reader.read_image(naming.xy(index), rgb=True)
-        return xy[..., 0], xy[..., 1]
-    x_name, y_name = naming.flow("x", index), naming.flow("y", index)
-    x, y = reader.read_image(x_name), reader.read_image(y_name)
-    if x.shape != y.shape:
-        raise OutputError(f"{os.path.join(reader.path, y_name)}: {y.shape[1]}x{y.shape[0]} pixels but {x_name} "
-                          f"is {x.shape[1]}x{x.shape[0]}")
-    return x, y
 
 
 def _check_size(video: VideoOutput, kind: str, number: int, shape: tuple[int, ...], first: int,
