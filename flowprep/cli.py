@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from . import __version__, annotations
-from .batch import ENGINES, VIDEO_EXTENSIONS, BatchInterrupted, discover, run_batch
-from .config import LAYOUTS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
+from .batch import ENGINES, BatchInterrupted, discover, run_batch
+from .config import LAYOUTS, VIDEO_EXTENSIONS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, check_flow_config, list_backends
 from .store import Naming

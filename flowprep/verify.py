@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import DecodeConfig, FlowConfig
-from .decode import open_reader, output_size, resize, sample_fps, to_gray
+from .decode import flow_frames, open_reader
 from .errors import FlowprepError, OutputError
 from .flow import create_backend
 from .flow.base import FlowBackend
@@ -348,10 +348,8 @@ def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend) ->
                           short_side=settings["short_side"])
     todo = set(wanted)
     with open_reader(meta["source"], meta["decoder"]) as video:
-        size = output_size(video.size, decode)
         prev = None
-        for index, (_, rgb) in enumerate(sample_fps(video.frames(), decode.fps)):
-            gray = resize(to_gray(rgb), size)
+        for index, (_, gray) in enumerate(flow_frames(video, decode)):
             if index - 1 in todo:
                 yield index - 1, backend.compute(prev, gray)
                 todo.discard(index - 1)
