@@ -189,7 +189,7 @@ def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
 
 
 @main.command()
-@click.argument("video_output", type=click.Path(exists=True))
+@click.argument("video_output", type=click.Path())  # a directory, a .zip, or its base path (as `list` writes it)
 @click.option("--out", "target", required=True, type=click.Path(dir_okay=False),
               help="preview.png (one pair), or .gif / .mp4 (a sequence of pairs).")
 @click.option("--pair", type=click.IntRange(min=1), default=None,

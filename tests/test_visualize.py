@@ -118,3 +118,13 @@ def test_show_usage_errors(carphone: Path, tmp_path: Path) -> None:
     assert result.returncode == 2 and "'.bmp'" in result.stderr
     result = run_cli("show", str(carphone), "--out", str(tmp_path / "x.png"), "--pair", "999")
     assert result.returncode == 2 and "pair 999 out of range: it has pairs 1..19" in result.stderr
+
+
+def test_show_takes_a_zip_pack_by_its_base_path_as_listed(tmp_path: Path) -> None:
+    config = ExtractConfig(decode=DecodeConfig(fps=5), flow=FlowConfig(algo="dis"), store=StoreConfig(pack="zip"))
+    extract_video(VIDEOS / "carphone_pristine.mp4", tmp_path / "carphone", config)
+    result = run_cli("show", str(tmp_path / "carphone"), "--out", str(tmp_path / "p.png"))
+    assert result.returncode == 0, result.stderr
+    assert cv2.imread(str(tmp_path / "p.png")) is not None
+    missing = run_cli("show", str(tmp_path / "nothing"), "--out", str(tmp_path / "q.png"))
+    assert missing.returncode == 2 and "nothing: no flow output here" in missing.stderr
