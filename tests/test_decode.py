@@ -97,6 +97,9 @@ def test_fps_15_on_the_2997_fps_sample_gives_60_frames():
 ])
 def test_output_size(config, expected):
     assert output_size((176, 144), config) == expected
+
+
+def test_short_side_of_a_portrait_video():
     assert output_size((144, 176), DecodeConfig(short_side=72)) == (72, 88)
 
 
