@@ -27,7 +27,7 @@ from .errors import DecodeError, VideoTooShortError
 from .flow import cached_backend
 from .flow.base import FlowBackend
 from .quantize import quantize
-from .store import META_FORMAT, Naming, OutputWriter, encode_jpeg, open_writer
+from .store import META_FORMAT, Naming, OutputWriter, encode_flow_codes, encode_jpeg, open_writer
 
 STAGES = ("decode", "flow", "quantize", "encode", "write")
 
@@ -160,12 +160,7 @@ def _extract(
             t0 = time.perf_counter()
             q = quantize(flow, store.bound)
             t1 = time.perf_counter()
-            if store.layout == "separate":
-                files = [(naming.flow("x", index), encode_jpeg(q[..., 0], store.jpeg_quality)),
-                         (naming.flow("y", index), encode_jpeg(q[..., 1], store.jpeg_quality))]
-            else:
-                xy0 = np.dstack([q, np.zeros(q.shape[:2], np.uint8)])
-                files = [(naming.xy(index), encode_jpeg(xy0, store.jpeg_quality, rgb=True))]
+            files = list(zip(naming.pair_names(index), encode_flow_codes(q, store.layout, store.jpeg_quality)))
             output.add_time("quantize", t1 - t0)
             output.add_time("encode", time.perf_counter() - t1)
             return files

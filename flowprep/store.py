@@ -61,7 +61,12 @@ class Naming:
         return self.flow_template.format(index + self.start_index)
 
     def img(self, index: int) -> str:
+        """Name of RGB frame `index`."""
         return self.img_template.format(index + self.start_index)
+
+    def pair_names(self, index: int) -> list[str]:
+        """The files of pair `index`: [x, y] in the separate layout, [xy] in xy0 (encode_flow_codes' order)."""
+        return [self.xy(index)] if self.layout == "xy0" else [self.flow("x", index), self.flow("y", index)]
 
     def flow_pattern(self) -> re.Pattern[str]:
         """Regex matching this naming's flow file names (groups: 'axis' in the separate layout, 'index')."""
@@ -96,6 +101,14 @@ def encode_jpeg(image: np.ndarray, quality: int, *, rgb: bool = False) -> bytes:
     if not ok:
         raise OutputError(f"OpenCV could not encode a {image.shape} {image.dtype} image as JPEG")
     return buf.tobytes()
+
+
+def encode_flow_codes(codes: np.ndarray, layout: str, quality: int) -> list[bytes]:
+    """uint8 HxWx2 (x, y) codes of one pair -> its JPEGs in Naming.pair_names order: gray x and y images
+    (separate), or one colour image with x in red, y in green and 0 in blue (xy0)."""
+    if layout == "xy0":
+        return [encode_jpeg(np.dstack([codes, np.zeros(codes.shape[:2], np.uint8)]), quality, rgb=True)]
+    return [encode_jpeg(np.ascontiguousarray(codes[..., axis]), quality) for axis in (0, 1)]
 
 
 def decode_jpeg(data: bytes, name: str, *, rgb: bool = False) -> np.ndarray:

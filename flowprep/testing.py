@@ -12,24 +12,26 @@ import os
 
 import numpy as np
 
-from .quantize import DEFAULT_BOUND, RoundTripBound, dequantize, jpeg_roundtrip_bound, quantize
-from .store import decode_jpeg, encode_jpeg
+from .config import LAYOUTS
+from .flowio import endpoint_error
+from .quantize import DEFAULT_BOUND, RoundTripBound, dequantize, jpeg_roundtrip_bound, quantize, roundtrip_error
+from .store import decode_jpeg, encode_flow_codes
 from .verify import VerifyReport, verify_tree
 
 
 def jpeg_roundtrip(flow: np.ndarray, bound: float = DEFAULT_BOUND, jpeg_quality: int = 95,
                    layout: str = "separate") -> np.ndarray:
     """Float HxWx2 flow (pixels) -> the float32 HxWx2 flow a reader gets back after the stored JPEG(s)."""
-    codes = quantize(flow, bound)
-    if layout == "xy0":
-        xy0 = np.dstack([codes, np.zeros(codes.shape[:2], np.uint8)])
-        stored = decode_jpeg(encode_jpeg(xy0, jpeg_quality, rgb=True), "xy0 image", rgb=True)[..., :2]
-    elif layout == "separate":
-        stored = np.dstack([decode_jpeg(encode_jpeg(np.ascontiguousarray(codes[..., c]), jpeg_quality), axis)
-                            for c, axis in enumerate(("x image", "y image"))])
-    else:
-        raise ValueError(f"layout must be 'separate' or 'xy0', got {layout!r}")
-    return dequantize(stored, bound)
+    return dequantize(_stored_codes(flow, bound, jpeg_quality, layout), bound)
+
+
+def _stored_codes(flow: np.ndarray, bound: float, jpeg_quality: int, layout: str) -> np.ndarray:
+    """The uint8 HxWx2 codes read back from the JPEGs the pipeline writes for `flow`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    images = [decode_jpeg(data, f"{layout} JPEG", rgb=layout == "xy0")
+              for data in encode_flow_codes(quantize(flow, bound), layout, jpeg_quality)]
+    return images[0][..., :2] if layout == "xy0" else np.dstack(images)
 
 
 def assert_roundtrip(flow: np.ndarray, bound: float = DEFAULT_BOUND, jpeg_quality: int = 95,
@@ -38,9 +40,8 @@ def assert_roundtrip(flow: np.ndarray, bound: float = DEFAULT_BOUND, jpeg_qualit
 
     Returns (mean, max) error in pixels against the flow clipped to the bound.
     """
-    restored = jpeg_roundtrip(flow, bound, jpeg_quality, layout)
-    error = np.abs(restored - np.clip(np.asarray(flow, np.float32), -bound, bound))
-    mean, worst = float(error.mean()), float(error.max())
+    flow = np.asarray(flow, np.float32)
+    mean, worst = roundtrip_error(_stored_codes(flow, bound, jpeg_quality, layout), flow, bound)
     limit = jpeg_roundtrip_bound(bound, jpeg_quality, layout)
     assert_within(mean, worst, limit, f"{layout} JPEG at quality {jpeg_quality}, bound {bound:g}")
     return mean, worst
@@ -64,6 +65,6 @@ def assert_flow_close(flow: np.ndarray, expected: np.ndarray, epe: float) -> flo
     """Assert the mean end-point error between two HxWx2 flows is at most `epe` pixels; returns it."""
     if flow.shape != expected.shape:
         raise AssertionError(f"flow shape {flow.shape} differs from expected {expected.shape}")
-    error = float(np.linalg.norm(np.asarray(flow, np.float64) - expected, axis=-1).mean())
+    error = endpoint_error(flow, expected, valid=np.ones(flow.shape[:2], bool))
     assert error <= epe, f"mean end-point error {error:.4f} px exceeds {epe:g} px"
     return error

@@ -247,10 +247,7 @@ class _Layout:
 
     def flow_names(self) -> list[list[str]]:
         """Per pair, the names of its files: [x, y] or [xy0]."""
-        n = self.naming
-        if n.layout == "xy0":
-            return [[n.xy(i)] for i in range(self.pairs)]
-        return [[n.flow("x", i), n.flow("y", i)] for i in range(self.pairs)]
+        return [self.naming.pair_names(i) for i in range(self.pairs)]
 
 
 def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
