@@ -67,8 +67,8 @@ def main() -> None:
 @click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
               help="separate: flow_x/flow_y gray JPEGs; xy0: one (x, y, 0) colour JPEG per pair.")
 @click.option("--flow-template", default=None, help="Flow file names, e.g. 'flow_{}_{:05d}.jpg'.")
-@click.option("--img-template", default="img_{:05d}.jpg", show_default=True, help="RGB frame file names.")
-@click.option("--start-index", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--img-template", default=StoreConfig.img_template, show_default=True, help="RGB frame file names.")
+@click.option("--start-index", type=click.IntRange(min=0), default=StoreConfig.start_index, show_default=True)
 @click.option("--rgb", is_flag=True, help="Also write the sampled RGB frames.")
 @click.option("--pack", type=click.Choice(PACKS), default="dir", show_default=True,
               help="dir: a folder per video; zip: one uncompressed zip per video.")
@@ -142,8 +142,8 @@ def backends() -> None:
               help="For trees without meta.json (other tools).")
 @click.option("--flow-template", default=None,
               help="For trees without meta.json, e.g. '{}_{:05d}.jpg' for mmaction2's script (x_00001.jpg).")
-@click.option("--img-template", default="img_{:05d}.jpg", show_default=True, help="For trees without meta.json.")
-@click.option("--start-index", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--img-template", default=StoreConfig.img_template, show_default=True, help="For trees without meta.json.")
+@click.option("--start-index", type=click.IntRange(min=0), default=StoreConfig.start_index, show_default=True,
               help="For trees without meta.json: 0 for denseflow.")
 def list_videos(root: str, out_file: str, modality: str, class_file: str | None, split_file: str | None,
                 skip_missing: bool, layout: str, flow_template: str | None, img_template: str,

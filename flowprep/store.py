@@ -40,8 +40,8 @@ class Naming:
 
     layout: str = "separate"
     flow_template: str = DEFAULT_FLOW_TEMPLATES["separate"]
-    img_template: str = "img_{:05d}.jpg"
-    start_index: int = 1
+    img_template: str = StoreConfig.img_template
+    start_index: int = StoreConfig.start_index
 
     @classmethod
     def from_config(cls, store: StoreConfig) -> Naming:
@@ -123,11 +123,17 @@ def decode_jpeg(data: bytes, name: str, *, rgb: bool = False) -> np.ndarray:
 def output_path(base: str | os.PathLike, pack: str) -> Path:
     """Where a video's output lives: the directory `base`, or `base.zip` for zip packs."""
     base = Path(base)
-    return base.with_name(base.name + ".zip") if pack == "zip" else base
+    return base.with_name(base.name + PACK_SUFFIX) if pack == "zip" else base
 
 
 def temp_path(final: Path) -> Path:
+    """A fresh hidden sibling name for `final`'s temporary: ``.NAME.flowprep-tmp-XXXXXXXXXXXX``."""
     return final.with_name(f".{final.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file or folder name is one of temp_path's."""
+    return name.startswith(".") and TEMP_MARKER in name
 
 
 def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
@@ -135,11 +141,11 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
     removed = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in list(dirnames) + filenames:
-            if name.startswith(".") and TEMP_MARKER in name:
+            if is_temporary(name):
                 path = Path(dirpath) / name
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 removed.append(path)
-        dirnames[:] = [d for d in dirnames if TEMP_MARKER not in d]
+        dirnames[:] = [d for d in dirnames if not is_temporary(d)]
     return removed
 
 
@@ -224,6 +230,7 @@ class ZipWriter(OutputWriter):
 
 
 def open_writer(base: str | os.PathLike, pack: str = "dir") -> OutputWriter:
+    """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place."""
     final = output_path(base, pack)
     return ZipWriter(final) if pack == "zip" else DirectoryWriter(final)
 
@@ -375,7 +382,7 @@ def open_output(path: str | os.PathLike) -> OutputReader:
     path = Path(path)
     if path.is_dir():
         return DirectoryReader(path)
-    if path.suffix == ".zip" and path.is_file():
+    if path.suffix == PACK_SUFFIX and path.is_file():
         return ZipReader(path)
     packed = output_path(path, "zip")
     if packed.is_file():
@@ -450,7 +457,7 @@ def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in sorted(dirnames + filenames):
-            if name.startswith(".") and TEMP_MARKER in name:
+            if is_temporary(name):
                 yield FoundOutput(here / name, TEMPORARY, [])
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         kind = kind_of(filenames)

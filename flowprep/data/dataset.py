@@ -69,8 +69,8 @@ class FlowStackDataset(Dataset):
         seed: int | None = None,
         layout: str = "separate",
         flow_template: str | None = None,
-        img_template: str = "img_{:05d}.jpg",
-        start_index: int = 1,
+        img_template: str = StoreConfig.img_template,
+        start_index: int = StoreConfig.start_index,
         bound: float = DEFAULT_BOUND,
         on_count_mismatch: str = "error",
     ):
