@@ -10,7 +10,7 @@ from . import __version__, annotations
 from .batch import ENGINES, BatchInterrupted, discover, run_batch
 from .config import LAYOUTS, VIDEO_EXTENSIONS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError, OutputError
-from .flow import ALGORITHMS, check_flow_config, list_backends
+from .flow import ALGORITHMS, list_backends
 from .store import Naming
 from .verify import verify_tree
 from .visualize import write_preview
@@ -94,7 +94,6 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
             store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
                               img_template=img_template, start_index=start_index, rgb=rgb, pack=pack),
         )
-        check_flow_config(config.flow, here=engine == "local")
         jobs = discover(source, output, [e.strip() for e in extensions.split(",") if e.strip()])
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None
