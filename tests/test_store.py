@@ -206,3 +206,33 @@ def test_find_outputs_follows_one_rule_for_directories_and_zips(tmp_path):
         "B/cut.zip": UNREADABLE, f".v{TEMP_MARKER}0123456789ab": TEMPORARY}
     assert found["A/done"].names == ["flow_x_00001.jpg", META_NAME]
     assert "not a readable zip pack" in found["B/cut.zip"].problem
+
+
+def test_zip_reader_checks_stored_members_and_reads_other_zips(tmp_path):
+    files = _files()
+    writer = open_writer(tmp_path / "v", "zip")
+    for name, data in files.items():
+        writer.write(name, data)
+    pack = writer.commit(META)
+    # Other tools' packs: deflated members, and local headers whose extra field the central directory lacks.
+    with zipfile.ZipFile(tmp_path / "deflated.zip", "w", zipfile.ZIP_DEFLATED) as other:
+        for name, data in files.items():
+            other.writestr(name, data)
+    with zipfile.ZipFile(tmp_path / "extra.zip", "w") as other:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.extra = b"\xca\xfe\x04\x00abcd"
+            other.writestr(info, data)
+    for path in (pack, tmp_path / "deflated.zip", tmp_path / "extra.zip"):
+        with open_output(path) as reader:
+            assert all(reader.read(name) == data for name, data in files.items()), path
+    # A flipped byte inside a stored JPEG still decodes as some image: the CRC-32 catches it.
+    name = "flow_y_00002.jpg"
+    raw = bytearray(pack.read_bytes())
+    position = raw.index(files[name]) + len(files[name]) // 2
+    raw[position] ^= 0x40
+    pack.write_bytes(bytes(raw))
+    with open_output(pack) as reader:
+        assert reader.read("flow_x_00001.jpg") == files["flow_x_00001.jpg"]
+        with pytest.raises(OutputError, match=rf"v\.zip/{name}: truncated or corrupt in the zip pack"):
+            reader.read(name)
