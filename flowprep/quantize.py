@@ -19,7 +19,8 @@ import numpy as np
 DEFAULT_BOUND = 20.0
 
 
-def _check_bound(bound: float) -> float:
+def check_bound(bound: float) -> float:
+    """`bound` as a float; ValueError quoting it unless it is a positive finite number of pixels."""
     bound = float(bound)
     if not (math.isfinite(bound) and bound > 0):
         raise ValueError(f"bound must be a positive finite number of pixels, got {bound!r}")
@@ -28,7 +29,7 @@ def _check_bound(bound: float) -> float:
 
 def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
     """Map flow in pixels (any shape, e.g. HxWx2 float32) to uint8 of the same shape."""
-    bound = _check_bound(bound)
+    bound = check_bound(bound)
     scaled = np.asarray(flow, dtype=np.float32) + np.float32(bound)
     scaled *= np.float32(255)
     scaled /= np.float32(2 * bound)
@@ -41,7 +42,7 @@ def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 
 def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
     """Map uint8 codes back to float32 pixels: ``q * 2 b / 255 - b``."""
-    bound = _check_bound(bound)
+    bound = check_bound(bound)
     q = np.asarray(q)
     if q.dtype != np.uint8:
         raise ValueError(f"dequantize expects uint8 codes, got dtype {q.dtype}")
@@ -53,7 +54,7 @@ def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
 
 def quantization_error_bound(bound: float = DEFAULT_BOUND) -> float:
     """Largest |dequantize(quantize(v)) - v| for |v| <= bound, in pixels (before JPEG)."""
-    return _check_bound(bound) / 255.0
+    return check_bound(bound) / 255.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def jpeg_roundtrip_bound(bound: float = DEFAULT_BOUND, jpeg_quality: int = 95, l
     The bound allows about twice the measured errors: separate: max 5 + 200 s codes, mean 0.6 + 6 s codes;
     xy0: twice that. Quality 95, b = 20: max 25 codes = 3.9 px, mean 1.2 codes = 0.19 px. No error can exceed 2b.
     """
-    bound = _check_bound(bound)
+    bound = check_bound(bound)
     if layout not in ("separate", "xy0"):
         raise ValueError(f"layout must be 'separate' or 'xy0', got {layout!r}")
     scale = _libjpeg_scale(jpeg_quality)
@@ -97,6 +98,6 @@ def roundtrip_error(stored: np.ndarray, flow: np.ndarray, bound: float = DEFAULT
     both HxWx2 (or any equal shapes)."""
     if stored.shape != flow.shape:
         raise ValueError(f"stored codes have shape {stored.shape} but the flow has shape {flow.shape}")
-    bound = _check_bound(bound)
+    bound = check_bound(bound)
     error = np.abs(dequantize(stored, bound) - np.clip(flow, -bound, bound))
     return float(error.mean()), float(error.max())

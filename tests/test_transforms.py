@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from flowprep.data.transforms import (
-    CenterCrop, Compose, FlowHorizontalFlip, HorizontalFlip, MultiScaleCrop, Normalize, RandomCrop, Resize,
+    CenterCrop, Compose, Dequantize, FlowHorizontalFlip, HorizontalFlip, MultiScaleCrop, Normalize, RandomCrop,
+    Resize,
 )
 from flowprep.errors import ConfigError
 from flowprep.quantize import dequantize, quantize
@@ -118,6 +119,27 @@ def test_multiscale_crop_output_size_and_flow_scaling():
     assert out.max() <= 32 / 42 + 1e-5 and out.min() >= 32 / 64 - 1e-5
     same = MultiScaleCrop(32, flow=False)(flow, torch.Generator().manual_seed(0))
     assert torch.allclose(same, torch.ones_like(same))
+
+
+@pytest.mark.parametrize("bound", [20.0, 10.0, 40.0, 7.3, 0.001])
+def test_dequantize_gives_the_bits_of_numpy_dequantize_for_every_code(bound):
+    codes = torch.arange(256, dtype=torch.uint8).view(2, 8, 16)
+    pixels = Dequantize(bound)(codes)
+    assert pixels.dtype == torch.float32 and pixels.shape == codes.shape
+    assert np.array_equal(pixels.numpy(), dequantize(codes.numpy(), bound))
+
+
+def test_dequantize_after_uint8_crop_and_flip_equals_the_float_pipeline():
+    codes = torch.randint(0, 256, (3, 6, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    crop_flip = Compose([RandomCrop((8, 10)), FlowHorizontalFlip(p=1.0)])
+    on_codes = Compose([crop_flip, Dequantize()])(codes, torch.Generator().manual_seed(5))
+    on_pixels = crop_flip(Dequantize()(codes), torch.Generator().manual_seed(5))
+    assert on_codes.shape == (3, 6, 8, 10)
+    assert torch.allclose(on_codes, on_pixels, atol=1e-5)  # 255 - q then dequantize is -pixels up to rounding
+    with pytest.raises(ConfigError, match=r"Dequantize\(bound=20.0\) needs uint8 codes, got a torch.float32"):
+        Dequantize()(on_codes)
+    with pytest.raises(ConfigError, match="bound must be a positive finite number of pixels, got -1.0"):
+        Dequantize(-1)
 
 
 def test_normalize_per_channel_and_repeated_xy_pattern():

@@ -20,10 +20,10 @@ from torch.utils.data import Dataset
 from ..annotations import Annotation, VideoOutput, build_annotations, describe_output, find_outputs, read_annotations
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
-from ..quantize import DEFAULT_BOUND, dequantize
+from ..quantize import DEFAULT_BOUND
 from ..store import Naming, OutputReader, open_output, read_flow_pair
 from .sampling import check_sampling, stack_indices
-from .transforms import apply_transform
+from .transforms import Dequantize, apply_transform
 
 OUTPUTS = ("pixels", "unit", "uint8")
 COUNT_MISMATCH = ("error", "tree")
@@ -37,7 +37,7 @@ class FlowStackDataset(Dataset):
 
     tensor: (2L, H, W) for one segment, (segments, 2L, H, W) for more; channels x_s, y_s, x_s+1, y_s+1, ...
     `output`: 'pixels' float32 displacements (dequantized with the video's bound), 'unit' float32
-    q / 127.5 - 1 in [-1, 1] (pixels / bound up to rounding), 'uint8' the raw JPEG codes. `mean_subtract`
+    q * 2 / 255 - 1 in [-1, 1] (dequantized with bound 1: pixels / bound), 'uint8' the raw JPEG codes. `mean_subtract`
     subtracts from each x and y field its spatial mean (two-stream paper; float outputs only).
 
     Sampling (sampling.stack_indices): random offset per segment in 'train', centres in 'val' and 'test'
@@ -141,29 +141,33 @@ class FlowStackDataset(Dataset):
     def _read_flow(self, video: VideoOutput, indices: np.ndarray) -> np.ndarray:
         """uint8 codes (segments, 2L, H, W) of the 1-based flow frames `indices` (segments, L), x/y interleaved."""
         reader = self._reader(video.path)
-        codes = None
+        codes = np.empty(0, np.uint8)
         first = 0
-        for number in np.unique(indices).tolist():
-            x, y = read_flow_pair(reader, video.naming, number - 1)
-            if codes is None:
-                codes, first = np.empty((indices.shape[0], 2 * indices.shape[1], *x.shape), np.uint8), number
-            else:
-                _check_size(video, "flow", number, x.shape, first, codes.shape[2:])
-            segment, position = np.nonzero(indices == number)
-            codes[segment, 2 * position] = x
-            codes[segment, 2 * position + 1] = y
+        placed: dict[int, tuple[int, int]] = {}  # frame number -> (segment, channel) where it was first put
+        for segment, numbers in enumerate(indices.tolist()):
+            for channel, number in zip(range(0, 2 * len(numbers), 2), numbers):
+                if number in placed:  # repeat-last and overlapping segments: decode each frame once
+                    earlier_segment, earlier_channel = placed[number]
+                    codes[segment, channel:channel + 2] = codes[earlier_segment, earlier_channel:earlier_channel + 2]
+                    continue
+                x, y = read_flow_pair(reader, video.naming, number - 1)
+                if not placed:
+                    codes, first = np.empty((indices.shape[0], 2 * indices.shape[1], *x.shape), np.uint8), number
+                else:
+                    _check_size(video, "flow", number, x.shape, first, codes.shape[2:])
+                codes[segment, channel] = x
+                codes[segment, channel + 1] = y
+                placed[number] = segment, channel
         return codes
 
     def _flow_tensor(self, codes: np.ndarray, bound: float) -> torch.Tensor:
-        if self.output == "uint8":
-            values = codes
-        elif self.output == "pixels":
-            values = dequantize(codes, bound)
-        else:
-            values = codes.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        tensor = torch.from_numpy(codes)
+        if self.output != "uint8":
+            # In torch rather than numpy: 1.6x faster, and threaded as torch is told (once in DataLoader workers).
+            tensor = Dequantize(bound if self.output == "pixels" else 1.0)(tensor)
         if self.mean_subtract:
-            values -= values.mean(axis=(-2, -1), keepdims=True)
-        return _squeeze(torch.from_numpy(values))
+            tensor -= tensor.mean(dim=(-2, -1), keepdim=True)
+        return _squeeze(tensor)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

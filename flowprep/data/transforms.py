@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..quantize import DEFAULT_BOUND, check_bound
 
 Size = int | tuple[int, int]  # int: square side; tuple: (height, width), pixels
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
@@ -184,6 +185,27 @@ class MultiScaleCrop(Transform):
             top = _randint(height - crop_h + 1, generator)
         crop = tensor[..., top:top + crop_h, left:left + crop_w]
         return _resize(crop, self.size, self.flow, True, self)
+
+
+class Dequantize(Transform):
+    """uint8 codes -> float32 pixels, ``q * 2 b / 255 - b`` with b = `bound` (pixels): bit for bit
+    flowprep.dequantize, on the tensor's device; x and y alike.
+
+    For the fast recipe: output='uint8' from the dataset, crops and flips on the codes in the DataLoader
+    workers, and the batch moved to the GPU as uint8 (a quarter of float32's bytes) and dequantized there with
+    the bound the tree was written with (meta.json's settings.bound)."""
+
+    def __init__(self, bound: float = DEFAULT_BOUND):
+        try:
+            self.bound = check_bound(bound)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def __call__(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if tensor.dtype != torch.uint8:
+            raise ConfigError(f"{self!r} needs uint8 codes, got a {tensor.dtype} tensor (use output='uint8')")
+        # The numpy formula's float32 operations in its order, so the same bits; float() copies, in place after.
+        return tensor.float().mul_(2.0 * self.bound / 255.0).sub_(self.bound)
 
 
 class Normalize(Transform):
