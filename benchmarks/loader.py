@@ -1,10 +1,22 @@
-"""Loader speed: FlowStackDataset against a straightforward PIL loader (tsn-pytorch style) on the same files.
+"""Loader speed: FlowStackDataset against PIL-based loaders reading the same files, side by side.
 
-Extracts the sample clip (DIS, TSN's 340x256 by default) into --work if it is not there yet, then reads the
-same TSN train stacks with both loaders in one process and prints items/s and ms per stack side by side,
-after checking that both build identical tensors.
+Extracts the sample clip (DIS, TSN's 340x256 by default) into --work if it is not there yet, checks that every
+loader builds identical tensors, then reads the same TSN train items with each and prints items/s and ms per
+stack. Two PIL baselines:
 
-    PYTHONPATH=. python benchmarks/loader.py [--length 10 --segments 3 --items 100 --size 340x256]
+- "tsn-pytorch": the code path of tsn-pytorch's TSNDataSet with its Stack and ToTorchFormatTensor transforms
+  (PIL open + convert('L') per file, np.concatenate of HxWx1 arrays, permute to CxHxW, float), then
+  dequantized to pixels like flowprep's output. This is the TSN-style loader people train with.
+- "lean PIL": the least work a PIL loader can do (np.stack of the decoded arrays, one vectorized float32
+  dequantize), the floor for any loader that decodes with PIL.
+
+Two settings: one process reading items one after another with one torch thread (as inside a DataLoader
+worker; --torch-threads to change), and a DataLoader with --workers processes and batches of --batch items.
+The DataLoader runs add the uint8 recipe: the dataset gives uint8 codes (a quarter of float32's bytes through
+the workers' shared memory) and Dequantize turns each batch into the same pixels in the main process, where
+training would run it on the GPU.
+
+    PYTHONPATH=. python benchmarks/loader.py [--length 10 --segments 3 --items 100 --size 340x256 --workers 2]
 """
 from __future__ import annotations
 
@@ -17,32 +29,60 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extract_video
-from flowprep.annotations import Annotation, describe_output
+from flowprep.annotations import Annotation, VideoOutput, describe_output
 from flowprep.config import parse_size
 from flowprep.data import FlowStackDataset
+from flowprep.data.transforms import Dequantize
 from flowprep.store import finished_meta
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO.parent / "shared" / "data" / "videos" / "carphone_pristine.mp4"
+UINT8_RECIPE = "flowprep, zip, uint8 + Dequantize"
 
 
-def pil_stack(video_dir: Path, num_frames: int, indices: np.ndarray, bound: float) -> torch.Tensor:
-    """What tsn-pytorch's loader does per item: PIL open + convert('L') per file from each segment's start
-    (repeating frame num_frames at the end), stack, dequantize."""
-    images = []
-    for start in indices[:, 0].tolist():
-        p = start
-        for _ in range(indices.shape[1]):
-            for axis in "xy":
-                images.append(np.asarray(Image.open(video_dir / f"flow_{axis}_{p:05d}.jpg").convert("L")))
-            if p < num_frames:
-                p += 1
-    codes = np.stack(images).reshape(indices.shape[0], 2 * indices.shape[1], *images[0].shape)
-    values = codes.astype(np.float32) * np.float32(2 * bound / 255) - np.float32(bound)
-    tensor = torch.from_numpy(values)
-    return tensor[0] if tensor.shape[0] == 1 else tensor
+class PILStacks(Dataset):
+    """The same items as a seeded FlowStackDataset (same frame numbers), read with PIL by one of two recipes."""
+
+    def __init__(self, flowprep: FlowStackDataset, video: VideoOutput, recipe: str):
+        self.indices = [flowprep.frame_indices(i) for i in range(len(flowprep))]
+        self.video = video
+        self.read = {"tsn-pytorch": self.tsn_pytorch, "lean": self.lean}[recipe]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        indices = self.indices[index]
+        tensor = self.read(indices)
+        tensor = tensor.view(indices.shape[0], 2 * indices.shape[1], *tensor.shape[-2:])
+        return (tensor[0] if tensor.shape[0] == 1 else tensor), 0
+
+    def images(self, indices: np.ndarray) -> list[Image.Image]:
+        """tsn-pytorch's loop: from each segment's start, L pairs (x then y), the frame number capped at the last."""
+        images = []
+        for start in indices[:, 0].tolist():
+            p = start
+            for _ in range(indices.shape[1]):
+                for axis in "xy":
+                    images.append(Image.open(self.video.path / self.video.naming.flow(axis, p - 1)).convert("L"))
+                if p < self.video.flow_pairs:
+                    p += 1
+        return images
+
+    def tsn_pytorch(self, indices: np.ndarray) -> torch.Tensor:
+        # Stack(): HxWxC of all images; ToTorchFormatTensor(div=False): CxHxW, float; then to pixels.
+        stacked = np.concatenate([np.expand_dims(image, 2) for image in self.images(indices)], axis=2)
+        tensor = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float()
+        return tensor.mul_(2 * self.video.bound / 255).sub_(self.video.bound)
+
+    def lean(self, indices: np.ndarray) -> torch.Tensor:
+        codes = np.stack([np.asarray(image) for image in self.images(indices)])
+        values = np.multiply(codes, np.float32(2 * self.video.bound / 255), dtype=np.float32)
+        values -= np.float32(self.video.bound)
+        return torch.from_numpy(values)
 
 
 def best_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
@@ -60,6 +100,41 @@ def best_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     return best
 
 
+def read_each(dataset: Dataset) -> Callable[[], None]:
+    """Items one after another, each dropped before the next, as a training loop consumes them."""
+    def run() -> None:
+        for i in range(len(dataset)):
+            dataset[i]
+    return run
+
+
+def read_batches(dataset: Dataset, workers: int, batch: int,
+                 after: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[], None]:
+    """An epoch of batches from a DataLoader whose workers persist across epochs (started by the warm-up run),
+    as in training; `after` runs on each batch in the main process (where a GPU would run it)."""
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, persistent_workers=True)
+
+    def run() -> None:
+        for stacks, _ in loader:
+            if after is not None:
+                after(stacks)
+    return run
+
+
+def print_table(title: str, seconds: dict[str, tuple[float, float]], items: int, stacks: int, cpu: bool) -> None:
+    print(f"\n{title}")
+    print(f"{'loader':34s} {'items/s':>9s} {'ms/stack':>9s}" + (f" {'CPU ms/stack':>13s}" if cpu else "")
+          + "  speed-up of each flowprep loader over it")
+    flowprep = {name: wall for name, (wall, _) in seconds.items() if name.startswith("flowprep")}
+    for name, (wall, cpu_seconds) in seconds.items():
+        line = f"{name:34s} {items / wall:9.1f} {1000 * wall / stacks:9.2f}"
+        line += f" {1000 * cpu_seconds / stacks:13.2f}" if cpu else ""
+        if not name.startswith("flowprep"):
+            line += "  " + ", ".join(f"{label.removeprefix('flowprep, ')} {wall / ours:.2f}x"
+                                    for label, ours in flowprep.items())
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=VIDEO)
@@ -69,6 +144,10 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=3)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads in the one-process runs (DataLoader workers use 1)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers; 0 skips the DataLoader runs")
+    parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
     size = parse_size(args.size)
@@ -82,33 +161,37 @@ def main() -> None:
                                                           store=StoreConfig(pack=pack)))
     video = describe_output(trees["dir"] / "Sample" / args.video.stem)
     entries = [Annotation(f"Sample/{args.video.stem}", video.flow_pairs, 0)] * args.items
-    datasets = {pack: FlowStackDataset(trees[pack], entries, length=args.length, segments=args.segments,
-                                       mode="train", seed=0) for pack in trees}
-    indices = [datasets["dir"].frame_indices(i) for i in range(args.items)]
+    loaders: dict[str, Dataset] = {
+        f"flowprep, {pack}": FlowStackDataset(trees[pack], entries, length=args.length,
+                                                                 segments=args.segments, mode="train", seed=0)
+        for pack in trees}
+    ours = loaders["flowprep, dir"]
+    loaders["PIL, tsn-pytorch, dir"] = PILStacks(ours, video, "tsn-pytorch")
+    loaders["PIL, lean, dir"] = PILStacks(ours, video, "lean")
+    codes = FlowStackDataset(trees["zip"], entries, length=args.length, segments=args.segments, mode="train", seed=0,
+                             output="uint8")
     for i in range(0, args.items, max(1, args.items // 10)):
-        assert torch.equal(datasets["zip"][i][0], pil_stack(video.path, video.flow_pairs, indices[i], video.bound)), i
+        expected = ours[i][0]
+        for name, loader in loaders.items():
+            assert torch.equal(loader[i][0], expected), (name, i)
+        assert torch.equal(Dequantize(video.bound)(codes[i][0]), expected), (UINT8_RECIPE, i)
 
-    def read_all(dataset: FlowStackDataset):
-        return lambda: [dataset[i] for i in range(args.items)]
-
-    runs = {
-        "flowprep FlowStackDataset (dir)": read_all(datasets["dir"]),
-        "flowprep FlowStackDataset (zip)": read_all(datasets["zip"]),
-        "PIL loader, tsn-pytorch style (dir)": lambda: [pil_stack(video.path, video.flow_pairs, idx, video.bound)
-                                                        for idx in indices],
-    }
-    seconds = best_times(runs, args.repeats)
-    print(f"{video.flow_pairs} flow pairs of {size[0]}x{size[1]}; item = {args.segments} segment(s) x "
-          f"{args.length} pairs = {2 * args.length * args.segments} JPEGs; {args.items} items, best of "
-          f"{args.repeats} interleaved runs; torch threads {torch.get_num_threads()}")
-    print(f"{'loader':40s} {'items/s':>9s} {'ms/item':>9s} {'ms/stack':>9s} {'CPU ms/stack':>13s}")
-    for name, (wall, cpu) in seconds.items():
-        print(f"{name:40s} {args.items / wall:9.1f} {1000 * wall / args.items:9.2f} "
-              f"{1000 * wall / (args.items * args.segments):9.2f} {1000 * cpu / (args.items * args.segments):13.2f}")
-    baseline = seconds["PIL loader, tsn-pytorch style (dir)"]
-    for pack in trees:
-        wall, cpu = seconds[f"flowprep FlowStackDataset ({pack})"]
-        print(f"speed-up over PIL ({pack}): {baseline[0] / wall:.2f}x wall clock, {baseline[1] / cpu:.2f}x CPU time")
+    torch.set_num_threads(args.torch_threads)
+    stacks = args.items * args.segments
+    print(f"{video.flow_pairs} flow pairs of {size[0]}x{size[1]}; item = {args.segments} segment(s) x {args.length} "
+          f"pairs = {2 * args.length * args.segments} JPEGs, float32 pixels; {args.items} items; best of "
+          f"{args.repeats} interleaved runs; all loaders give identical tensors")
+    seconds = best_times({name: read_each(loader) for name, loader in loaders.items()}, args.repeats)
+    print_table(f"one process, items one by one, torch threads {args.torch_threads}", seconds, args.items, stacks,
+                cpu=True)
+    if args.workers:
+        runs = {name: read_batches(loader, args.workers, args.batch) for name, loader in loaders.items()}
+        # The uint8 recipe: a quarter of the bytes through the workers' shared memory, dequantized after batching.
+        runs[UINT8_RECIPE] = read_batches(codes, args.workers, args.batch, Dequantize(video.bound))
+        seconds = best_times(dict(sorted(runs.items(), key=lambda run: not run[0].startswith("flowprep"))),
+                             args.repeats)
+        print_table(f"DataLoader, {args.workers} workers, batches of {args.batch}", seconds, args.items, stacks,
+                    cpu=False)
 
 
 if __name__ == "__main__":
