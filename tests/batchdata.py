@@ -104,10 +104,13 @@ def temporaries(root: Path) -> list[Path]:
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    """`python -m flowprep ARGS` in its own process group (so the test can signal it and its workers)."""
+    """`python -m flowprep ARGS` in its own process group (so the test can signal it and its workers), with
+    Ctrl-C's default action: a shell that starts pytest in the background makes it ignore SIGINT, and an ignored
+    signal stays ignored in children, so Python would never see the Ctrl-C the tests send."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, "-m", "flowprep", *args], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
