@@ -5,6 +5,7 @@ with meta.json as the last file written: a directory or zip without a valid meta
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -148,11 +149,19 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in list(dirnames) + filenames:
             if is_temporary(name):
-                path = Path(dirpath) / name
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                removed.append(path)
+                removed.append(_remove(Path(dirpath) / name))
         dirnames[:] = [d for d in dirnames if not is_temporary(d)]
     return removed
+
+
+def remove_temps_of(final: Path) -> list[Path]:
+    """Delete the temporaries of one output (`final`: a directory or .zip path); returns what was removed."""
+    return [_remove(path) for path in final.parent.glob(f".{glob.escape(final.name)}{TEMP_MARKER}*")]
+
+
+def _remove(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return path
 
 
 class OutputWriter(ABC):

@@ -26,6 +26,7 @@ from flowprep.store import (
     open_writer,
     output_path,
     remove_stale_temps,
+    remove_temps_of,
 )
 
 META = {"format": META_FORMAT, "frames": 3, "flow_pairs": 2,
@@ -236,3 +237,14 @@ def test_zip_reader_checks_stored_members_and_reads_other_zips(tmp_path):
         assert reader.read("flow_x_00001.jpg") == files["flow_x_00001.jpg"]
         with pytest.raises(OutputError, match=rf"v\.zip/{name}: truncated or corrupt in the zip pack"):
             reader.read(name)
+
+
+def test_remove_temps_of_removes_only_that_outputs_temporaries(tmp_path):
+    mine = [tmp_path / f".v1{TEMP_MARKER}0123456789ab", tmp_path / f".v1.zip{TEMP_MARKER}0123456789ab"]
+    others = [tmp_path / f".v10{TEMP_MARKER}0123456789ab", tmp_path / "v1"]
+    for path in mine[:1] + others:
+        path.mkdir()
+    mine[1].write_bytes(b"PK")
+    assert remove_temps_of(tmp_path / "v1") == [mine[0]]
+    assert remove_temps_of(tmp_path / "v1.zip") == [mine[1]]
+    assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
