@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -22,7 +24,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
-from .store import finished_meta, output_path, remove_stale_temps, temp_path
+from .store import finished_meta, output_path, remove_stale_temps, remove_temps_of, temp_path
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -304,24 +306,20 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
     """Results in completion order, so the progress bar moves as each video finishes, on every engine."""
     if not jobs:
         return
+    # Workers that run side by side get one OpenCV thread each (single_thread=True): processes, not threads, give
+    # the parallelism. (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
+    if engine == "local" and n_jobs == 1:
+        yield from (process_video(job, config, overwrite) for job in jobs)
+        return
+    if engine == "local":
+        yield from _run_on_local_processes(jobs, config, overwrite, n_jobs)
+        return
     if engine == "ray":
         yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
                                address, _uses_cuda(config))
         return
     from joblib import Parallel, delayed, parallel_config
 
-    # One OpenCV thread per worker when workers run side by side: processes, not threads, give the parallelism.
-    # (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
-    local_processes = engine == "local" and n_jobs > 1
-    parent_pid = os.getpid() if local_processes else None
-    gpus = _local_gpu_count(config) if local_processes else 0
-    tasks = (delayed(process_video)(job, config, overwrite, engine != "local" or n_jobs > 1, parent_pid,
-                                    index % gpus if gpus > 1 else None)
-             for index, job in enumerate(jobs))
-    if engine == "local":
-        with parallel_config(backend="loky" if local_processes else "sequential", n_jobs=n_jobs):
-            yield from Parallel(return_as="generator_unordered")(tasks)
-        return
     distributed = require("distributed", "dask", "--engine dask")
     try:
         client = distributed.Client(address) if address else distributed.Client(processes=True, threads_per_worker=1)
@@ -329,8 +327,68 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
         raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
     # GPU jobs run only on workers started with `--resources GPU=1` (one worker per GPU), one job per GPU at a time.
     resources = {"resources": {"GPU": 1}} if _uses_cuda(config) else {}
+    tasks = (delayed(process_video)(job, config, overwrite, True) for job in jobs)
     with client, parallel_config(backend="dask", n_jobs=-1, **resources):
         yield from Parallel(return_as="generator_unordered")(tasks)
+
+
+def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
+                            n_jobs: int) -> Iterator[VideoResult]:
+    """Jobs on `n_jobs` worker processes, each its own one-worker loky pool running one video at a time.
+
+    A worker that dies (a decoder's segfault, the out-of-memory killer) therefore takes exactly one video with
+    it: that video fails, named, its temporary is removed, a fresh worker takes the slot and the run goes on.
+    In one shared pool a death breaks every video in flight and the run with them. With several GPUs, slot i
+    runs its videos on cuda:(i mod GPUs).
+    """
+    from joblib.externals.loky import ProcessPoolExecutor
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+
+    gpus = _local_gpu_count(config)
+    waiting = deque(jobs)
+    pools: list[ProcessPoolExecutor | None] = [None] * min(n_jobs, len(jobs))
+    running: dict[Future, tuple[int, VideoJob]] = {}
+
+    def start(slot: int) -> None:
+        if pools[slot] is None:
+            pools[slot] = ProcessPoolExecutor(max_workers=1)
+        job = waiting.popleft()
+        future = pools[slot].submit(process_video, job, config, overwrite, True, os.getpid(),
+                                    slot % gpus if gpus > 1 else None)
+        running[future] = slot, job
+
+    try:
+        for slot in range(len(pools)):
+            start(slot)
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                slot, job = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:
+                    pools[slot].shutdown(wait=False, kill_workers=True)
+                    pools[slot] = None
+                    result = _worker_died(job, config.store.pack, exc)
+                if waiting:
+                    start(slot)
+                yield result
+    finally:
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, kill_workers=True)
+
+
+def _worker_died(job: VideoJob, pack: str, exc: BaseException) -> VideoResult:
+    """The failed result of a video whose worker process died under it; its temporary goes too."""
+    remove_temps_of(output_path(job.output, pack))
+    # loky's message names the exit code or signal: "... The exit codes of the workers are {SIGSEGV(-11)} ...".
+    found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
+    how = f"exit {found.group(1)}" if found else type(exc).__name__
+    return VideoResult(job.source, job.output, "failed",
+                       reason=f"{job.source}: the worker process died while processing this video ({how}): "
+                              "a crash in a decoder or flow library, or the out-of-memory killer; "
+                              "the other videos went on")
 
 
 def _uses_cuda(config: ExtractConfig) -> bool:
@@ -338,7 +396,7 @@ def _uses_cuda(config: ExtractConfig) -> bool:
 
 
 def _local_gpu_count(config: ExtractConfig) -> int:
-    """GPUs to spread `--device cuda` jobs over (round-robin by job); 0 when the device names one or is not CUDA."""
+    """GPUs to spread `--device cuda` jobs over (one per worker slot); 0 when the device names one or is not CUDA."""
     if config.flow.device != "cuda":
         return 0
     import torch

@@ -129,6 +129,23 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def kill_holders(pgid: int, path: Path) -> set[int]:
+    """SIGKILL every process of group `pgid` but its leader that has `path` open (Linux /proc); returns their
+    pids (a process being killed can still show the file open on the next call)."""
+    killed = set()
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            if pid == pgid or os.getpgid(pid) != pgid:
+                continue
+            fds = f"/proc/{pid}/fd"
+            if any(os.readlink(os.path.join(fds, fd)) == str(path) for fd in os.listdir(fds)):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        except OSError:  # the process or the descriptor went away meanwhile
+            continue
+    return killed
+
+
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     try:
         os.killpg(pgid, sig)

@@ -8,7 +8,9 @@ import time
 import zipfile
 
 import pytest
-from batchdata import class_tree, group_alive, kill_group, output_digest, start_cli, temporaries, wait_for
+from batchdata import (
+    class_tree, group_alive, kill_group, kill_holders, output_digest, start_cli, temporaries, wait_for,
+)
 from conftest import run_cli
 
 from flowprep.store import finished_meta
@@ -113,4 +115,29 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(videos, clean, tmp_path):
     result = run_cli("extract", str(videos), str(out), *ARGS)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "report.json").read_text())["interrupted"] is False
+    assert output_digest(out) == clean["dir"]
+
+
+def test_a_worker_that_dies_fails_only_its_video_and_the_run_goes_on(videos, clean, tmp_path):
+    """The worker holding one video open is SIGKILLed, as a decoder crash or the out-of-memory killer would end
+    it: that video fails, named, without a temporary left; the other seven finish; a rerun completes the tree."""
+    out = tmp_path / "flow"
+    target = videos / "C1" / "v2.mp4"
+    process = start_cli("extract", str(videos), str(out), "--jobs", "2", *ARGS)
+    killed = set()
+    while process.poll() is None:
+        killed |= kill_holders(process.pid, target)
+        time.sleep(0.005)
+    _, stderr = process.communicate()
+    assert len(killed) == 1 and process.returncode == 1, stderr
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [failure["source"] for failure in failures] == [str(target)]
+    assert "the worker process died while processing this video" in failures[0]["reason"]
+    assert "SIGKILL" in failures[0]["reason"]
+    report = json.loads((out / "report.json").read_text())
+    assert (report["done"], report["failed"]) == (7, 1)
+    assert temporaries(out) == []
+    assert output_digest(out) == {k: v for k, v in clean["dir"].items() if not k.startswith("C1/v2/")}
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
     assert output_digest(out) == clean["dir"]
