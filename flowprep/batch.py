@@ -24,7 +24,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
-from .store import finished_meta, output_path, remove_stale_temps, remove_temps_of, temp_path
+from .store import finished_meta, other_pack, output_path, remove_stale_temps, remove_temps_of, temp_path
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -114,7 +114,14 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
             _exit_with_parent(parent_pid)
         if single_thread:
             backend_class(config.flow.algo, config.flow.device).limit_threads()
-        existing = None if overwrite else finished_meta(job.output, config.store.pack)
+        pack = config.store.pack
+        existing = None if overwrite else finished_meta(job.output, pack)
+        other = None if overwrite or existing is not None else finished_meta(job.output, other_pack(pack))
+        if other is not None:
+            return VideoResult(job.source, job.output, "skipped", other.get("flow_pairs", 0), other.get("frames", 0),
+                               0.0, f"finished as {output_path(job.output, other_pack(pack)).name} (pack: "
+                                    f"{other_pack(pack)!r} recorded, {pack!r} asked; use --overwrite to recompute "
+                                    f"it as {pack!r}, which removes the other form)")
         if existing is not None:
             params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
             return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),

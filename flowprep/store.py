@@ -133,6 +133,11 @@ def output_path(base: str | os.PathLike, pack: str) -> Path:
     return base.with_name(base.name + PACK_SUFFIX) if pack == "zip" else base
 
 
+def other_pack(pack: str) -> str:
+    """The other output form: 'zip' for 'dir' and 'dir' for 'zip'."""
+    return "dir" if pack == "zip" else "zip"
+
+
 def temp_path(final: Path) -> Path:
     """A fresh hidden sibling name for `final`'s temporary: ``.NAME.flowprep-tmp-XXXXXXXXXXXX``."""
     return final.with_name(f".{final.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
@@ -167,9 +172,12 @@ def _remove(path: Path) -> Path:
 class OutputWriter(ABC):
     """Writes one video's files into a temporary and commits them atomically; aborts on error."""
 
-    def __init__(self, final: Path):
-        self.final = final
-        self.temp = temp_path(final)
+    pack: str  # the form this writer writes: "dir" or "zip"
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.final = output_path(base, self.pack)
+        self.temp = temp_path(self.final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._done = False
 
@@ -180,12 +188,16 @@ class OutputWriter(ABC):
     def _close(self) -> None: ...
 
     def commit(self, meta: dict[str, Any]) -> Path:
-        """Write meta.json last, then move the output into place (replacing an older one)."""
+        """Write meta.json last, then move the output into place, replacing an older one, and remove a finished
+        output of the other form: a video has one output, and readers would otherwise prefer the directory."""
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
         self._close()
         self._check_complete()
         _replace(self.temp, self.final)
         self._done = True
+        other = other_pack(self.pack)
+        if finished_meta(self.base, other) is not None:
+            _remove(output_path(self.base, other))
         return self.final
 
     def _check_complete(self) -> None:
@@ -205,8 +217,10 @@ class OutputWriter(ABC):
 
 
 class DirectoryWriter(OutputWriter):
-    def __init__(self, final: Path):
-        super().__init__(final)
+    pack = "dir"
+
+    def __init__(self, base: Path):
+        super().__init__(base)
         self.temp.mkdir()
         self._written: set[str] = set()
 
@@ -230,8 +244,10 @@ class DirectoryWriter(OutputWriter):
 class ZipWriter(OutputWriter):
     """Uncompressed zip: JPEGs do not compress, and stored members can be read without inflating."""
 
-    def __init__(self, final: Path):
-        super().__init__(final)
+    pack = "zip"
+
+    def __init__(self, base: Path):
+        super().__init__(base)
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED)
 
     def write(self, name: str, data: bytes) -> None:
@@ -246,8 +262,7 @@ class ZipWriter(OutputWriter):
 
 def open_writer(base: str | os.PathLike, pack: str = "dir") -> OutputWriter:
     """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place."""
-    final = output_path(base, pack)
-    return ZipWriter(final) if pack == "zip" else DirectoryWriter(final)
+    return ZipWriter(Path(base)) if pack == "zip" else DirectoryWriter(Path(base))
 
 
 def _replace(temp: Path, final: Path) -> None:

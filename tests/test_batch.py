@@ -134,6 +134,27 @@ def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(tmp_pa
     assert temporaries(out) == []
 
 
+def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leaves_one_form(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "whale.mp4")
+    out = tmp_path / "flow"
+    assert run_cli("extract", str(videos), str(out), "--algo", "dis", "-q").returncode == 0
+    before = output_digest(out)
+
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--pack", "zip", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "finished as whale (pack: 'dir' recorded, 'zip' asked" in result.stderr
+    assert json.loads((out / "report.json").read_text())["skipped"] == 1
+    assert not (out / "whale.zip").exists() and output_digest(out) == before
+
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--pack", "zip", "--overwrite", "-q")
+    assert result.returncode == 0, result.stderr
+    assert (out / "whale.zip").is_file() and not (out / "whale").exists()
+    assert output_digest(out) == before  # the same files, now in the pack that readers open
+    assert open_output(out / "whale").path == out / "whale.zip"
+
+
 def test_outputs_that_would_collide_fail_instead_of_overwriting(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

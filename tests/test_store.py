@@ -248,3 +248,24 @@ def test_remove_temps_of_removes_only_that_outputs_temporaries(tmp_path):
     assert remove_temps_of(tmp_path / "v1") == [mine[0]]
     assert remove_temps_of(tmp_path / "v1.zip") == [mine[1]]
     assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_commit_removes_a_finished_output_of_the_other_form_only(tmp_path, pack):
+    other = "dir" if pack == "zip" else "zip"
+    with open_writer(tmp_path / "finished", other) as writer:
+        writer.write("flow_x_00001.jpg", b"x")
+        writer.commit(META)
+    foreign = output_path(tmp_path / "foreign", other)  # no meta.json: not flowprep's, e.g. the user's own files
+    if other == "dir":
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("mine")
+    else:
+        with zipfile.ZipFile(foreign, "w") as z:
+            z.writestr("notes.txt", "mine")
+    for base in (tmp_path / "finished", tmp_path / "foreign"):
+        with open_writer(base, pack) as writer:
+            writer.write("flow_x_00001.jpg", b"y")
+            writer.commit(META)
+    assert not output_path(tmp_path / "finished", other).exists() and foreign.exists()
+    assert open_output(tmp_path / "finished").read("flow_x_00001.jpg") == b"y"
