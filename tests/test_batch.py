@@ -113,13 +113,19 @@ def test_rerun_skips_finished_and_retries_failed(mixed_run):
     assert output_digest(out) == before
 
 
-def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(tmp_path):
+@pytest.fixture
+def whale_run(tmp_path):
+    """A folder with one real clip, extracted once with DIS into tmp_path/flow: (videos, out, digest of out)."""
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "whale.mp4")
     out = tmp_path / "flow"
     assert run_cli("extract", str(videos), str(out), "--algo", "dis", "-q").returncode == 0
-    before = output_digest(out)
+    return videos, out, output_digest(out)
+
+
+def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(whale_run):
+    videos, out, before = whale_run
 
     result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--bound", "40", "-q")
     assert result.returncode == 0, result.stderr
@@ -134,13 +140,8 @@ def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(tmp_pa
     assert temporaries(out) == []
 
 
-def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leaves_one_form(tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / "whale.mp4")
-    out = tmp_path / "flow"
-    assert run_cli("extract", str(videos), str(out), "--algo", "dis", "-q").returncode == 0
-    before = output_digest(out)
+def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leaves_one_form(whale_run):
+    videos, out, before = whale_run
 
     result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--pack", "zip", "-q")
     assert result.returncode == 0, result.stderr
