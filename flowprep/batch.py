@@ -31,6 +31,7 @@ ENGINES = ("local", "dask", "ray")
 FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
 LOCK_NAME = ".flowprep.lock"
+DASK_IN_FLIGHT = 64  # videos submitted to a Dask cluster at a time, at least
 
 
 @dataclass(frozen=True)
@@ -325,18 +326,7 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
         yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
                                address, _uses_cuda(config))
         return
-    from joblib import Parallel, delayed, parallel_config
-
-    distributed = require("distributed", "dask", "--engine dask")
-    try:
-        client = distributed.Client(address) if address else distributed.Client(processes=True, threads_per_worker=1)
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
-    # GPU jobs run only on workers started with `--resources GPU=1` (one worker per GPU), one job per GPU at a time.
-    resources = {"resources": {"GPU": 1}} if _uses_cuda(config) else {}
-    tasks = (delayed(process_video)(job, config, overwrite, True) for job in jobs)
-    with client, parallel_config(backend="dask", n_jobs=-1, **resources):
-        yield from Parallel(return_as="generator_unordered")(tasks)
+    yield from _run_on_dask(jobs, config, overwrite, address)
 
 
 def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
@@ -386,12 +376,55 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                 pool.shutdown(wait=False, kill_workers=True)
 
 
+def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
+                 address: str | None) -> Iterator[VideoResult]:
+    """One task per video on a Dask cluster (a local one without `address`), results in completion order.
+
+    At most DASK_IN_FLIGHT tasks (or two per worker thread, if more) are submitted at a time, so a million
+    videos are not a million futures. Dask reruns the task of a worker that died; a video whose task killed
+    workers until the scheduler gave up on it (KilledWorker, after distributed.scheduler.allowed-failures
+    deaths) fails alone, named, like a dead local worker's.
+    """
+    distributed = require("distributed", "dask", "--engine dask")
+    try:
+        client = distributed.Client(address) if address else distributed.Client(processes=True, threads_per_worker=1)
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+    # GPU jobs run only on workers started with `--resources GPU=1` (one worker per GPU), one job per GPU at a time.
+    resources = {"GPU": 1} if _uses_cuda(config) else None
+    waiting = deque(jobs)
+    with client:
+        in_flight = max(DASK_IN_FLIGHT, 2 * sum(client.nthreads().values()))
+        completed = distributed.as_completed()
+        job_of: dict[str, VideoJob] = {}
+
+        def submit() -> None:
+            job = waiting.popleft()
+            future = client.submit(process_video, job, config, overwrite, True, resources=resources, pure=False)
+            job_of[future.key] = job
+            completed.add(future)
+
+        for _ in range(min(in_flight, len(waiting))):
+            submit()
+        for future in completed:
+            job = job_of.pop(future.key)
+            try:
+                result = future.result()
+            except distributed.KilledWorker as exc:
+                result = _worker_died(job, config.store.pack, exc)
+            future.release()
+            if waiting:
+                submit()
+            yield result
+
+
 def _worker_died(job: VideoJob, pack: str, exc: BaseException) -> VideoResult:
     """The failed result of a video whose worker process died under it; its temporary goes too."""
     remove_temps_of(output_path(job.output, pack))
-    # loky's message names the exit code or signal: "... The exit codes of the workers are {SIGSEGV(-11)} ...".
+    # loky's message names the exit code or signal: "... The exit codes of the workers are {SIGSEGV(-11)} ...";
+    # Dask's KilledWorker says on how many workers the task ran before it gave up.
     found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
-    how = f"exit {found.group(1)}" if found else type(exc).__name__
+    how = f"exit {found.group(1)}" if found else f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
     return VideoResult(job.source, job.output, "failed",
                        reason=f"{job.source}: the worker process died while processing this video ({how}): "
                               "a crash in a decoder or flow library, or the out-of-memory killer; "

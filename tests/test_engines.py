@@ -11,9 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 
 import pytest
-from batchdata import CARPHONE, broken_videos, output_digest, temporaries
+from batchdata import CARPHONE, broken_videos, kill_group, kill_holders, output_digest, start_cli, temporaries
 from conftest import REPO, VIDEOS, run_cli
 
 pytestmark = pytest.mark.slow
@@ -69,10 +71,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def dask_cluster(tmp_path_factory):
-    """A Dask scheduler and one worker (1 process, 1 thread) started with Dask's own CLI."""
-    scratch = tmp_path_factory.mktemp("dask")
+@contextmanager
+def _dask_cluster(scratch, scheduler_config: dict[str, str] | None = None):
+    """A Dask scheduler and one worker (1 process, 1 thread, under a nanny) started with Dask's own CLI; yields
+    the scheduler's address and the worker's process group (its own session, so tests can find its processes)."""
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -80,13 +82,14 @@ def dask_cluster(tmp_path_factory):
     try:
         processes.append(subprocess.Popen(
             [os.path.join(bin_dir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-             "--no-dashboard"], env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--no-dashboard"], env={**env, **(scheduler_config or {})}, cwd=scratch, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL))
         processes.append(subprocess.Popen(
             [os.path.join(bin_dir, "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
              "--no-dashboard", "--local-directory", str(scratch)],
-            env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         _wait_for_workers(address, 1)
-        yield address
+        yield address, processes[-1].pid
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -96,6 +99,13 @@ def dask_cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        kill_group(processes[-1].pid)
+
+
+@pytest.fixture
+def dask_cluster(tmp_path_factory):
+    with _dask_cluster(tmp_path_factory.mktemp("dask")) as (address, _):
+        yield address
 
 
 def _wait_for_workers(address: str, count: int, timeout: float = 90) -> None:
@@ -112,6 +122,29 @@ def test_dask_cluster_gives_the_local_tree(videos, local, dask_cluster, tmp_path
     _assert_same(_outcome(tmp_path), local)
     assert "4/4" in result.stderr  # the progress bar reached the end with remote workers
     assert json.loads((tmp_path / "report.json").read_text())["engine"] == "dask"
+
+
+def test_dask_video_that_kills_its_workers_fails_alone(videos, local, tmp_path_factory, tmp_path):
+    """Whenever a worker opens one video it is SIGKILLed (a decoder crash, the OOM killer); the scheduler gives
+    up on that task (allowed-failures 0 here, 3 by default) and the video fails, named; the others finish."""
+    # The last video submitted: a task queued on the same worker would die with it (and with allowed-failures 0
+    # fail too), which is Dask's rule; here the one-thread worker has finished the others by then.
+    target = videos / "B" / "whale.mp4"
+    config = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    with _dask_cluster(tmp_path_factory.mktemp("dask"), config) as (address, worker_group):
+        process = start_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
+        killed = set()
+        while process.poll() is None:
+            killed |= kill_holders(worker_group, target)
+            time.sleep(0.005)
+        _, stderr = process.communicate()
+    assert len(killed) == 1 and process.returncode == 1, stderr
+    digest, failures = _outcome(tmp_path)
+    assert failures == sorted([*local[1], str(target)])
+    reason = next(json.loads(line)["reason"] for line in (tmp_path / "failures.jsonl").open()
+                  if json.loads(line)["source"] == str(target))
+    assert "the worker process died while processing this video (KilledWorker" in reason
+    assert digest == {name: value for name, value in local[0].items() if not name.startswith("B/whale/")}
 
 
 def test_unreachable_dask_scheduler_is_a_usage_error(videos, tmp_path, monkeypatch):
