@@ -85,6 +85,19 @@ class PILStacks(Dataset):
         return torch.from_numpy(values)
 
 
+class ReadyItems(Dataset):
+    """Copies of one ready tensor: what the DataLoader's transport alone costs for items of that size and dtype."""
+
+    def __init__(self, like: torch.Tensor, items: int):
+        self.tensor, self.items = like.clone(), items
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.tensor.clone(), 0
+
+
 def best_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
     """Best wall-clock and CPU seconds of each run; runs are interleaved so that load on a shared machine
     falls on all of them alike."""
@@ -123,13 +136,13 @@ def read_batches(dataset: Dataset, workers: int, batch: int,
 
 def print_table(title: str, seconds: dict[str, tuple[float, float]], items: int, stacks: int, cpu: bool) -> None:
     print(f"\n{title}")
-    print(f"{'loader':34s} {'items/s':>9s} {'ms/stack':>9s}" + (f" {'CPU ms/stack':>13s}" if cpu else "")
-          + "  speed-up of each flowprep loader over it")
+    print(f"{'loader':40s} {'items/s':>9s} {'ms/stack':>9s}" + (f" {'CPU ms/stack':>13s}" if cpu else "")
+          + "  speed-up of each flowprep loader over a PIL one")
     flowprep = {name: wall for name, (wall, _) in seconds.items() if name.startswith("flowprep")}
     for name, (wall, cpu_seconds) in seconds.items():
-        line = f"{name:34s} {items / wall:9.1f} {1000 * wall / stacks:9.2f}"
+        line = f"{name:40s} {items / wall:9.1f} {1000 * wall / stacks:9.2f}"
         line += f" {1000 * cpu_seconds / stacks:13.2f}" if cpu else ""
-        if not name.startswith("flowprep"):
+        if name.startswith("PIL"):
             line += "  " + ", ".join(f"{label.removeprefix('flowprep, ')} {wall / ours:.2f}x"
                                     for label, ours in flowprep.items())
         print(line)
@@ -188,10 +201,14 @@ def main() -> None:
         runs = {name: read_batches(loader, args.workers, args.batch) for name, loader in loaders.items()}
         # The uint8 recipe: a quarter of the bytes through the workers' shared memory, dequantized after batching.
         runs[UINT8_RECIPE] = read_batches(codes, args.workers, args.batch, Dequantize(video.bound))
+        for name, like in (("float32", ours[0][0]), ("uint8", codes[0][0])):
+            runs[f"transport alone, ready {name} items"] = read_batches(ReadyItems(like, args.items), args.workers,
+                                                                        args.batch)
         seconds = best_times(dict(sorted(runs.items(), key=lambda run: not run[0].startswith("flowprep"))),
                              args.repeats)
-        print_table(f"DataLoader, {args.workers} workers, batches of {args.batch}", seconds, args.items, stacks,
-                    cpu=False)
+        print_table(f"DataLoader, {args.workers} workers, batches of {args.batch} (transport alone: items that "
+                    "are ready copies, no reading; the ceiling of any loader of that dtype)", seconds, args.items,
+                    stacks, cpu=False)
 
 
 if __name__ == "__main__":
