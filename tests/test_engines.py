@@ -15,8 +15,12 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from batchdata import CARPHONE, broken_videos, kill_group, kill_holders, output_digest, start_cli, temporaries
+from batchdata import (
+    CARPHONE, broken_videos, class_tree, kill_group, kill_holders, output_digest, start_cli, temporaries,
+)
 from conftest import REPO, VIDEOS, run_cli
+
+from flowprep.store import finished_meta
 
 pytestmark = pytest.mark.slow
 ARGS = ("--algo", "dis", "-q")
@@ -124,12 +128,14 @@ def test_dask_cluster_gives_the_local_tree(videos, local, dask_cluster, tmp_path
     assert json.loads((tmp_path / "report.json").read_text())["engine"] == "dask"
 
 
-def test_dask_video_that_kills_its_workers_fails_alone(videos, local, tmp_path_factory, tmp_path):
+def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_path):
     """Whenever a worker opens one video it is SIGKILLed (a decoder crash, the OOM killer); the scheduler gives
     up on that task (allowed-failures 0 here, 3 by default) and the video fails, named; the others finish."""
-    # The last video submitted: a task queued on the same worker would die with it (and with allowed-failures 0
-    # fail too), which is Dask's rule; here the one-thread worker has finished the others by then.
-    target = videos / "B" / "whale.mp4"
+    videos = class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=1)
+    # The last video submitted, and long enough (0.4 s) to be caught open: a task queued on the dying worker
+    # would die with it (and, with allowed-failures 0, fail too), which is Dask's rule; here the one-thread
+    # worker has finished the other video by then.
+    target = videos / "C1" / "v0.mp4"
     config = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     with _dask_cluster(tmp_path_factory.mktemp("dask"), config) as (address, worker_group):
         process = start_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
@@ -139,12 +145,11 @@ def test_dask_video_that_kills_its_workers_fails_alone(videos, local, tmp_path_f
             time.sleep(0.005)
         _, stderr = process.communicate()
     assert len(killed) == 1 and process.returncode == 1, stderr
-    digest, failures = _outcome(tmp_path)
-    assert failures == sorted([*local[1], str(target)])
-    reason = next(json.loads(line)["reason"] for line in (tmp_path / "failures.jsonl").open()
-                  if json.loads(line)["source"] == str(target))
-    assert "the worker process died while processing this video (KilledWorker" in reason
-    assert digest == {name: value for name, value in local[0].items() if not name.startswith("B/whale/")}
+    failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").open()]
+    assert [failure["source"] for failure in failures] == [str(target)]
+    assert "the worker process died while processing this video (KilledWorker" in failures[0]["reason"]
+    assert finished_meta(tmp_path / "C0" / "v0") is not None and not (tmp_path / "C1" / "v0").exists()
+    assert temporaries(tmp_path) == []
 
 
 def test_unreachable_dask_scheduler_is_a_usage_error(videos, tmp_path, monkeypatch):
