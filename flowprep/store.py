@@ -188,16 +188,24 @@ class OutputWriter(ABC):
     def _close(self) -> None: ...
 
     def commit(self, meta: dict[str, Any]) -> Path:
-        """Write meta.json last, then move the output into place, replacing an older one, and remove a finished
-        output of the other form: a video has one output, and readers would otherwise prefer the directory."""
+        """Write meta.json last, then move the output into place, replacing an older one.
+
+        A finished output of the other form goes first: a video has one output (readers would prefer a stale
+        directory), and a crash between the two steps leaves no finished output rather than two.
+        """
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
         self._close()
         self._check_complete()
-        _replace(self.temp, self.final)
-        self._done = True
         other = other_pack(self.pack)
         if finished_meta(self.base, other) is not None:
-            _remove(output_path(self.base, other))
+            other_final = output_path(self.base, other)
+            try:
+                shutil.rmtree(other_final) if other == "dir" else other_final.unlink()
+            except OSError as exc:
+                raise OutputError(f"{other_final}: cannot remove this video's {other!r} output before writing its "
+                                  f"{self.pack!r} one ({exc.strerror or exc})") from None
+        _replace(self.temp, self.final)
+        self._done = True
         return self.final
 
     def _check_complete(self) -> None:
@@ -445,9 +453,10 @@ def open_output(path: str | os.PathLike) -> OutputReader:
 
 
 def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] | None:
-    """meta.json of the finished output of form `pack` at `base`, or None if there is none."""
+    """meta.json of the finished output of form `pack` at `base`, or None if there is none. The form is checked:
+    for video `a.zip.mp4` the directory `a.zip` is its output, and the file `a.zip` is video `a.mp4`'s pack."""
     final = output_path(base, pack)
-    if not final.exists():
+    if not (final.is_dir() if pack == "dir" else final.is_file()):
         return None
     try:
         with open_output(final) as reader:

@@ -11,7 +11,7 @@ from conftest import VIDEOS, run_cli
 
 from flowprep.batch import discover
 from flowprep.errors import ConfigError
-from flowprep.store import open_output
+from flowprep.store import finished_meta, open_output
 
 
 def test_discover_mirrors_class_folders_and_reads_list_files(tmp_path):
@@ -154,6 +154,23 @@ def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leave
     assert (out / "whale.zip").is_file() and not (out / "whale").exists()
     assert output_digest(out) == before  # the same files, now in the pack that readers open
     assert open_output(out / "whale").path == out / "whale.zip"
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_a_video_named_like_anothers_pack_is_its_own_video(tmp_path, pack):
+    """a.mp4 packs to a.zip, and a.zip.mp4's directory is a.zip: neither is the other's 'other form'."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "a.zip.mp4"):
+        shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / name)
+    out = tmp_path / "flow"
+    for extra in ((), ("--overwrite",)):
+        result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--pack", pack, "--jobs", "2", "-q", *extra)
+        assert result.returncode == 0, result.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert (report["done"], report["skipped"]) == (2, 0), result.stderr
+        for base in ("a", "a.zip"):
+            assert finished_meta(out / base, pack)["frames"] > 0, base
 
 
 def test_outputs_that_would_collide_fail_instead_of_overwriting(tmp_path):
