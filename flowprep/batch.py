@@ -32,6 +32,8 @@ FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
 LOCK_NAME = ".flowprep.lock"
 DASK_IN_FLIGHT = 64  # videos submitted to a Dask cluster at a time, at least
+# Local worker processes: one thread for the native libraries too (the processes give the parallelism).
+SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,9 @@ def run_batch(
             report.seconds = time.perf_counter() - started
             _write_report(out_root, report, config, engine, n_jobs)
             raise BatchInterrupted(report) from None
+        # Every task of this run has ended: a temporary left now is a dead worker's (Dask retries a lost
+        # worker's task elsewhere, and gives up on one that killed too many).
+        remove_stale_temps(out_root)
         report.seconds = time.perf_counter() - started
         _write_report(out_root, report, config, engine, n_jobs)
     return report
@@ -334,25 +339,38 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
     """Jobs on `n_jobs` worker processes, each its own one-worker loky pool running one video at a time.
 
     A worker that dies (a decoder's segfault, the out-of-memory killer) therefore takes exactly one video with
-    it: that video fails, named, its temporary is removed, a fresh worker takes the slot and the run goes on.
-    In one shared pool a death breaks every video in flight and the run with them. With several GPUs, slot i
-    runs its videos on cuda:(i mod GPUs).
+    it: its temporary is removed, a fresh worker takes the slot and the run goes on. The video runs once more
+    in a fresh worker (the OOM killer may have picked the wrong process); if that worker dies too, the video
+    fails, named. In one shared pool a death breaks every video in flight and the run with them. With several
+    GPUs, slot i runs its videos on cuda:(i mod GPUs).
     """
     from joblib.externals.loky import ProcessPoolExecutor
     from joblib.externals.loky.process_executor import BrokenProcessPool
 
     gpus = _local_gpu_count(config)
+    pack = config.store.pack
     waiting = deque(jobs)
     pools: list[ProcessPoolExecutor | None] = [None] * min(n_jobs, len(jobs))
     running: dict[Future, tuple[int, VideoJob]] = {}
+    deaths: Counter[VideoJob] = Counter()
+
+    def discard(slot: int) -> None:
+        pools[slot].shutdown(wait=False, kill_workers=True)
+        pools[slot] = None
 
     def start(slot: int) -> None:
-        if pools[slot] is None:
-            pools[slot] = ProcessPoolExecutor(max_workers=1)
         job = waiting.popleft()
-        future = pools[slot].submit(process_video, job, config, overwrite, True, os.getpid(),
-                                    slot % gpus if gpus > 1 else None)
-        running[future] = slot, job
+        args = (process_video, job, config, overwrite, True, os.getpid(), slot % gpus if gpus > 1 else None)
+        for retry in (False, True):
+            if pools[slot] is None:
+                pools[slot] = ProcessPoolExecutor(max_workers=1, env=SINGLE_THREAD_ENV)
+            try:
+                running[pools[slot].submit(*args)] = slot, job
+                return
+            except BrokenProcessPool:  # its worker died while idle: a fresh pool, once
+                discard(slot)
+                if retry:
+                    raise
 
     try:
         for slot in range(len(pools)):
@@ -364,16 +382,28 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                 try:
                     result = future.result()
                 except BrokenProcessPool as exc:
-                    pools[slot].shutdown(wait=False, kill_workers=True)
-                    pools[slot] = None
-                    result = _worker_died(job, config.store.pack, exc)
+                    discard(slot)
+                    remove_temps_of(output_path(job.output, pack))
+                    deaths[job] += 1
+                    if deaths[job] < 2:
+                        waiting.appendleft(job)
+                        result = None
+                    else:
+                        found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
+                        result = _worker_died(job, f"exit {found.group(1) if found else 'unknown'}, in both of "
+                                                   "its tries")
                 if waiting:
                     start(slot)
-                yield result
+                if result is not None:
+                    yield result
     finally:
+        # Kill every worker, then wait for them: the caller removes this run's temporaries next (Ctrl-C).
         for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=False, kill_workers=True)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
 
 def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
@@ -411,20 +441,16 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
             try:
                 result = future.result()
             except distributed.KilledWorker as exc:
-                result = _worker_died(job, config.store.pack, exc)
+                # Dask says on how many workers the task ran before it gave up, in its first sentence.
+                result = _worker_died(job, f"{type(exc).__name__}: {str(exc).split('. ')[0]}")
             future.release()
             if waiting:
                 submit()
             yield result
 
 
-def _worker_died(job: VideoJob, pack: str, exc: BaseException) -> VideoResult:
-    """The failed result of a video whose worker process died under it; its temporary goes too."""
-    remove_temps_of(output_path(job.output, pack))
-    # loky's message names the exit code or signal: "... The exit codes of the workers are {SIGSEGV(-11)} ...";
-    # Dask's KilledWorker says on how many workers the task ran before it gave up.
-    found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
-    how = f"exit {found.group(1)}" if found else f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
+def _worker_died(job: VideoJob, how: str) -> VideoResult:
+    """The failed result of a video whose worker process died under it; `how`: exit code or signal, tries."""
     return VideoResult(job.source, job.output, "failed",
                        reason=f"{job.source}: the worker process died while processing this video ({how}): "
                               "a crash in a decoder or flow library, or the out-of-memory killer; "

@@ -129,6 +129,19 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def group_commands(pgid: int) -> list[str]:
+    """Command lines of the live processes of group `pgid` (Linux /proc)."""
+    commands = []
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            if os.getpgid(pid) == pgid:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    commands.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return commands
+
+
 def kill_holders(pgid: int, path: Path) -> set[int]:
     """SIGKILL every process of group `pgid` but its leader that has `path` open (Linux /proc); returns their
     pids (a process being killed can still show the file open on the next call)."""

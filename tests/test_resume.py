@@ -9,7 +9,8 @@ import zipfile
 
 import pytest
 from batchdata import (
-    class_tree, group_alive, kill_group, kill_holders, output_digest, start_cli, temporaries, wait_for,
+    class_tree, group_alive, group_commands, kill_group, kill_holders, output_digest, start_cli, temporaries,
+    wait_for,
 )
 from conftest import run_cli
 
@@ -118,22 +119,40 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(videos, clean, tmp_path):
     assert output_digest(out) == clean["dir"]
 
 
-def test_a_worker_that_dies_fails_only_its_video_and_the_run_goes_on(videos, clean, tmp_path):
-    """The worker holding one video open is SIGKILLed, as a decoder crash or the out-of-memory killer would end
-    it: that video fails, named, without a temporary left; the other seven finish; a rerun completes the tree."""
-    out = tmp_path / "flow"
-    target = videos / "C1" / "v2.mp4"
+def _run_killing_holders(videos, out, target, times):
+    """A --jobs 2 run in which the worker holding `target` open is SIGKILLed, as a decoder crash or the
+    out-of-memory killer would end it, up to `times` times; returns (process, stderr, pids killed). Not once
+    the target's output is committed: its worker still holds the video open for a moment after that."""
+    output = out / target.relative_to(videos).with_suffix("")
     process = start_cli("extract", str(videos), str(out), "--jobs", "2", *ARGS)
     killed = set()
     while process.poll() is None:
-        killed |= kill_holders(process.pid, target)
+        if len(killed) < times and finished_meta(output) is None:
+            killed |= kill_holders(process.pid, target)
         time.sleep(0.005)
     _, stderr = process.communicate()
-    assert len(killed) == 1 and process.returncode == 1, stderr
+    return process, stderr, killed
+
+
+def test_a_video_whose_worker_died_once_is_tried_again(videos, clean, tmp_path):
+    out = tmp_path / "flow"
+    process, stderr, killed = _run_killing_holders(videos, out, videos / "C0" / "v1.mp4", times=1)
+    assert len(killed) == 1 and process.returncode == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["done"] + report["skipped"] == 8 and report["failed"] == 0
+    assert output_digest(out) == clean["dir"]
+    assert temporaries(out) == []
+
+
+def test_a_video_that_kills_its_worker_twice_fails_alone_and_the_run_goes_on(videos, clean, tmp_path):
+    out = tmp_path / "flow"
+    target = videos / "C1" / "v2.mp4"
+    process, stderr, killed = _run_killing_holders(videos, out, target, times=3)
+    assert len(killed) == 2 and process.returncode == 1, stderr
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [failure["source"] for failure in failures] == [str(target)]
-    assert "the worker process died while processing this video" in failures[0]["reason"]
-    assert "SIGKILL" in failures[0]["reason"]
+    assert "the worker process died while processing this video (exit SIGKILL(-9), in both of its tries)" \
+        in failures[0]["reason"]
     report = json.loads((out / "report.json").read_text())
     assert (report["done"], report["failed"]) == (7, 1)
     assert temporaries(out) == []
@@ -141,3 +160,21 @@ def test_a_worker_that_dies_fails_only_its_video_and_the_run_goes_on(videos, cle
     result = run_cli("extract", str(videos), str(out), *ARGS)
     assert result.returncode == 0, result.stderr
     assert output_digest(out) == clean["dir"]
+
+
+def test_ctrl_c_to_the_main_process_alone_stops_its_workers_before_cleaning_up(videos, clean, tmp_path):
+    """`kill -INT PID` reaches the main process only: it must stop its workers itself, and wait for them,
+    before removing this run's temporaries."""
+    out = tmp_path / "flow"
+    process = start_cli("extract", str(videos), str(out), "--jobs", "2", *ARGS)
+    wait_for(lambda: _finished(out, "dir") or process.poll() is not None, 60, "a first finished video")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    # loky's worker processes, not its resource tracker (which exits once it sees the parent gone).
+    assert [command for command in group_commands(process.pid) if "popen_loky" in command] == []
+    assert temporaries(out) == []
+    finished = len(_finished(out, "dir"))
+    assert json.loads((out / "report.json").read_text())["done"] <= finished < 8
+    time.sleep(1.0)  # a worker still running would commit a video after the report
+    assert len(_finished(out, "dir")) == finished and temporaries(out) == []
