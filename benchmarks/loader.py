@@ -10,17 +10,21 @@ stack. Two PIL baselines:
 - "lean PIL": the least work a PIL loader can do (np.stack of the decoded arrays, one vectorized float32
   dequantize), the floor for any loader that decodes with PIL.
 
+Items cycle through --videos names (links to the one extraction), more than the 32 zip packs a dataset keeps
+open, so packs are opened per item as in training over many videos.
+
 Two settings: one process reading items one after another with one torch thread (as inside a DataLoader
 worker; --torch-threads to change), and a DataLoader with --workers processes and batches of --batch items.
 The DataLoader runs add the uint8 recipe: the dataset gives uint8 codes (a quarter of float32's bytes through
 the workers' shared memory) and Dequantize turns each batch into the same pixels in the main process, where
 training would run it on the GPU.
 
-    PYTHONPATH=. python benchmarks/loader.py [--length 10 --segments 3 --items 100 --size 340x256 --workers 2]
+    PYTHONPATH=. python benchmarks/loader.py [--length 10 --segments 3 --items 200 --videos 64 --size 340x256]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,8 +39,9 @@ from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extra
 from flowprep.annotations import Annotation, VideoOutput, describe_output
 from flowprep.config import parse_size
 from flowprep.data import FlowStackDataset
+from flowprep.data.dataset import OPEN_READERS
 from flowprep.data.transforms import Dequantize
-from flowprep.store import finished_meta
+from flowprep.store import finished_meta, output_path
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO.parent / "shared" / "data" / "videos" / "carphone_pristine.mp4"
@@ -46,9 +51,9 @@ UINT8_RECIPE = "flowprep, zip, uint8 + Dequantize"
 class PILStacks(Dataset):
     """The same items as a seeded FlowStackDataset (same frame numbers), read with PIL by one of two recipes."""
 
-    def __init__(self, flowprep: FlowStackDataset, video: VideoOutput, recipe: str):
+    def __init__(self, flowprep: FlowStackDataset, recipe: str):
         self.indices = [flowprep.frame_indices(i) for i in range(len(flowprep))]
-        self.video = video
+        self.videos = flowprep.videos
         self.read = {"tsn-pytorch": self.tsn_pytorch, "lean": self.lean}[recipe]
 
     def __len__(self) -> int:
@@ -56,32 +61,33 @@ class PILStacks(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         indices = self.indices[index]
-        tensor = self.read(indices)
+        tensor = self.read(self.videos[index], indices)
         tensor = tensor.view(indices.shape[0], 2 * indices.shape[1], *tensor.shape[-2:])
         return (tensor[0] if tensor.shape[0] == 1 else tensor), 0
 
-    def images(self, indices: np.ndarray) -> list[Image.Image]:
+    @staticmethod
+    def images(video: VideoOutput, indices: np.ndarray) -> list[Image.Image]:
         """tsn-pytorch's loop: from each segment's start, L pairs (x then y), the frame number capped at the last."""
         images = []
         for start in indices[:, 0].tolist():
             p = start
             for _ in range(indices.shape[1]):
                 for axis in "xy":
-                    images.append(Image.open(self.video.path / self.video.naming.flow(axis, p - 1)).convert("L"))
-                if p < self.video.flow_pairs:
+                    images.append(Image.open(os.path.join(video.path, video.naming.flow(axis, p - 1))).convert("L"))
+                if p < video.flow_pairs:
                     p += 1
         return images
 
-    def tsn_pytorch(self, indices: np.ndarray) -> torch.Tensor:
+    def tsn_pytorch(self, video: VideoOutput, indices: np.ndarray) -> torch.Tensor:
         # Stack(): HxWxC of all images; ToTorchFormatTensor(div=False): CxHxW, float; then to pixels.
-        stacked = np.concatenate([np.expand_dims(image, 2) for image in self.images(indices)], axis=2)
+        stacked = np.concatenate([np.expand_dims(image, 2) for image in self.images(video, indices)], axis=2)
         tensor = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float()
-        return tensor.mul_(2 * self.video.bound / 255).sub_(self.video.bound)
+        return tensor.mul_(2 * video.bound / 255).sub_(video.bound)
 
-    def lean(self, indices: np.ndarray) -> torch.Tensor:
-        codes = np.stack([np.asarray(image) for image in self.images(indices)])
-        values = np.multiply(codes, np.float32(2 * self.video.bound / 255), dtype=np.float32)
-        values -= np.float32(self.video.bound)
+    def lean(self, video: VideoOutput, indices: np.ndarray) -> torch.Tensor:
+        codes = np.stack([np.asarray(image) for image in self.images(video, indices)])
+        values = np.multiply(codes, np.float32(2 * video.bound / 255), dtype=np.float32)
+        values -= np.float32(video.bound)
         return torch.from_numpy(values)
 
 
@@ -155,7 +161,9 @@ def main() -> None:
     parser.add_argument("--size", default="340x256", help="extraction size WxH (TSN: 340x256)")
     parser.add_argument("--length", type=int, default=10)
     parser.add_argument("--segments", type=int, default=3)
-    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--videos", type=int, default=2 * OPEN_READERS,
+                        help="distinct video names the items cycle through (zip packs are kept open per name)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads in the one-process runs (DataLoader workers use 1)")
@@ -173,14 +181,22 @@ def main() -> None:
             extract_video(args.video, base, ExtractConfig(decode=DecodeConfig(size=size), flow=FlowConfig(algo="dis"),
                                                           store=StoreConfig(pack=pack)))
     video = describe_output(trees["dir"] / "Sample" / args.video.stem)
-    entries = [Annotation(f"Sample/{args.video.stem}", video.flow_pairs, 0)] * args.items
+    # Distinct names for the one extraction, more than the datasets keep open, so that zip packs are opened per
+    # item as in training over many videos (links: the page cache still holds one copy).
+    for pack, tree in trees.items():
+        for k in range(args.videos):
+            link = output_path(tree / "Many" / f"{args.video.stem}_{k}", pack)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(output_path(tree / "Sample" / args.video.stem, pack))
+    entries = [Annotation(f"Many/{args.video.stem}_{i % args.videos}", video.flow_pairs, 0) for i in range(args.items)]
     loaders: dict[str, Dataset] = {
         f"flowprep, {pack}": FlowStackDataset(trees[pack], entries, length=args.length,
                                                                  segments=args.segments, mode="train", seed=0)
         for pack in trees}
     ours = loaders["flowprep, dir"]
-    loaders["PIL, tsn-pytorch, dir"] = PILStacks(ours, video, "tsn-pytorch")
-    loaders["PIL, lean, dir"] = PILStacks(ours, video, "lean")
+    loaders["PIL, tsn-pytorch, dir"] = PILStacks(ours, "tsn-pytorch")
+    loaders["PIL, lean, dir"] = PILStacks(ours, "lean")
     codes = FlowStackDataset(trees["zip"], entries, length=args.length, segments=args.segments, mode="train", seed=0,
                              output="uint8")
     for i in range(0, args.items, max(1, args.items // 10)):
@@ -192,7 +208,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     stacks = args.items * args.segments
     print(f"{video.flow_pairs} flow pairs of {size[0]}x{size[1]}; item = {args.segments} segment(s) x {args.length} "
-          f"pairs = {2 * args.length * args.segments} JPEGs, float32 pixels; {args.items} items; best of "
+          f"pairs = {2 * args.length * args.segments} JPEGs, float32 pixels; {args.items} items over {args.videos} "
+          f"video names; best of "
           f"{args.repeats} interleaved runs; all loaders give identical tensors")
     seconds = best_times({name: read_each(loader) for name, loader in loaders.items()}, args.repeats)
     print_table(f"one process, items one by one, torch threads {args.torch_threads}", seconds, args.items, stacks,

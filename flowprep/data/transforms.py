@@ -189,7 +189,7 @@ class MultiScaleCrop(Transform):
 
 class Dequantize(Transform):
     """uint8 codes -> float32 pixels, ``q * 2 b / 255 - b`` with b = `bound` (pixels): bit for bit
-    flowprep.dequantize, on the tensor's device; x and y alike.
+    flowprep.dequantize (tested on the CPU), on the tensor's device; x and y alike.
 
     For the fast recipe: output='uint8' from the dataset, crops and flips on the codes in the DataLoader
     workers, and the batch moved to the GPU as uint8 (a quarter of float32's bytes) and dequantized there with
