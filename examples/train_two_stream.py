@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
 from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extract_video
 from flowprep.annotations import build_annotations, find_outputs, write_annotations
@@ -80,13 +80,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"{work / 'train.txt'}:\n" + "".join(f"  {a.line()}\n" for a in annotations))
 
     length, segments = 5, 3
+    # Each video listed 8 times: every entry is its own item index, so it draws its own TSN offsets, crops and flips.
     dataset = TwoStreamDataset(
-        flow_root, work / "train.txt", length=length, segments=segments, mode="train", seed=args.seed,
+        flow_root, annotations * 8, length=length, segments=segments, mode="train", seed=args.seed,
         transform=Compose([MultiScaleCrop(112), FlowHorizontalFlip(0.5)]),
         rgb_transform=Compose([MultiScaleCrop(112, flow=False), HorizontalFlip(0.5)]),
     )
-    # Each repeat of a video is a different item: its own TSN offsets, crops and flips.
-    loader = DataLoader(ConcatDataset([dataset] * 8), batch_size=4, shuffle=True, num_workers=args.workers,
+    loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=args.workers,
                         generator=torch.Generator().manual_seed(args.seed))
     torch.manual_seed(args.seed)
     classes = len({a.label for a in annotations})

@@ -16,7 +16,7 @@ from fake_trees import rgb_code, write_foreign_video, write_video, x_code, y_cod
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from flowprep.annotations import Annotation
+from flowprep.annotations import Annotation, read_annotations
 from flowprep.data import FlowStackDataset, TwoStreamDataset
 from flowprep.data.transforms import Compose, FlowHorizontalFlip, HorizontalFlip, RandomCrop, Transform
 from flowprep.errors import ConfigError, OutputError
@@ -211,13 +211,14 @@ def test_seeded_items_and_epochs(tmp_path):
 
 def test_dataloader_with_two_workers_gives_the_same_items_as_none(carphone):
     # The list written for the directory tree serves the zip-pack tree too (same relative paths).
-    dataset = FlowStackDataset(carphone["zip"], carphone["list"], length=5, segments=2,
+    # Six entries of the one clip: six item indices, so six different draws that the workers must not mix up.
+    dataset = FlowStackDataset(carphone["zip"], read_annotations(carphone["list"]) * 6, length=5, segments=2,
                                seed=3, transform=Compose([RandomCrop(96), FlowHorizontalFlip(0.5)]))
-    big = torch.utils.data.ConcatDataset([dataset] * 6)
-    batches = [list(DataLoader(big, batch_size=3, num_workers=workers)) for workers in (0, 2)]
+    batches = [list(DataLoader(dataset, batch_size=3, num_workers=workers)) for workers in (0, 2)]
     for (flow0, label0), (flow2, label2) in zip(*batches):
         assert flow0.shape == (3, 2, 10, 96, 96)
         assert torch.equal(flow0, flow2) and torch.equal(label0, label2)
+    assert not torch.equal(batches[0][0][0][0], batches[0][0][0][1])
 
 
 def test_two_stream_items_align_rgb_with_the_flow_stack(tmp_path):
