@@ -173,3 +173,12 @@ def test_rgb_and_flow_pipelines_of_the_same_structure_draw_the_same_crops():
         f = Compose([RandomCrop(10), FlowHorizontalFlip(0.5)])(flow, torch.Generator().manual_seed(seed))
         r = Compose([RandomCrop(10), HorizontalFlip(0.5)])(rgb, torch.Generator().manual_seed(seed))
         assert torch.equal(f[1], r[0])  # y is only mirrored: it shows the same pixels as the RGB crop
+
+
+def test_flow_transforms_reject_a_tensor_that_is_no_flow_stack_on_every_draw():
+    odd = torch.zeros(3, 8, 8)  # 3 channels: not x, y interleaved
+    for seed in range(8):
+        with pytest.raises(ConfigError, match="expects a"):
+            FlowHorizontalFlip(0.5)(odd, torch.Generator().manual_seed(seed))
+    with pytest.raises(ConfigError, match="expects a"):
+        Resize((8, 8))(odd)  # already that size: nothing to resize, still checked

@@ -68,9 +68,13 @@ class HorizontalFlip(Transform):
         self.p = p
 
     def __call__(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        self._check(tensor)  # every call, flipped or not: a wrong input must not pass on a lucky draw
         if _uniform(generator) >= self.p:
             return tensor
         return self._mirror(tensor)
+
+    def _check(self, tensor: torch.Tensor) -> None:
+        pass
 
     def _mirror(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.flip(-1)
@@ -81,9 +85,11 @@ class FlowHorizontalFlip(HorizontalFlip):
     codes (the TSN rule; exact negation after dequantize). y is only mirrored. Flip before Normalize and
     before anything that shifts x away from zero-centred values."""
 
-    def _mirror(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _check(self, tensor: torch.Tensor) -> None:
         _check_flow(tensor, self)
-        out = tensor.flip(-1)
+
+    def _mirror(self, tensor: torch.Tensor) -> torch.Tensor:
+        out = super()._mirror(tensor)
         x = out[..., 0::2, :, :]
         out[..., 0::2, :, :] = 255 - x if out.dtype == torch.uint8 else -x
         return out
@@ -267,11 +273,11 @@ def _randint(high: int, generator: torch.Generator | None) -> int:
 
 def _resize(tensor: torch.Tensor, size: tuple[int, int], flow: bool, antialias: bool,
             transform: Transform) -> torch.Tensor:
+    if flow:  # before the early return: whether a resize happens must not decide whether bad input passes
+        _check_flow(tensor, transform)
     height, width = tensor.shape[-2:]
     if (height, width) == tuple(size):
         return tensor
-    if flow:
-        _check_flow(tensor, transform)
     lead, channels = tensor.shape[:-3], tensor.shape[-3]
     values = tensor.reshape(-1, channels, height, width)
     is_codes = values.dtype == torch.uint8
