@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flowprep import ConfigError, FlowConfig, create_backend, list_backends
-from flowprep.flow import backend_class, device_kind
+from flowprep.flow import backend_class, check_flow_config, device_kind
 from flowprep.flowio import endpoint_error
 
 
@@ -75,10 +75,15 @@ def test_flow_direction_is_opencvs(rubberwhale):
     ((("warps", "abc"),), "'warps' of 'tvl1' must be int, got 'abc'"),
     ((("warps", "2.5"),), "must be int"),
     ((("nope", 1),), "unknown parameter 'nope'.*valid: epsilon, gamma"),
+    ((("median_filtering", 4),), "median_filtering must be odd .* got 4"),
 ])
 def test_bad_parameters_are_named(params, message):
     with pytest.raises(ConfigError, match=message):
         create_backend(FlowConfig("tvl1", params=params))
+    # The dry check a batch runs before its first video, on both TV-L1 devices.
+    for device in ("cpu", "torch-cpu"):
+        with pytest.raises(ConfigError, match=message):
+            check_flow_config(FlowConfig("tvl1", device=device, params=params), here=False)
 
 
 def test_unknown_preset_lists_the_known_ones():

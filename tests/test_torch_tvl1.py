@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from flowprep.config import FlowConfig  # noqa: E402
-from flowprep.errors import BackendUnavailableError  # noqa: E402
+from flowprep.errors import BackendUnavailableError, ConfigError  # noqa: E402
 from flowprep.flow import create_backend, list_backends  # noqa: E402
 from flowprep.flow.opencv import OpenCVTVL1  # noqa: E402
 from flowprep.flow.torch_tvl1 import TorchTVL1, tvl1_flow  # noqa: E402
@@ -182,3 +182,11 @@ def test_parallel_workers_limit_torch_and_opencv_to_one_thread():
               "backend_class('tvl1', 'torch-cpu').limit_threads(); print(torch.get_num_threads(), cv2.getNumThreads())")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)})
     assert result.stdout.split() == ["1", "1"], result.stderr
+
+
+def test_tvl1_flow_checks_its_parameters_like_the_backends():
+    frames = torch.zeros(1, 8, 8)
+    with pytest.raises(ConfigError, match="unknown parameter 'warp'"):
+        tvl1_flow(frames, frames, {"warp": 1})
+    with pytest.raises(ConfigError, match="median_filtering must be odd"):
+        tvl1_flow(frames, frames, {"median_filtering": 4})

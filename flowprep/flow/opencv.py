@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Mapping
 import cv2
 import numpy as np
 
+from ..errors import ConfigError
 from .base import FlowBackend
 
 
@@ -48,6 +49,16 @@ class OpenCVTVL1(_OpenCVBackend):
     # with EPE 1.11x theirs on RubberWhale and 0.4-0.6x on Sintel alley_1, as the coarser pyramid (halving
     # per level) costs less and catches larger motion; a looser epsilon stops iterating sooner.
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {"fast": {"scale_step": 0.5, "epsilon": 0.025}}
+
+    @classmethod
+    def check_params(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+        params = super().check_params(overrides, preset)
+        # Checked here, with the others, so that a run fails before its first video rather than on a worker.
+        median = params["median_filtering"]
+        if median > 1 and median % 2 == 0:
+            raise ConfigError(f"median_filtering must be odd (or <= 1 for none) for algorithm {cls.algo!r}, "
+                              f"got {median!r}")
+        return params
 
     @classmethod
     def availability(cls, device: str) -> str | None:

@@ -29,7 +29,8 @@ def tvl1_flow(
     """TV-L1 flow from each frames0[b] to frames1[b], all pairs at once, on the tensors' device.
 
     frames0, frames1: BxHxW float (or uint8) tensors, intensities 0..255 (lambda is tuned for that range).
-    params: OpenCV DualTVL1 parameters by OpenCV's names (see OpenCVTVL1.defaults); missing ones take the defaults.
+    params: OpenCV DualTVL1 parameters by OpenCV's names (see OpenCVTVL1.defaults); missing ones take the defaults;
+        ConfigError names an unknown or bad one.
     check_every: read the per-pair convergence flags every this many inner iterations (a host sync); default 1 on
         the CPU and 10 on a GPU. Results do not depend on it, nor on which other pairs share the batch.
     Returns BxHxWx2 float32 flow in pixels, OpenCV's direction: frames0[b](x, y) ~ frames1[b](x + u, y + v).
@@ -37,7 +38,7 @@ def tvl1_flow(
     require("torch", "torch", _PURPOSE)
     from ._tvl1_torch import tvl1_flow as solve
 
-    return solve(frames0, frames1, {**OpenCVTVL1.defaults, **(params or {})}, check_every)
+    return solve(frames0, frames1, OpenCVTVL1.check_params(params), check_every)
 
 
 def torch_device(device: str) -> str:
@@ -52,6 +53,7 @@ class TorchTVL1(FlowBackend):
     description = "Dual TV-L1 in PyTorch (OpenCV's scheme and defaults), batched; cuda or torch-cpu"
     defaults: ClassVar[Mapping[str, Any]] = OpenCVTVL1.defaults
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = OpenCVTVL1.presets  # same names and values on CPU and GPU
+    check_params = OpenCVTVL1.check_params  # and the same checks
 
     @classmethod
     def availability(cls, device: str) -> str | None:
