@@ -128,7 +128,7 @@ def backends() -> None:
 @click.argument("root", metavar="OUT", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True,
               help="Annotation list to write ('-': standard output).")
-@click.option("--modality", type=click.Choice(["flow", "rgb"]), default="flow", show_default=True,
+@click.option("--modality", type=click.Choice(annotations.MODALITIES), default="flow", show_default=True,
               help="num_frames counts flow pairs (flow) or RGB frames (rgb).")
 @click.option("--classes", "class_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Class index file ('1 ApplyEyeMakeup' lines, as UCF101's classInd.txt, or one name a line). "
@@ -137,7 +137,7 @@ def backends() -> None:
               help="Only the videos of this split list (UCF101 trainlist01.txt style), in its order.")
 @click.option("--skip-missing", is_flag=True, help="With --split, leave out split videos not found under OUT "
                                                    "(with a warning) instead of failing.")
-@click.option("--layout", type=click.Choice(["separate", "xy0"]), default="separate", show_default=True,
+@click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
               help="For trees without meta.json (other tools).")
 @click.option("--flow-template", default=None,
               help="For trees without meta.json, e.g. '{}_{:05d}.jpg' for mmaction2's script (x_00001.jpg).")

@@ -7,7 +7,7 @@ from string import Formatter
 from typing import Any
 
 from .errors import ConfigError
-from .quantize import DEFAULT_BOUND
+from .quantize import DEFAULT_BOUND, check_bound, check_jpeg_quality
 
 READER_NAMES = ("pyav", "decord", "opencv")
 # PyAV first: decord's decoder thread runs ahead of a slower consumer without limit and ends up holding most of
@@ -96,10 +96,11 @@ class StoreConfig:
     pack: str = "dir"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.bound) and self.bound > 0):
-            raise ConfigError(f"bound must be a positive number of pixels, got {self.bound!r}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
+        try:
+            check_bound(self.bound)
+            check_jpeg_quality(self.jpeg_quality)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
         if self.pack not in PACKS:

@@ -40,6 +40,11 @@ class VideoReader(ABC):
     def version(self) -> str:
         return ""
 
+    @staticmethod
+    def _usable_fps(fps: float | None) -> float | None:
+        """The container's frame rate, or None when it gives none usable (0, negative, NaN, infinite)."""
+        return fps if fps and math.isfinite(fps) and fps > 0 else None
+
     def _fail(self, problem: str, exc: BaseException | None = None) -> DecodeError:
         detail = f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if exc else ""
         return DecodeError(f"{self.path}: {self.name} {problem}{detail}")
@@ -69,7 +74,7 @@ class DecordReader(VideoReader):
         self._first = first.asnumpy()
         self.size = (self._first.shape[1], self._first.shape[0])
         fps = self._vr.get_avg_fps()
-        self.fps = fps if fps and math.isfinite(fps) and fps > 0 else None
+        self.fps = self._usable_fps(fps)
 
     def frames(self) -> Iterator[Frame]:
         claimed = len(self._vr)
@@ -150,7 +155,7 @@ class OpenCVReader(VideoReader):
             self._cap.release()
             raise self._fail("cannot open it")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and math.isfinite(fps) and fps > 0 else None
+        self.fps = self._usable_fps(fps)
         self.size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
 
     def frames(self) -> Iterator[Frame]:

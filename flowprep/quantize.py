@@ -65,10 +65,16 @@ class RoundTripBound:
     max: float  # of |error| at any one pixel and component
 
 
-def _libjpeg_scale(quality: int) -> float:
-    """libjpeg's factor on its base quantization tables: 0 at quality 100, 0.1 at 95, 1 at 50, 50/q below."""
+def check_jpeg_quality(quality: int) -> int:
+    """`quality`; ValueError quoting it unless it is a JPEG quality, 1..100."""
     if not 1 <= quality <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {quality!r}")
+    return quality
+
+
+def _libjpeg_scale(quality: int) -> float:
+    """libjpeg's factor on its base quantization tables: 0 at quality 100, 0.1 at 95, 1 at 50, 50/q below."""
+    check_jpeg_quality(quality)
     return 50.0 / quality if quality < 50 else (200 - 2 * quality) / 100.0
 
 

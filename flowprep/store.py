@@ -118,6 +118,11 @@ def encode_flow_codes(codes: np.ndarray, layout: str, quality: int) -> list[byte
     return [encode_jpeg(np.ascontiguousarray(codes[..., axis]), quality) for axis in (0, 1)]
 
 
+def codes_from_images(images: list[np.ndarray], layout: str) -> np.ndarray:
+    """A pair's decoded JPEGs in encode_flow_codes' order (gray x and y, or one RGB (x, y, 0)) -> uint8 HxWx2."""
+    return images[0][..., :2] if layout == "xy0" else np.dstack(images)
+
+
 def decode_jpeg(data: bytes, name: str, *, rgb: bool = False) -> np.ndarray:
     """JPEG bytes -> gray HxW (or RGB HxWx3) uint8; OutputError naming `name` if it does not decode."""
     flag = cv2.IMREAD_COLOR if rgb else cv2.IMREAD_GRAYSCALE
@@ -215,7 +220,7 @@ class OutputWriter(ABC):
         if not self._done:
             self._done = True
             self._close()
-            shutil.rmtree(self.temp, ignore_errors=True) if self.temp.is_dir() else self.temp.unlink(missing_ok=True)
+            _remove(self.temp)
 
     def __enter__(self) -> OutputWriter:
         return self

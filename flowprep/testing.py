@@ -15,7 +15,7 @@ import numpy as np
 from .config import LAYOUTS
 from .flowio import endpoint_error
 from .quantize import DEFAULT_BOUND, RoundTripBound, dequantize, jpeg_roundtrip_bound, quantize, roundtrip_error
-from .store import decode_jpeg, encode_flow_codes
+from .store import codes_from_images, decode_jpeg, encode_flow_codes
 from .verify import VerifyReport, verify_tree
 
 
@@ -31,7 +31,7 @@ def _stored_codes(flow: np.ndarray, bound: float, jpeg_quality: int, layout: str
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     images = [decode_jpeg(data, f"{layout} JPEG", rgb=layout == "xy0")
               for data in encode_flow_codes(quantize(flow, bound), layout, jpeg_quality)]
-    return images[0][..., :2] if layout == "xy0" else np.dstack(images)
+    return codes_from_images(images, layout)
 
 
 def assert_roundtrip(flow: np.ndarray, bound: float = DEFAULT_BOUND, jpeg_quality: int = 95,

@@ -23,8 +23,8 @@ from .errors import FlowprepError, OutputError
 from .flow import create_backend
 from .flow.base import FlowBackend
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
-from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, Naming, OutputReader, meta_field,
-                    open_output, read_flow_codes)
+from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, Naming, OutputReader, codes_from_images,
+                    meta_field, open_output, read_flow_codes)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -296,7 +296,7 @@ def _check_images(reader: OutputReader, names: set[str], layout: _Layout, check:
                   for name in pair if name in names]
         if len(images) != len(pair) or any(image is None for image in images):
             continue
-        codes = images[0][..., :2] if len(images) == 1 else np.dstack(images)
+        codes = codes_from_images(images, layout.naming.layout)
         check.values += codes.size
         check.clipped += int(np.count_nonzero((codes == 0) | (codes == 255)))
         check.magnitude_sum += float(np.linalg.norm(dequantize(codes, layout.bound), axis=-1).sum())
