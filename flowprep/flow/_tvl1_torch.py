@@ -33,7 +33,6 @@ def tvl1_flow(
     batch, height, width = frames0.shape
     if height < 3 or width < 3:
         raise ValueError(f"frames must be at least 3x3 pixels, got {width}x{height}")
-    median = int(params["median_filtering"])  # odd or <= 1: OpenCVTVL1.check_params checked it
     if check_every is None:
         # Reading the convergence flags waits for the device; on a GPU that stall costs more than a few wasted
         # iterations (converged pairs are frozen by masks, so results do not depend on this).
