@@ -273,9 +273,10 @@ def run_batch(
             report.seconds = time.perf_counter() - started
             _write_report(out_root, report, config, engine, n_jobs)
             raise BatchInterrupted(report) from None
-        # Every task of this run has ended: a temporary left now is a dead worker's (Dask retries a lost
-        # worker's task elsewhere, and gives up on one that killed too many).
-        remove_stale_temps(out_root)
+        if engine != "local":
+            # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
+            # task elsewhere). Local runs remove a dead worker's temporary at once, and need no second walk.
+            remove_stale_temps(out_root)
         report.seconds = time.perf_counter() - started
         _write_report(out_root, report, config, engine, n_jobs)
     return report
