@@ -13,7 +13,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from conftest import REPO, VIDEOS
+from conftest import REPO, VIDEOS, checkout_env
+
+from flowprep.store import finished_meta
 
 CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 176x144, 120 frames: 119 pairs, ~0.4 s with --algo dis
 # meta.json fields that describe the run rather than the output: time taken (SPEC: "seconds taken"), and the
@@ -107,8 +109,8 @@ def start_cli(*args: str) -> subprocess.Popen:
     """`python -m flowprep ARGS` in its own process group (so the test can signal it and its workers), with
     Ctrl-C's default action: a shell that starts pytest in the background makes it ignore SIGINT, and an ignored
     signal stays ignored in children, so Python would never see the Ctrl-C the tests send."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "flowprep", *args], cwd=REPO, env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "flowprep", *args], cwd=REPO, env=checkout_env(),
+                            start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -157,6 +159,19 @@ def kill_holders(pgid: int, path: Path) -> set[int]:
         except OSError:  # the process or the descriptor went away meanwhile
             continue
     return killed
+
+
+def kill_holders_while_running(process: subprocess.Popen, pgid: int, target: Path, output: Path,
+                                times: int = 1_000_000) -> tuple[str, set[int]]:
+    """Until `process` ends, SIGKILL the processes of group `pgid` that hold video `target` open, as a decoder
+    crash or the out-of-memory killer would end them, up to `times` of them; returns (stderr, pids killed). Not
+    once `output` (the target's output base) is committed: its worker holds the video a moment longer."""
+    killed: set[int] = set()
+    while process.poll() is None:
+        if len(killed) < times and finished_meta(output) is None:
+            killed |= kill_holders(pgid, target)
+        time.sleep(0.005)
+    return process.communicate()[1], killed
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

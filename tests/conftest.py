@@ -22,6 +22,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         pytest.exit(f"test data not found at {DATA}: clone the project next to shared/", returncode=4)
 
 
+# OpenCV TV-L1 with its defaults on RubberWhale: 0.1568 measured here (MANIFEST.md: "about 0.156").
+TVL1_EPE_RUBBERWHALE = 0.1568
+
+
 def gray(path: Path) -> np.ndarray:
     """An image file as gray uint8, the way mmaction2 and TSN convert (imread BGR, COLOR_BGR2GRAY)."""
     image = cv2.imread(str(path))
@@ -39,8 +43,12 @@ def rubberwhale() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return gray(frames / "frame10.png"), gray(frames / "frame11.png"), gt
 
 
+def checkout_env() -> dict[str, str]:
+    """This process's environment with this checkout importable, for subprocesses."""
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m flowprep ARGS` as a real subprocess with this checkout importable."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "flowprep", *args], cwd=cwd or REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "flowprep", *args], cwd=cwd or REPO, env=checkout_env(),
                           capture_output=True, text=True, timeout=timeout)

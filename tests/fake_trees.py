@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from flowprep.config import DEFAULT_FLOW_TEMPLATES
-from flowprep.store import META_FORMAT, Naming, encode_jpeg, open_writer
+from flowprep.store import META_FORMAT, Naming, encode_flow_codes, encode_jpeg, open_writer
 
 SIZE = (12, 8)  # (width, height) pixels
 
@@ -33,11 +33,9 @@ def flow_files(naming: Naming, pairs: int, rgb_frames: int = 0, size: tuple[int,
     width, height = size
     files = []
     for k in range(pairs):
-        x, y = np.full((height, width), x_code(k), np.uint8), np.full((height, width), y_code(k), np.uint8)
-        if naming.layout == "xy0":
-            files.append((naming.xy(k), encode_jpeg(np.dstack([x, y, np.zeros_like(x)]), 95, rgb=True)))
-        else:
-            files += [(naming.flow("x", k), encode_jpeg(x, 95)), (naming.flow("y", k), encode_jpeg(y, 95))]
+        codes = np.empty((height, width, 2), np.uint8)
+        codes[..., 0], codes[..., 1] = x_code(k), y_code(k)
+        files += zip(naming.pair_names(k), encode_flow_codes(codes, naming.layout, 95))
     for k in range(rgb_frames):
         files.append((naming.img(k), encode_jpeg(np.full((height, width, 3), rgb_code(k), np.uint8), 95, rgb=True)))
     return files

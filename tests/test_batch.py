@@ -10,7 +10,7 @@ from batchdata import CARPHONE, broken_videos, output_digest, temporaries
 from conftest import VIDEOS, run_cli
 
 from flowprep.batch import discover
-from flowprep.errors import ConfigError
+from flowprep.errors import ConfigError, OutputError
 from flowprep.store import finished_meta, open_output
 
 
@@ -74,7 +74,7 @@ def test_bad_videos_fail_alone_and_are_named_with_reasons(mixed_run):
 def open_output_exists(base: str) -> bool:
     try:
         open_output(base).close()
-    except Exception:
+    except OutputError:
         return False
     return True
 

@@ -11,14 +11,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 
 import pytest
 from batchdata import (
-    CARPHONE, broken_videos, class_tree, kill_group, kill_holders, output_digest, start_cli, temporaries,
+    CARPHONE, broken_videos, class_tree, kill_group, kill_holders_while_running, output_digest, start_cli, temporaries,
 )
-from conftest import REPO, VIDEOS, run_cli
+from conftest import VIDEOS, checkout_env, run_cli
 
 from flowprep.store import finished_meta
 
@@ -80,7 +79,7 @@ def _dask_cluster(scratch, scheduler_config: dict[str, str] | None = None):
     """A Dask scheduler and one worker (1 process, 1 thread, under a nanny) started with Dask's own CLI; yields
     the scheduler's address and the worker's process group (its own session, so tests can find its processes)."""
     bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = checkout_env()
     address = f"tcp://127.0.0.1:{_free_port()}"
     processes = []
     try:
@@ -139,12 +138,7 @@ def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_pat
     config = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     with _dask_cluster(tmp_path_factory.mktemp("dask"), config) as (address, worker_group):
         process = start_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
-        killed = set()
-        while process.poll() is None:
-            if finished_meta(tmp_path / "C1" / "v0") is None:  # not in the moment after its commit
-                killed |= kill_holders(worker_group, target)
-            time.sleep(0.005)
-        _, stderr = process.communicate()
+        stderr, killed = kill_holders_while_running(process, worker_group, target, tmp_path / "C1" / "v0")
     assert len(killed) == 1 and process.returncode == 1, stderr
     failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").open()]
     assert [failure["source"] for failure in failures] == [str(target)]

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 from batchdata import (
-    class_tree, group_alive, group_commands, kill_group, kill_holders, output_digest, start_cli, temporaries,
+    class_tree, group_alive, group_commands, kill_group, kill_holders_while_running, output_digest, start_cli, temporaries,
     wait_for,
 )
 from conftest import run_cli
@@ -120,17 +120,11 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(videos, clean, tmp_path):
 
 
 def _run_killing_holders(videos, out, target, times):
-    """A --jobs 2 run in which the worker holding `target` open is SIGKILLed, as a decoder crash or the
-    out-of-memory killer would end it, up to `times` times; returns (process, stderr, pids killed). Not once
-    the target's output is committed: its worker still holds the video open for a moment after that."""
-    output = out / target.relative_to(videos).with_suffix("")
+    """A --jobs 2 run whose worker holding `target` open is SIGKILLed up to `times` times: (process, stderr,
+    pids killed)."""
     process = start_cli("extract", str(videos), str(out), "--jobs", "2", *ARGS)
-    killed = set()
-    while process.poll() is None:
-        if len(killed) < times and finished_meta(output) is None:
-            killed |= kill_holders(process.pid, target)
-        time.sleep(0.005)
-    _, stderr = process.communicate()
+    stderr, killed = kill_holders_while_running(process, process.pid, target,
+                                                out / target.relative_to(videos).with_suffix(""), times)
     return process, stderr, killed
 
 

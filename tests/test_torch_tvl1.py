@@ -1,11 +1,8 @@
 """TV-L1 in PyTorch (device torch-cpu): accuracy against OpenCV on published ground truth, batching, streaming."""
-import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -18,7 +15,7 @@ from flowprep.flow.opencv import OpenCVTVL1  # noqa: E402
 from flowprep.flow.torch_tvl1 import TorchTVL1, tvl1_flow  # noqa: E402
 from flowprep.flowio import endpoint_error, read_flo  # noqa: E402
 
-from conftest import MIDDLEBURY, REPO, SINTEL  # noqa: E402
+from conftest import MIDDLEBURY, REPO, SINTEL, TVL1_EPE_RUBBERWHALE, checkout_env, gray  # noqa: E402
 
 RUBBER = MIDDLEBURY / "other-data/RubberWhale"
 
@@ -33,12 +30,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def gray(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path))
-    assert image is not None, path
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-
-
 def opencv_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     return OpenCVTVL1().compute(prev, nxt)
 
@@ -50,16 +41,15 @@ def torch_flows(prevs: list[np.ndarray], nxts: list[np.ndarray]) -> np.ndarray:
 
 def test_import_does_not_import_torch():
     code = "import sys, flowprep.flow.torch_tvl1, flowprep.flow.nvof; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=checkout_env())
 
 
 @pytest.mark.slow
-def test_rubberwhale_epe_within_10_percent_of_opencv():
-    prev, nxt = gray(RUBBER / "frame10.png"), gray(RUBBER / "frame11.png")
-    gt = read_flo(MIDDLEBURY / "other-gt-flow/RubberWhale/flow10.flo")
+def test_rubberwhale_epe_within_10_percent_of_opencv(rubberwhale):
+    prev, nxt, gt = rubberwhale
     ours = endpoint_error(torch_flows([prev], [nxt])[0], gt)
     reference = endpoint_error(opencv_flow(prev, nxt), gt)
-    assert reference == pytest.approx(0.1568, abs=0.002)  # MANIFEST.md
+    assert reference == pytest.approx(TVL1_EPE_RUBBERWHALE, abs=0.002)
     assert ours <= 1.10 * reference, (ours, reference)
 
 
@@ -169,9 +159,8 @@ def test_missing_torch_is_explained(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu_on_rubberwhale():
-    prev, nxt = gray(RUBBER / "frame10.png"), gray(RUBBER / "frame11.png")
-    gt = read_flo(MIDDLEBURY / "other-gt-flow/RubberWhale/flow10.flo")
+def test_cuda_matches_cpu_on_rubberwhale(rubberwhale):
+    prev, nxt, gt = rubberwhale
     on_gpu = create_backend(FlowConfig(algo="tvl1", device="cuda")).compute(prev, nxt)
     assert endpoint_error(on_gpu, gt) <= 1.10 * endpoint_error(opencv_flow(prev, nxt), gt)
 

@@ -11,9 +11,8 @@ from flowprep import FlowConfig, create_backend
 from flowprep.flow.opencv import OpenCVTVL1
 from flowprep.flowio import endpoint_error
 
-from conftest import run_cli
+from conftest import TVL1_EPE_RUBBERWHALE, run_cli
 
-DEFAULTS_EPE_RUBBERWHALE = 0.157  # OpenCV's defaults, docs/benchmarks.md and ../shared/data/MANIFEST.md
 
 
 def test_fast_preset_is_applied_and_overridable() -> None:
@@ -38,4 +37,4 @@ def test_backends_lists_the_preset() -> None:
 def test_fast_preset_keeps_rubberwhale_accuracy(rubberwhale: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     prev, nxt, gt = rubberwhale
     flow = create_backend(FlowConfig(algo="tvl1", preset="fast")).compute(prev, nxt)
-    assert endpoint_error(flow, gt) <= 1.15 * DEFAULTS_EPE_RUBBERWHALE
+    assert endpoint_error(flow, gt) <= 1.15 * TVL1_EPE_RUBBERWHALE
