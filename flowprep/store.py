@@ -321,8 +321,8 @@ class OutputReader(ABC):
         return meta
 
     def read_image(self, name: str, *, rgb: bool = False) -> np.ndarray:
-        # os.path.join, not Path '/': this runs once per frame when training, and pathlib joins cost as much
-        # as reading a small JPEG.
+        # os.path.join, not Path '/': this runs once per frame when training, and a pathlib join costs about a
+        # third of reading a small JPEG.
         return decode_jpeg(self.read(name), os.path.join(self.path, name), rgb=rgb)
 
     def __enter__(self) -> OutputReader:
@@ -341,7 +341,7 @@ class DirectoryReader(OutputReader):
 
     def read(self, name: str) -> bytes:
         try:
-            # Unbuffered: one read of the whole file, without a buffer object (9 us a file instead of 12).
+            # Unbuffered: one read of the whole file, without a buffer object (about a fifth less time a file).
             with open(os.path.join(self.path, name), "rb", buffering=0) as f:
                 return f.read()
         except OSError as exc:
@@ -349,8 +349,8 @@ class DirectoryReader(OutputReader):
 
 
 class ZipReader(OutputReader):
-    """Stored members are read with one pread each and checked against their CRC-32: 3.4 us a member against
-    zipfile's 21 us, which is a tenth of a frame's decode in a data loader. Others go through zipfile."""
+    """Stored members are read with one pread each and checked against their CRC-32, several times faster than
+    zipfile's read (2-5 us against 12-22 us for a 5-7 KB JPEG, measured twice); others go through zipfile."""
 
     def __init__(self, path: Path):
         super().__init__(path)
