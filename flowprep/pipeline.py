@@ -1,6 +1,7 @@
 """One video end to end: decode -> flow -> quantize -> JPEG -> atomic commit with meta.json last.
 
-Frames stream through; memory holds a couple of frames (a batch for batched backends), never the video.
+Frames stream through; memory holds a couple of frames (a batch for batched backends), never the video,
+except with the decord reader, whose decoder thread runs ahead of a slower consumer (config.AUTO_DECODERS).
 """
 from __future__ import annotations
 
