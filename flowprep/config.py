@@ -18,6 +18,9 @@ PACKS = ("dir", "zip")
 # Suffixes taken for videos (lower case): batch discovery and split lists' "Class/video.avi" names.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 DEFAULT_FLOW_TEMPLATES = {"separate": "flow_{}_{:05d}.jpg", "xy0": "flow_{:05d}.jpg"}
+# Backward flow (frame k+1 -> k) gets names that no "flow_x*" counter (TSN's build_file_list, mmaction2) matches.
+DEFAULT_BACKWARD_TEMPLATES = {"separate": "backflow_{}_{:05d}.jpg", "xy0": "backflow_{:05d}.jpg"}
+DIRECTIONS = ("forward", "backward")
 # Fields a template must have: the separate layout names the axis ("x"/"y") then the index.
 _TEMPLATE_FIELDS = {"separate": 2, "xy0": 1}
 
@@ -90,6 +93,8 @@ class StoreConfig:
     jpeg_quality: int = 95
     layout: str = "separate"
     flow_template: str | None = None  # None: the layout's default
+    backward_template: str | None = None  # None: the layout's default backward names
+    directions: tuple[str, ...] = ("forward",)  # which flows are written: forward (k -> k+1), backward (k+1 -> k)
     img_template: str = "img_{:05d}.jpg"
     start_index: int = 1
     rgb: bool = False
@@ -107,12 +112,24 @@ class StoreConfig:
             raise ConfigError(f"pack must be one of {', '.join(PACKS)}; got {self.pack!r}")
         if self.start_index < 0:
             raise ConfigError(f"start_index must be >= 0, got {self.start_index!r}")
+        object.__setattr__(self, "directions", tuple(self.directions))
+        if not self.directions or any(d not in DIRECTIONS for d in self.directions) or len(set(self.directions)) != len(
+            self.directions
+        ):
+            raise ConfigError(f"directions must be one or both of {', '.join(DIRECTIONS)}; got {self.directions!r}")
         _check_template("flow_template", self.resolved_flow_template, _TEMPLATE_FIELDS[self.layout])
+        _check_template("backward_template", self.resolved_backward_template, _TEMPLATE_FIELDS[self.layout])
+        if self.resolved_backward_template == self.resolved_flow_template:
+            raise ConfigError(f"backward_template and flow_template must differ; both are {self.resolved_flow_template!r}")
         _check_template("img_template", self.img_template, 1)
 
     @property
     def resolved_flow_template(self) -> str:
         return self.flow_template or DEFAULT_FLOW_TEMPLATES[self.layout]
+
+    @property
+    def resolved_backward_template(self) -> str:
+        return self.backward_template or DEFAULT_BACKWARD_TEMPLATES[self.layout]
 
 
 def _check_template(name: str, template: str, fields: int) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import DEFAULT_FLOW_TEMPLATES, LAYOUTS, StoreConfig
+from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, LAYOUTS, StoreConfig
 from .errors import OutputError
 
 META_NAME = "meta.json"
@@ -43,41 +43,58 @@ _pread = getattr(os, "pread", None)  # POSIX only; elsewhere zipfile reads
 
 @dataclass(frozen=True)
 class Naming:
-    """File names of one video's output; indices passed in are 0-based, names start at `start_index`."""
+    """File names of one video's output; indices passed in are 0-based, names start at `start_index`.
+
+    `direction` is "forward" (flow k -> k+1, flow_template) or "backward" (k+1 -> k, backward_template).
+    """
 
     layout: str = "separate"
     flow_template: str = DEFAULT_FLOW_TEMPLATES["separate"]
     img_template: str = StoreConfig.img_template
     start_index: int = StoreConfig.start_index
+    backward_template: str = DEFAULT_BACKWARD_TEMPLATES["separate"]
 
     @classmethod
     def from_config(cls, store: StoreConfig) -> Naming:
-        return cls(store.layout, store.resolved_flow_template, store.img_template, store.start_index)
+        return cls(store.layout, store.resolved_flow_template, store.img_template, store.start_index,
+                   store.resolved_backward_template)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Naming:
         s = meta["settings"]
-        return cls(s["layout"], s["flow_template"], s["img_template"], s["start_index"])
+        # Trees written before backward flow existed have no backward_template: they hold forward flow only.
+        backward = s.get("backward_template") or DEFAULT_BACKWARD_TEMPLATES[s["layout"]]
+        return cls(s["layout"], s["flow_template"], s["img_template"], s["start_index"], backward)
 
-    def flow(self, axis: str, index: int) -> str:
+    def template(self, direction: str = "forward") -> str:
+        """The flow file template of `direction`."""
+        if direction == "forward":
+            return self.flow_template
+        if direction == "backward":
+            return self.backward_template
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+
+    def flow(self, axis: str, index: int, direction: str = "forward") -> str:
         """Name of the `axis` ('x' or 'y') image of pair `index` in the separate layout."""
-        return self.flow_template.format(axis, index + self.start_index)
+        return self.template(direction).format(axis, index + self.start_index)
 
-    def xy(self, index: int) -> str:
+    def xy(self, index: int, direction: str = "forward") -> str:
         """Name of the 3-channel (x, y, 0) image of pair `index` in the xy0 layout."""
-        return self.flow_template.format(index + self.start_index)
+        return self.template(direction).format(index + self.start_index)
 
     def img(self, index: int) -> str:
         """Name of RGB frame `index`."""
         return self.img_template.format(index + self.start_index)
 
-    def pair_names(self, index: int) -> list[str]:
+    def pair_names(self, index: int, direction: str = "forward") -> list[str]:
         """The files of pair `index`: [x, y] in the separate layout, [xy] in xy0 (encode_flow_codes' order)."""
-        return [self.xy(index)] if self.layout == "xy0" else [self.flow("x", index), self.flow("y", index)]
+        if self.layout == "xy0":
+            return [self.xy(index, direction)]
+        return [self.flow("x", index, direction), self.flow("y", index, direction)]
 
-    def flow_pattern(self) -> re.Pattern[str]:
+    def flow_pattern(self, direction: str = "forward") -> re.Pattern[str]:
         """Regex matching this naming's flow file names (groups: 'axis' in the separate layout, 'index')."""
-        return template_pattern(self.flow_template)
+        return template_pattern(self.template(direction))
 
     def img_pattern(self) -> re.Pattern[str]:
         """Regex matching this naming's RGB frame file names (group 'index')."""
