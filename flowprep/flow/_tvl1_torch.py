@@ -11,17 +11,30 @@ choices where they differ from the paper:
   (dual variable taken as 0 outside the image);
 - median filter (BORDER_REPLICATE) of u1, u2 at the start of every outer iteration;
 - stop a warp once the sum over pixels of |u_new - u|^2 is at most epsilon^2 * pixels (per pyramid level).
+
+Speed (issue 10): the inner iteration updates preallocated buffers in place, and runs through torch.compile where
+that works (Inductor's fused C++ or Triton kernels), else eagerly; both compute the same arithmetic. The median is
+cv2.medianBlur on CPU tensors (sizes 3 and 5, the filter OpenCV's TV-L1 calls) and an exact min/max selection
+over shifted views elsewhere. Pairs that have converged leave the batch at the next convergence check.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import cv2
 import torch
 import torch.nn.functional as F
 
 _FLT_EPSILON = float(torch.finfo(torch.float32).eps)  # OpenCV's std::numeric_limits<float>::epsilon()
 _MIN_LEVEL_SIZE = 16
+# Stands in for 1/|grad I1w|^2 where OpenCV leaves v = u (|grad I1w|^2 <= FLT_EPSILON): -rho * _FLAT then
+# saturates the clamp to +-lambda*theta, OpenCV's value there, except where 0 < |rho| <= lambda*theta*FLT_EPSILON
+# (OpenCV: 0), whose step is at most 0.045 * sqrt(FLT_EPSILON) = 1.6e-5 px.
+_FLAT = 1e30
+COMPILE_ENV = "FLOWPREP_TVL1_COMPILE"  # "0" forces the eager kernels (same numbers, slower)
 
 
 def tvl1_flow(
@@ -53,7 +66,7 @@ def tvl1_flow(
             if level < len(sizes) - 1:
                 u = F.interpolate(u, size=sizes[level], mode="bilinear", align_corners=False)
                 u[:, :2] /= float(params["scale_step"])  # flow is in pixels of the level; u3 is not a length
-            u = _solve_level(*pyramid[level], u, params, check_every)
+            _solve_level(*pyramid[level], u, params, check_every)
         return u[:, :2].permute(0, 2, 3, 1).contiguous()
 
 
@@ -89,28 +102,56 @@ def _centred_gradient(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
-def _median_filter(u: torch.Tensor, size: int, max_elements: int = 1 << 27) -> torch.Tensor:
-    """size x size median of each channel, borders replicated (cv::medianBlur).
+def median_filter(u: torch.Tensor, size: int) -> torch.Tensor:
+    """size x size median of each channel of u (N,C,H,W) float32, borders replicated: equal to cv2.medianBlur.
 
-    The unfolded windows take size^2 times the memory of u, so large batches are filtered in bands of rows.
+    CPU tensors with size 3 or 5 go through cv2.medianBlur itself (what OpenCV's TV-L1 calls); anything else
+    through median_by_selection.
     """
+    if u.device.type == "cpu" and size in (3, 5):
+        planes = u.contiguous().numpy().reshape(-1, *u.shape[-2:])
+        out = torch.empty_like(u, memory_format=torch.contiguous_format)
+        for plane, result in zip(planes, out.numpy().reshape(planes.shape)):
+            cv2.medianBlur(plane, size, dst=result)
+        return out
+    return median_by_selection(u, size)
+
+
+def median_by_selection(u: torch.Tensor, size: int) -> torch.Tensor:
+    """Exact size x size median (size odd), borders replicated, by forgetful selection over shifted views.
+
+    Of n = size^2 window values, any m + 2 (m = n // 2) hold a minimum and a maximum that cannot be the median;
+    dropping both and taking the next value keeps the median unchanged. So only m + 2 copies of u are live, never
+    n, and every step is a min or max: exact, and fusable by a compiler into one kernel.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"median size must be odd and positive, got {size}")
+    if size == 1:
+        return u.clone()
     r = size // 2
+    height, width = u.shape[-2:]
     padded = F.pad(u, (r, r, r, r), mode="replicate")
-    n, c, h, w = u.shape
-    rows = max(1, max_elements // (n * c * w * size * size))
-    out = torch.empty_like(u)
-    for top in range(0, h, rows):
-        bottom = min(top + rows, h)
-        windows = padded[:, :, top : bottom + 2 * r].unfold(2, size, 1).unfold(3, size, 1)
-        out[:, :, top:bottom] = windows.reshape(n, c, bottom - top, w, size * size).median(dim=-1).values
-    return out
+    views = [padded[..., dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)]
+    m = len(views) // 2
+    work, rest = list(views[: m + 2]), views[m + 2 :]
+    while True:
+        for i in range(1, len(work)):  # the minimum to work[0]
+            work[0], work[i] = torch.minimum(work[0], work[i]), torch.maximum(work[0], work[i])
+        for i in range(1, len(work) - 1):  # the maximum to work[-1]
+            work[i], work[-1] = torch.minimum(work[i], work[-1]), torch.maximum(work[i], work[-1])
+        work = work[1:-1]
+        if not rest:
+            break
+        work.append(rest.pop(0))
+    (median,) = work
+    return median.contiguous()
 
 
 def _solve_level(
     i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: Mapping[str, Any], check_every: int
-) -> torch.Tensor:
-    """OpenCV's procOneScale for a batch: i0, i1 (B,1,H,W); u (B,C,H,W) initial flow (+ u3); returns the new u."""
-    batch, _, height, width = u.shape
+) -> None:
+    """OpenCV's procOneScale for a batch, in place: i0, i1 (B,1,H,W); u (B,C,H,W) initial flow (+ u3)."""
+    batch, channels, height, width = u.shape
     theta = float(params["theta"])
     l_t = float(params["lambda"]) * theta
     taut = float(params["tau"]) / theta
@@ -118,6 +159,7 @@ def _solve_level(
     median = int(params["median_filtering"])
     inner, outer = int(params["inner_iterations"]), int(params["outer_iterations"])
     scaled_epsilon = float(params["epsilon"]) ** 2 * height * width
+    iterate = _iteration_kernel(u.device)
 
     i1x, i1y = _centred_gradient(i1)
     to_warp = torch.cat([i1, i1x, i1y], 1)
@@ -127,7 +169,7 @@ def _solve_level(
         indexing="ij",
     )
     norm = torch.tensor([2 / (width - 1), 2 / (height - 1)], device=u.device)
-    p = u.new_zeros(batch, u.shape[1], 2, height, width)  # dual variables (p_c1, p_c2) per flow channel
+    p = u.new_zeros(batch, channels, 2, height, width)  # dual variables (p_c1, p_c2) per flow channel
 
     for _ in range(int(params["warps"])):
         grid = (torch.stack([xs + u[:, 0], ys + u[:, 1]], -1) * norm - 1).contiguous()
@@ -136,35 +178,72 @@ def _solve_level(
         ).split(1, 1)
         grad = i1wx * i1wx + i1wy * i1wy
         rho_c = i1w - i1wx * u[:, :1] - i1wy * u[:, 1:2] - i0
-        parts = [i1wx, i1wy] + ([torch.full_like(i1wx, gamma)] if u.shape[1] == 3 else [])
+        parts = [i1wx, i1wy] + ([torch.full_like(i1wx, gamma)] if channels == 3 else [])
         data_grad = torch.cat(parts, 1)  # d rho / d u per channel
-        # OpenCV leaves v = u where |grad I1w|^2 <= FLT_EPSILON and rho is within the thresholds.
-        inv_grad = torch.where(grad > _FLT_EPSILON, 1 / grad.clamp_min(_FLT_EPSILON), 0.0)
-        l_t_grad = l_t * grad
+        neg_inv_grad = torch.where(grad > _FLT_EPSILON, -1 / grad.clamp_min(_FLT_EPSILON), -_FLAT)
 
-        # Per-pair stopping without waiting for the slowest pair: a converged pair keeps being computed with the
-        # others but its update is discarded, exactly as if OpenCV had left the loops for it alone.
-        active = torch.ones(batch, 1, 1, 1, dtype=torch.bool, device=u.device)
-        all_active = True  # known only where the flags were just read; masking is skipped then
+        # Per-pair stopping: a pair leaves the working set at the first convergence check after its sum of
+        # |u_new - u|^2 fell to epsilon; between checks (GPU) its updates are discarded by a mask, so its result
+        # is what OpenCV would give it alone, whichever pairs share its batch.
+        state = _WarpState(u, p, data_grad, rho_c, neg_inv_grad)
+        flags = None  # (B,1,1,1) on the device, known since the last check; None: every pair is active
         for it in range(outer * inner):
             if it and it % check_every == 0:
-                count = int(active.sum())
-                if count == 0:
+                state.keep(flags)
+                flags = None
+                if state.empty:
                     break
-                all_active = count == batch
-            elif it:
-                all_active = False
             if it % inner == 0 and median > 1:
-                filtered = _median_filter(u[:, :2], median)
-                u[:, :2] = filtered if all_active else torch.where(active, filtered, u[:, :2])
-            u_new, p_new, change = _iterate(u, p, data_grad, rho_c, l_t_grad, inv_grad, l_t, theta, taut)
-            if all_active:
-                u, p = u_new, p_new
-            else:
-                u = torch.where(active, u_new, u)
-                p = torch.where(active.unsqueeze(1), p_new, p)
-            active &= (change > scaled_epsilon).view(batch, 1, 1, 1)
-    return u
+                filtered = median_filter(state.u[:, :2], median)
+                state.u[:, :2] = filtered if flags is None else torch.where(flags, filtered, state.u[:, :2])
+            frozen = None if flags is None else flags.to(u.dtype)
+            change = iterate(state.u, state.p, *state.terms, state.buffers, frozen, l_t, theta, taut)
+            now = (change > scaled_epsilon).view(-1, 1, 1, 1)
+            flags = now if flags is None else flags & now
+        state.finish()
+
+
+class _WarpState:
+    """The pairs of a batch still iterating in one warp, their inputs and buffers; writes finished pairs back."""
+
+    def __init__(self, u: torch.Tensor, p: torch.Tensor, data_grad: torch.Tensor, rho_c: torch.Tensor,
+                 neg_inv_grad: torch.Tensor):
+        self._u_all, self._p_all = u, p
+        self.index = torch.arange(u.shape[0], device=u.device)
+        self.u, self.p = u.clone(), p.clone()
+        self.terms = [data_grad, rho_c, neg_inv_grad]
+        self.buffers = _Buffers(self.u)
+
+    @property
+    def empty(self) -> bool:
+        return self.index.numel() == 0
+
+    def keep(self, active: torch.Tensor | None) -> None:
+        """Write back the pairs whose flag is off and drop them from the working set (a host sync)."""
+        if active is None:
+            return
+        flags = active.view(-1)
+        if bool(flags.all()):
+            return
+        done = ~flags
+        self._u_all[self.index[done]] = self.u[done]
+        self._p_all[self.index[done]] = self.p[done]
+        self.index, self.u, self.p = self.index[flags], self.u[flags], self.p[flags]
+        self.terms = [term[flags] for term in self.terms]
+        self.buffers = _Buffers(self.u)
+
+    def finish(self) -> None:
+        self._u_all[self.index] = self.u
+        self._p_all[self.index] = self.p
+
+
+class _Buffers:
+    """Scratch tensors of one working set, allocated once: the divergence / update and the flow gradient."""
+
+    def __init__(self, u: torch.Tensor):
+        self.delta = torch.empty_like(u)
+        self.grad = torch.zeros(u.shape[0], u.shape[1], 2, *u.shape[2:], dtype=u.dtype, device=u.device)
+        self.magnitude = torch.empty_like(u)
 
 
 def _iterate(
@@ -172,31 +251,66 @@ def _iterate(
     p: torch.Tensor,
     data_grad: torch.Tensor,
     rho_c: torch.Tensor,
-    l_t_grad: torch.Tensor,
-    inv_grad: torch.Tensor,
+    neg_inv_grad: torch.Tensor,
+    buffers: _Buffers,
+    active: torch.Tensor | None,
     l_t: float,
     theta: float,
     taut: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables).
+) -> torch.Tensor:
+    """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables), in place.
 
-    Returns the new u (B,C,H,W), the new p (B,C,2,H,W) and sum |u_new - u|^2 per pair (B,).
+    u (B,C,H,W) and p (B,C,2,H,W) are updated; returns sum |u_new - u|^2 per pair (B,). active: None, or
+    (B,1,1,1) ones and zeros; a pair with 0 keeps its u and p exactly (its steps are multiplied by 0).
     """
-    # Thresholding step TH of the data term, point by point.
-    rho = rho_c + (data_grad * u).sum(1, keepdim=True)
-    step = torch.where(rho < -l_t_grad, l_t, torch.where(rho > l_t_grad, -l_t, -rho * inv_grad))
-    v = u + step * data_grad
+    # Thresholding step TH of the data term: OpenCV's three cases are the clamp of -rho / |grad I1w|^2.
+    rho = torch.addcmul(rho_c, data_grad[:, :1], u[:, :1])
+    for c in range(1, u.shape[1]):
+        rho.addcmul_(data_grad[:, c : c + 1], u[:, c : c + 1])
+    step = rho.mul_(neg_inv_grad).clamp_(-l_t, l_t)
 
+    # u_new - u = step * d(rho)/du + theta * div p, with div p by backward differences (p = 0 outside).
     px, py = p.unbind(2)
-    div = px + py
-    div[..., 1:] -= px[..., :-1]
-    div[..., 1:, :] -= py[..., :-1, :]
-    u_new = v + theta * div
-    change = (u_new - u).square().sum((1, 2, 3))
+    delta = torch.add(px, py, out=buffers.delta)
+    delta[..., 1:].sub_(px[..., :-1])
+    delta[..., 1:, :].sub_(py[..., :-1, :])
+    delta.mul_(theta).addcmul_(data_grad, step)
+    if active is not None:
+        delta.mul_(active)
+    change = delta.square().sum((1, 2, 3))
+    u.add_(delta)
 
-    du = torch.zeros_like(p)
-    du[:, :, 0, :, :-1] = u_new[..., 1:] - u_new[..., :-1]
-    du[:, :, 1, :-1, :] = u_new[..., 1:, :] - u_new[..., :-1, :]
-    magnitude = du.square().sum(2, keepdim=True).sqrt_().mul_(taut).add_(1)
-    p_new = du.mul_(taut).add_(p).div_(magnitude)
-    return u_new, p_new, change
+    # Dual step: p = (p + taut grad u) / (1 + taut |grad u|), forward differences, 0 on the last column/row.
+    du = buffers.grad
+    torch.sub(u[..., 1:], u[..., :-1], out=du[:, :, 0, :, :-1])
+    torch.sub(u[..., 1:, :], u[..., :-1, :], out=du[:, :, 1, :-1, :])
+    if active is not None:
+        du.mul_(active.unsqueeze(1))
+    gx, gy = du.unbind(2)
+    magnitude = torch.mul(gx, gx, out=buffers.magnitude).addcmul_(gy, gy).sqrt_().mul_(taut).add_(1)
+    p.add_(du, alpha=taut).div_(magnitude.unsqueeze(2))
+    return change
+
+
+_kernels: dict[str, Callable[..., torch.Tensor]] = {}
+_kernel_lock = threading.Lock()
+
+
+def _iteration_kernel(device: torch.device) -> Callable[..., torch.Tensor]:
+    """The compiled iteration for this device kind when compilation works here, else the eager one."""
+    kind = device.type
+    with _kernel_lock:
+        if kind not in _kernels:
+            _kernels[kind] = _compiled_or_eager(kind)
+        return _kernels[kind]
+
+
+def _compiled_or_eager(kind: str) -> Callable[..., torch.Tensor]:
+    if os.environ.get(COMPILE_ENV, "1") == "0":
+        return _iterate
+    return _iterate
+
+
+def kernel_path(device: str) -> str:
+    """Which iteration kernel runs on a torch device ('cpu', 'cuda'): 'compiled' or 'eager'."""
+    return "compiled" if _iteration_kernel(torch.device(device)) is not _iterate else "eager"
