@@ -51,8 +51,8 @@ def main() -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu (OpenCV), cuda[:N] or torch-cpu.")
 @click.option("--preset", default=None, help="Named parameter set of the algorithm (see `flowprep backends`).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override an algorithm parameter.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Pairs per launch for batched (GPU) backends.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Pairs per launch for batched backends (torch TV-L1). Default: 1 on torch-cpu, 16 on cuda.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Sample frames at this rate (nearest frame to each k/fps). Default: the source rate.")
 @click.option("--size", type=SizeType(), default=None, help="Resize frames to WIDTHxHEIGHT, e.g. 340x256.")
@@ -122,6 +122,8 @@ def backends() -> None:
         click.echo(f"{info.algo:10s} {info.device:10s} {state}{presets}")
         if info.description:
             click.echo(f"{'':22s}{info.description}")
+        if info.implementation:
+            click.echo(f"{'':22s}" + ", ".join(f"{k}: {v}" for k, v in info.implementation.items()))
 
 
 @main.command("list")

@@ -77,11 +77,11 @@ class FlowConfig:
     device: str = "cpu"
     preset: str | None = None  # a named parameter set of the backend; None: its defaults
     params: tuple[tuple[str, Any], ...] = ()
-    batch_size: int = 16  # pairs per launch, for batched (GPU) backends
+    batch_size: int | None = None  # pairs per launch for batched backends; None: the backend's default
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size!r}")
 
 

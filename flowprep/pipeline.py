@@ -226,6 +226,7 @@ def _extract(
         "decoder": reader.name,
         "decoder_problems": problems,
         "settings": settings_of(config, backend.params),
+        "flow_implementation": backend.implementation(),
         "versions": {
             "flowprep": __version__,
             "numpy": np.__version__,

@@ -89,6 +89,7 @@ class BackendInfo:
     reason: str  # why it cannot run here; "" when usable
     description: str
     presets: tuple[str, ...]
+    implementation: dict[str, Any]  # how it computes here with its defaults; {} when unusable or nothing to say
 
 
 def list_backends() -> list[BackendInfo]:
@@ -99,7 +100,9 @@ def list_backends() -> list[BackendInfo]:
             cls = backend_class(algo, kind)
             reason = cls.availability(kind) or ""
             description, presets = cls.description, tuple(sorted(cls.presets))
+            implementation = {} if reason else cls.describe_implementation(kind, cls.check_params(),
+                                                                           cls.default_batch_size(kind))
         except ImportError as exc:
-            reason, description, presets = str(exc), "", ()
-        infos.append(BackendInfo(algo, kind, not reason, reason, description, presets))
+            reason, description, presets, implementation = str(exc), "", (), {}
+        infos.append(BackendInfo(algo, kind, not reason, reason, description, presets, implementation))
     return infos

@@ -12,16 +12,14 @@ choices where they differ from the paper:
 - median filter (BORDER_REPLICATE) of u1, u2 at the start of every outer iteration;
 - stop a warp once the sum over pixels of |u_new - u|^2 is at most epsilon^2 * pixels (per pyramid level).
 
-Speed (issue 10): the inner iteration updates preallocated buffers in place, and runs through torch.compile where
-that works (Inductor's fused C++ or Triton kernels), else eagerly; both compute the same arithmetic. The median is
-cv2.medianBlur on CPU tensors (sizes 3 and 5, the filter OpenCV's TV-L1 calls) and an exact min/max selection
-over shifted views elsewhere. Pairs that have converged leave the batch at the next convergence check.
+Speed: the inner iteration updates preallocated buffers in place (about 17 passes over memory, no allocation),
+in eager PyTorch: torch.compile of it was measured slower on CPU (docs/benchmarks.md). The median is cv2.medianBlur
+on CPU tensors (sizes 3 and 5, the filter OpenCV's TV-L1 calls) and an exact min/max selection over shifted views
+elsewhere. Pairs that have converged leave the batch at the next convergence check.
 """
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -34,7 +32,6 @@ _MIN_LEVEL_SIZE = 16
 # saturates the clamp to +-lambda*theta, OpenCV's value there, except where 0 < |rho| <= lambda*theta*FLT_EPSILON
 # (OpenCV: 0), whose step is at most 0.045 * sqrt(FLT_EPSILON) = 1.6e-5 px.
 _FLAT = 1e30
-COMPILE_ENV = "FLOWPREP_TVL1_COMPILE"  # "0" forces the eager kernels (same numbers, slower)
 
 
 def tvl1_flow(
@@ -102,13 +99,18 @@ def _centred_gradient(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
+def median_method(device: torch.device, size: int) -> str:
+    """How median_filter filters on `device`: 'cv2.medianBlur' or 'selection'."""
+    return "cv2.medianBlur" if device.type == "cpu" and size in (3, 5) else "selection"
+
+
 def median_filter(u: torch.Tensor, size: int) -> torch.Tensor:
     """size x size median of each channel of u (N,C,H,W) float32, borders replicated: equal to cv2.medianBlur.
 
     CPU tensors with size 3 or 5 go through cv2.medianBlur itself (what OpenCV's TV-L1 calls); anything else
     through median_by_selection.
     """
-    if u.device.type == "cpu" and size in (3, 5):
+    if median_method(u.device, size) == "cv2.medianBlur":
         planes = u.contiguous().numpy().reshape(-1, *u.shape[-2:])
         out = torch.empty_like(u, memory_format=torch.contiguous_format)
         for plane, result in zip(planes, out.numpy().reshape(planes.shape)):
@@ -154,12 +156,12 @@ def _solve_level(
     batch, channels, height, width = u.shape
     theta = float(params["theta"])
     l_t = float(params["lambda"]) * theta
-    taut = float(params["tau"]) / theta
+    tau = float(params["tau"])
+    taut = tau / theta
     gamma = float(params["gamma"])
     median = int(params["median_filtering"])
     inner, outer = int(params["inner_iterations"]), int(params["outer_iterations"])
     scaled_epsilon = float(params["epsilon"]) ** 2 * height * width
-    iterate = _iteration_kernel(u.device)
 
     i1x, i1y = _centred_gradient(i1)
     to_warp = torch.cat([i1, i1x, i1y], 1)
@@ -169,7 +171,7 @@ def _solve_level(
         indexing="ij",
     )
     norm = torch.tensor([2 / (width - 1), 2 / (height - 1)], device=u.device)
-    p = u.new_zeros(batch, channels, 2, height, width)  # dual variables (p_c1, p_c2) per flow channel
+    p = u.new_zeros(batch, 2, channels, height, width)  # theta * the dual variables: (p_c1, p_c2) of each channel
 
     for _ in range(int(params["warps"])):
         grid = (torch.stack([xs + u[:, 0], ys + u[:, 1]], -1) * norm - 1).contiguous()
@@ -197,7 +199,7 @@ def _solve_level(
                 filtered = median_filter(state.u[:, :2], median)
                 state.u[:, :2] = filtered if flags is None else torch.where(flags, filtered, state.u[:, :2])
             frozen = None if flags is None else flags.to(u.dtype)
-            change = iterate(state.u, state.p, *state.terms, state.buffers, frozen, l_t, theta, taut)
+            change = _iterate(state.u, state.p, *state.terms, *state.buffers, frozen, l_t, tau, taut)
             now = (change > scaled_epsilon).view(-1, 1, 1, 1)
             flags = now if flags is None else flags & now
         state.finish()
@@ -212,7 +214,7 @@ class _WarpState:
         self.index = torch.arange(u.shape[0], device=u.device)
         self.u, self.p = u.clone(), p.clone()
         self.terms = [data_grad, rho_c, neg_inv_grad]
-        self.buffers = _Buffers(self.u)
+        self.buffers = _buffers(self.u)
 
     @property
     def empty(self) -> bool:
@@ -230,87 +232,64 @@ class _WarpState:
         self._p_all[self.index[done]] = self.p[done]
         self.index, self.u, self.p = self.index[flags], self.u[flags], self.p[flags]
         self.terms = [term[flags] for term in self.terms]
-        self.buffers = _Buffers(self.u)
+        self.buffers = _buffers(self.u)
 
     def finish(self) -> None:
         self._u_all[self.index] = self.u
         self._p_all[self.index] = self.p
 
 
-class _Buffers:
-    """Scratch tensors of one working set, allocated once: the divergence / update and the flow gradient."""
-
-    def __init__(self, u: torch.Tensor):
-        self.delta = torch.empty_like(u)
-        self.grad = torch.zeros(u.shape[0], u.shape[1], 2, *u.shape[2:], dtype=u.dtype, device=u.device)
-        self.magnitude = torch.empty_like(u)
+def _buffers(u: torch.Tensor) -> list[torch.Tensor]:
+    """Scratch tensors of one working set, allocated once: rho, the update of u, the flow gradient, its magnitude."""
+    grad = torch.zeros(u.shape[0], 2, *u.shape[1:], dtype=u.dtype, device=u.device)
+    return [torch.empty_like(u[:, :1]), torch.empty_like(u), grad, torch.empty_like(u)]
 
 
 def _iterate(
     u: torch.Tensor,
-    p: torch.Tensor,
+    q: torch.Tensor,
     data_grad: torch.Tensor,
     rho_c: torch.Tensor,
     neg_inv_grad: torch.Tensor,
-    buffers: _Buffers,
+    rho: torch.Tensor,
+    delta: torch.Tensor,
+    du: torch.Tensor,
+    magnitude: torch.Tensor,
     active: torch.Tensor | None,
     l_t: float,
-    theta: float,
+    tau: float,
     taut: float,
 ) -> torch.Tensor:
     """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables), in place.
 
-    u (B,C,H,W) and p (B,C,2,H,W) are updated; returns sum |u_new - u|^2 per pair (B,). active: None, or
-    (B,1,1,1) ones and zeros; a pair with 0 keeps its u and p exactly (its steps are multiplied by 0).
+    u (B,C,H,W) and q = theta * p (B,2,C,H,W: x then y component), OpenCV's dual variables scaled by theta, are updated; rho, delta,
+    du, magnitude are scratch buffers. Returns sum |u_new - u|^2 per pair (B,). active: None, or (B,1,1,1) ones
+    and zeros; a pair with 0 keeps its u and q exactly (its steps are multiplied by 0).
     """
     # Thresholding step TH of the data term: OpenCV's three cases are the clamp of -rho / |grad I1w|^2.
-    rho = torch.addcmul(rho_c, data_grad[:, :1], u[:, :1])
+    torch.addcmul(rho_c, data_grad[:, :1], u[:, :1], out=rho)
     for c in range(1, u.shape[1]):
         rho.addcmul_(data_grad[:, c : c + 1], u[:, c : c + 1])
     step = rho.mul_(neg_inv_grad).clamp_(-l_t, l_t)
 
     # u_new - u = step * d(rho)/du + theta * div p, with div p by backward differences (p = 0 outside).
-    px, py = p.unbind(2)
-    delta = torch.add(px, py, out=buffers.delta)
-    delta[..., 1:].sub_(px[..., :-1])
-    delta[..., 1:, :].sub_(py[..., :-1, :])
-    delta.mul_(theta).addcmul_(data_grad, step)
+    qx, qy = q.unbind(1)
+    torch.add(qx, qy, out=delta)
+    delta[..., 1:].sub_(qx[..., :-1])
+    delta[..., 1:, :].sub_(qy[..., :-1, :])
+    delta.addcmul_(data_grad, step)
     if active is not None:
         delta.mul_(active)
-    change = delta.square().sum((1, 2, 3))
+    change = torch.linalg.vector_norm(delta.view(delta.shape[0], -1), dim=1).square_()
     u.add_(delta)
 
-    # Dual step: p = (p + taut grad u) / (1 + taut |grad u|), forward differences, 0 on the last column/row.
-    du = buffers.grad
-    torch.sub(u[..., 1:], u[..., :-1], out=du[:, :, 0, :, :-1])
-    torch.sub(u[..., 1:, :], u[..., :-1, :], out=du[:, :, 1, :-1, :])
+    # Dual step: p = (p + taut grad u) / (1 + taut |grad u|), forward differences, 0 on the last column/row;
+    # times theta: q = (q + tau grad u) / (1 + taut |grad u|).
+    gx, gy = du.unbind(1)
+    torch.sub(u[..., 1:], u[..., :-1], out=gx[..., :-1])
+    torch.sub(u[..., 1:, :], u[..., :-1, :], out=gy[..., :-1, :])
     if active is not None:
         du.mul_(active.unsqueeze(1))
-    gx, gy = du.unbind(2)
-    magnitude = torch.mul(gx, gx, out=buffers.magnitude).addcmul_(gy, gy).sqrt_().mul_(taut).add_(1)
-    p.add_(du, alpha=taut).div_(magnitude.unsqueeze(2))
+    torch.mul(gx, gx, out=magnitude).addcmul_(gy, gy).sqrt_().mul_(taut).add_(1)
+    q.add_(du, alpha=tau).div_(magnitude.unsqueeze(1))
     return change
-
-
-_kernels: dict[str, Callable[..., torch.Tensor]] = {}
-_kernel_lock = threading.Lock()
-
-
-def _iteration_kernel(device: torch.device) -> Callable[..., torch.Tensor]:
-    """The compiled iteration for this device kind when compilation works here, else the eager one."""
-    kind = device.type
-    with _kernel_lock:
-        if kind not in _kernels:
-            _kernels[kind] = _compiled_or_eager(kind)
-        return _kernels[kind]
-
-
-def _compiled_or_eager(kind: str) -> Callable[..., torch.Tensor]:
-    if os.environ.get(COMPILE_ENV, "1") == "0":
-        return _iterate
-    return _iterate
-
-
-def kernel_path(device: str) -> str:
-    """Which iteration kernel runs on a torch device ('cpu', 'cuda'): 'compiled' or 'eager'."""
-    return "compiled" if _iteration_kernel(torch.device(device)) is not _iterate else "eager"

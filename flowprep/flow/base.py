@@ -26,13 +26,18 @@ class FlowBackend(ABC):
         self,
         params: Mapping[str, Any] | None = None,
         device: str = "cpu",
-        batch_size: int = 1,
+        batch_size: int | None = None,
         preset: str | None = None,
     ):
         self.preset = preset
         self.params = self.check_params(params, preset)
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size or self.default_batch_size(device)
+
+    @classmethod
+    def default_batch_size(cls, device: str) -> int:
+        """Pairs per launch when the caller does not say (batched backends choose per device)."""
+        return 1
 
     @classmethod
     def check_params(cls, overrides: Mapping[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
@@ -72,6 +77,15 @@ class FlowBackend(ABC):
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend runs on, for meta.json."""
         return {}
+
+    @classmethod
+    def describe_implementation(cls, device: str, params: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+        """How the backend computes on `device` with `params` (code paths, batch size); {} when nothing to say."""
+        return {}
+
+    def implementation(self) -> dict[str, Any]:
+        """describe_implementation of this backend's device, parameters and batch size, for meta.json."""
+        return self.describe_implementation(self.device, self.params, self.batch_size)
 
 
 def resolve_params(algo: str, defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,26 @@ class TorchTVL1(FlowBackend):
         return None
 
     @classmethod
+    def default_batch_size(cls, device: str) -> int:
+        # On the CPU one pair at a time is cheapest (benchmarks/tvl1_cpu.py: batches keep more than the caches
+        # hold); a GPU needs many pairs per launch to fill it.
+        return 1 if device == "torch-cpu" else 16
+
+    @classmethod
+    def describe_implementation(cls, device: str, params: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+        import torch
+
+        from ._tvl1_torch import median_method
+
+        median = params["median_filtering"]
+        return {
+            "median": median_method(torch.device(torch_device(device)), median) if median > 1 else "none",
+            "iteration": "eager, in place",
+            "batch_size": batch_size,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    @classmethod
     def limit_threads(cls) -> None:
         # torch's intra-op threads thrash when workers share cores (measured: 14x slower on 2 busy cores).
         super().limit_threads()
