@@ -115,3 +115,45 @@ def test_device_kinds():
 def test_list_backends_reports_the_cpu_backends_usable():
     usable = {(b.algo, b.device) for b in list_backends() if b.usable}
     assert {("tvl1", "cpu"), ("farneback", "cpu"), ("dis", "cpu")} <= usable
+
+
+# A value other than the default for every parameter, and OpenCV's getter that must report it: each parameter has
+# to reach OpenCV, not only meta.json (a deleted setter would leave the default in place).
+TVL1_CHANGES = {
+    "tau": (0.2, "getTau"), "lambda": (0.3, "getLambda"), "theta": (0.5, "getTheta"),
+    "nscales": (2, "getScalesNumber"), "warps": (2, "getWarpingsNumber"), "epsilon": (0.5, "getEpsilon"),
+    "inner_iterations": (5, "getInnerIterations"), "outer_iterations": (2, "getOuterIterations"),
+    "scale_step": (0.5, "getScaleStep"), "gamma": (0.4, "getGamma"), "median_filtering": (3, "getMedianFiltering"),
+}
+DIS_CHANGES = {
+    "finest_scale": (2, "getFinestScale"), "coarsest_scale": (1, "getCoarsestScale"), "patch_size": (12, "getPatchSize"),
+    "patch_stride": (5, "getPatchStride"), "gd_iterations": (4, "getGradientDescentIterations"),
+    "vr_iterations": (1, "getVariationalRefinementIterations"), "vr_alpha": (3.0, "getVariationalRefinementAlpha"),
+    "vr_delta": (1.0, "getVariationalRefinementDelta"), "vr_gamma": (1.0, "getVariationalRefinementGamma"),
+    "vr_epsilon": (0.5, "getVariationalRefinementEpsilon"),
+    "use_mean_normalization": (False, "getUseMeanNormalization"),
+    "use_spatial_propagation": (False, "getUseSpatialPropagation"),
+}
+
+
+def test_every_tvl1_and_dis_parameter_reaches_opencv_and_changes_the_flow(small_pair):
+    prev, nxt = small_pair
+    for algo, changes, attribute in (("tvl1", TVL1_CHANGES, "_tvl1"), ("dis", DIS_CHANGES, "_dis")):
+        backend_type = backend_class(algo, "cpu")
+        assert set(changes) == set(backend_type.defaults), algo
+        default_flow = create_backend(FlowConfig(algo)).compute(prev, nxt)
+        for name, (value, getter) in changes.items():
+            assert value != backend_type.defaults[name], (algo, name)
+            backend = create_backend(FlowConfig(algo, params=((name, value),)))
+            assert getattr(getattr(backend, attribute), getter)() == pytest.approx(value), (algo, name)
+            assert not np.array_equal(backend.compute(prev, nxt), default_flow), (algo, name)
+
+
+def test_every_farneback_parameter_changes_the_flow(small_pair):
+    prev, nxt = small_pair
+    changes = {"pyr_scale": 0.7, "levels": 1, "winsize": 9, "iterations": 1, "poly_n": 7, "poly_sigma": 1.5}
+    assert set(changes) == set(backend_class("farneback", "cpu").defaults)
+    default_flow = create_backend(FlowConfig("farneback")).compute(prev, nxt)
+    for name, value in changes.items():
+        flow = create_backend(FlowConfig("farneback", params=((name, value),))).compute(prev, nxt)
+        assert not np.array_equal(flow, default_flow), name

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import threading
 
+import cv2
 import numpy as np
 import pytest
 
@@ -11,6 +12,8 @@ torch = pytest.importorskip("torch")
 from flowprep.config import FlowConfig  # noqa: E402
 from flowprep.errors import BackendUnavailableError, ConfigError  # noqa: E402
 from flowprep.flow import create_backend, list_backends  # noqa: E402
+from flowprep.flow import _tvl1_torch  # noqa: E402
+from flowprep.flow._tvl1_torch import median_by_selection, median_filter  # noqa: E402
 from flowprep.flow.opencv import OpenCVTVL1  # noqa: E402
 from flowprep.flow.torch_tvl1 import TorchTVL1, tvl1_flow  # noqa: E402
 from flowprep.flowio import endpoint_error, read_flo  # noqa: E402
@@ -45,16 +48,18 @@ def test_import_does_not_import_torch():
 
 
 @pytest.mark.slow
-def test_rubberwhale_epe_within_10_percent_of_opencv(rubberwhale):
+def test_rubberwhale_flow_is_opencvs_within_0_01_px(rubberwhale):
+    # Compares flows, not only EPEs: dropping the median filter or warping bilinearly keeps the EPE within a few
+    # percent but moves the flow by more than 0.01 px on average.
     prev, nxt, gt = rubberwhale
-    ours = endpoint_error(torch_flows([prev], [nxt])[0], gt)
-    reference = endpoint_error(opencv_flow(prev, nxt), gt)
-    assert reference == pytest.approx(TVL1_EPE_RUBBERWHALE, abs=0.002)
-    assert ours <= 1.10 * reference, (ours, reference)
+    ours, reference = torch_flows([prev], [nxt])[0], opencv_flow(prev, nxt)
+    assert endpoint_error(reference, gt) == pytest.approx(TVL1_EPE_RUBBERWHALE, abs=0.002)
+    assert endpoint_error(ours, reference) <= 0.01
+    assert endpoint_error(ours, gt) <= 1.01 * endpoint_error(reference, gt)
 
 
 @pytest.mark.slow
-def test_sintel_alley_epe_within_10_percent_of_opencv():
+def test_sintel_alley_epe_within_1_percent_of_opencv():
     gt = read_flo(SINTEL / "flow/alley_1/frame_0002.flo")
     passes = ("clean", "final")
     prevs = [gray(SINTEL / p / "alley_1/frame_0002.png") for p in passes]
@@ -62,28 +67,71 @@ def test_sintel_alley_epe_within_10_percent_of_opencv():
     ours = torch_flows(prevs, nxts)  # both passes in one batch
     for name, flow, prev, nxt in zip(passes, ours, prevs, nxts):
         mine, reference = endpoint_error(flow, gt), endpoint_error(opencv_flow(prev, nxt), gt)
-        assert mine <= 1.10 * reference, (name, mine, reference)
+        assert mine <= 1.01 * reference, (name, mine, reference)
 
 
 def crop(image: np.ndarray, top: int, left: int, height: int = 96, width: int = 128) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + height, left : left + width])
 
 
-@pytest.mark.slow
-def test_pair_result_does_not_depend_on_its_batch():
+def four_pairs() -> list[list[np.ndarray]]:
     rubber = [gray(RUBBER / f"frame{i}.png") for i in (10, 11)]
     alley = [gray(SINTEL / f"final/alley_1/frame_000{i}.png") for i in (2, 3)]
     cave = [gray(SINTEL / f"clean/cave_2/frame_000{i}.png") for i in (2, 3)]
-    pairs = [
+    return [
         [crop(rubber[0], 150, 200), crop(rubber[1], 150, 200)],
         [crop(alley[0], 200, 500), crop(alley[1], 200, 500)],
         [crop(cave[0], 100, 300), crop(cave[1], 100, 300)],
         [crop(rubber[0], 0, 0), crop(rubber[0], 0, 0)],  # no motion: converges first
     ]
-    together = torch_flows([p for p, _ in pairs], [n for _, n in pairs])
-    for index in (0, 3):
-        alone = torch_flows([pairs[index][0]], [pairs[index][1]])[0]
-        np.testing.assert_allclose(together[index], alone, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check_every", [1, 10])  # 10: the GPU's schedule, masks between convergence checks
+def test_pair_result_does_not_depend_on_its_batch_or_the_check_schedule(check_every):
+    pairs = four_pairs()
+    as_tensor = lambda frames: torch.from_numpy(np.stack(frames)).float()  # noqa: E731
+    together = tvl1_flow(as_tensor([p for p, _ in pairs]), as_tensor([n for _, n in pairs]),
+                         check_every=check_every).numpy()
+    for index in range(len(pairs)):
+        alone = torch_flows([pairs[index][0]], [pairs[index][1]])[0]  # check_every 1, a batch of one
+        np.testing.assert_allclose(together[index], alone, atol=1e-4, err_msg=f"pair {index}")
+
+
+@pytest.fixture(scope="module")
+def real_flows(rubberwhale) -> torch.Tensor:
+    """(2,2,H,W) float32: DIS flows of RubberWhale forward and backward, real flow fields to filter."""
+    prev, nxt, _ = rubberwhale
+    backend = create_backend(FlowConfig(algo="dis"))
+    flows = [backend.compute(prev, nxt), backend.compute(nxt, prev)]
+    return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_both_medians_equal_cv2_median_blur_borders_included(real_flows, size):
+    expected = np.stack([[cv2.medianBlur(np.ascontiguousarray(c), size) for c in f] for f in real_flows.numpy()])
+    for method in (median_filter, median_by_selection):
+        got = method(real_flows, size).numpy()
+        assert np.array_equal(got, expected), method.__name__
+        assert not np.array_equal(got[..., :2, :], real_flows.numpy()[..., :2, :])  # the borders were filtered
+
+
+def test_selection_median_of_other_sizes_is_the_exact_median(real_flows):
+    part = real_flows[:1, :, :40, :50]
+    padded = np.pad(part.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (7, 7), axis=(2, 3))
+    assert np.array_equal(median_by_selection(part, 7).numpy(), np.median(windows, axis=(-2, -1)))
+    assert np.array_equal(median_filter(part, 1).numpy(), part.numpy())
+    with pytest.raises(ValueError, match="odd"):
+        median_by_selection(part, 4)
+
+
+@pytest.mark.slow
+def test_flow_with_the_selection_median_equals_flow_with_cv2s(monkeypatch):
+    pair = four_pairs()[1]
+    with_cv2 = torch_flows([pair[0]], [pair[1]])
+    monkeypatch.setattr(_tvl1_torch, "median_method", lambda device, size: "selection")  # the GPU's median
+    assert np.array_equal(torch_flows([pair[0]], [pair[1]]), with_cv2)
 
 
 def test_direction_and_units_on_a_shifted_real_image():
@@ -162,7 +210,9 @@ def test_missing_torch_is_explained(monkeypatch):
 def test_cuda_matches_cpu_on_rubberwhale(rubberwhale):
     prev, nxt, gt = rubberwhale
     on_gpu = create_backend(FlowConfig(algo="tvl1", device="cuda")).compute(prev, nxt)
-    assert endpoint_error(on_gpu, gt) <= 1.10 * endpoint_error(opencv_flow(prev, nxt), gt)
+    on_cpu = create_backend(FlowConfig(algo="tvl1", device="torch-cpu")).compute(prev, nxt)
+    assert endpoint_error(on_gpu, on_cpu) <= 0.01
+    assert endpoint_error(on_gpu, gt) <= 1.01 * endpoint_error(opencv_flow(prev, nxt), gt)
 
 
 def test_parallel_workers_limit_torch_and_opencv_to_one_thread():
