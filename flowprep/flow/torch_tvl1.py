@@ -95,6 +95,14 @@ class TorchTVL1(FlowBackend):
             "torch_threads": torch.get_num_threads(),
         }
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.device == "torch-cpu":
+            # One thread per process, whatever --jobs says: a pair's tensors are too small for torch's threads
+            # to pay (they spin-wait, and on busy cores a 176x144 clip took 8x the CPU time with 2 threads);
+            # --jobs N workers use N cores instead.
+            self.limit_threads()
+
     @classmethod
     def limit_threads(cls) -> None:
         # torch's intra-op threads thrash when workers share cores (measured: 14x slower on 2 busy cores).
