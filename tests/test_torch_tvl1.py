@@ -254,3 +254,26 @@ def test_extract_with_torch_cpu_through_the_cli_matches_opencv(tmp_path):
     # A code is 40/255 = 0.157 px: flows 0.01 px apart (at this small size) land on the same code for most
     # pixels, and one pixel in seven a code off costs 0.02 px here (measured: 0.007-0.048 per pair, 0.022 mean).
     assert max(apart) < 0.07 and np.mean(apart) < 0.035, apart
+
+
+@pytest.mark.slow
+def test_the_compiled_selection_median_is_the_eager_one(real_flows):
+    # CUDA runs the selection median through torch.compile; here Inductor compiles it for the CPU (size 3 keeps
+    # the graph small: compiling the 5x5 network takes minutes on 2 cores).
+    part = real_flows[:, :, :60, :80]
+    compiled = _tvl1_torch._CompiledOnce(median_by_selection)
+    assert np.array_equal(compiled(part, 3).numpy(), median_by_selection(part, 3).numpy())
+    assert compiled.usable and compiled.problem == ""
+
+
+def test_a_failing_compiler_leaves_the_exact_eager_median(real_flows):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no working compiler here")
+
+    part = real_flows[:1, :, :30, :40]
+    compiled = _tvl1_torch._CompiledOnce(median_by_selection, backend=broken_backend)
+    with pytest.warns(RuntimeWarning, match="no working compiler here"):
+        first = compiled(part, 5)
+    assert np.array_equal(first.numpy(), median_by_selection(part, 5).numpy())
+    assert not compiled.usable and "no working compiler here" in compiled.problem
+    assert np.array_equal(compiled(part, 5).numpy(), first.numpy())  # no second try, no second warning
