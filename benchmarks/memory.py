@@ -5,6 +5,7 @@ fresh subprocess through the batch worker function (flowprep.batch.process_video
 (resource.getrusage, ru_maxrss). Holding a video in memory would cost 0.3 MB per frame here.
 
     python benchmarks/memory.py [--lengths 120,480,1920] [--decoders decord,pyav,opencv] [--algo dis]
+    python benchmarks/memory.py --algo tvl1 --device torch-cpu --preset fast --lengths 60,240 --decoders pyav
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ WORKER = """
 import json, resource, sys
 from flowprep.batch import VideoJob, process_video
 from flowprep.config import DecodeConfig, ExtractConfig, FlowConfig
-source, output, decoder, algo = sys.argv[1:5]
-config = ExtractConfig(decode=DecodeConfig(decoder=decoder), flow=FlowConfig(algo=algo))
+source, output, decoder, algo, device, preset = sys.argv[1:7]
+config = ExtractConfig(decode=DecodeConfig(decoder=decoder),
+                       flow=FlowConfig(algo=algo, device=device, preset=preset or None))
 result = process_video(VideoJob(source, output), config, single_thread=True)
 assert result.status == "done", result.reason
 print(json.dumps({"pairs": result.pairs, "seconds": result.seconds,
@@ -54,8 +56,11 @@ def main() -> None:
     parser.add_argument("--lengths", default="120,480,1920", help="video lengths in frames")
     parser.add_argument("--decoders", default="decord,pyav,opencv")
     parser.add_argument("--algo", default="dis")
+    parser.add_argument("--device", default="cpu", help="cpu, torch-cpu, cuda")
+    parser.add_argument("--preset", default="", help="a preset of the algorithm (default: none)")
     args = parser.parse_args()
     env_path = str(REPO)
+    print(f"{args.algo} on {args.device}{' preset ' + args.preset if args.preset else ''}, one thread")
     print(f"{'decoder':8s} {'frames':>7s} {'pairs':>6s} {'seconds':>8s} {'peak RSS MB':>12s}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -63,7 +68,8 @@ def main() -> None:
             video = looped_clip(frames, tmp / f"loop_{frames}.mp4")
             for decoder in args.decoders.split(","):
                 out = tmp / f"out_{frames}_{decoder}"
-                run = subprocess.run([sys.executable, "-c", WORKER, str(video), str(out), decoder, args.algo],
+                run = subprocess.run([sys.executable, "-c", WORKER, str(video), str(out), decoder, args.algo,
+                                      args.device, args.preset],
                                      capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": ""})
                 if run.returncode != 0:
                     sys.exit(f"worker failed for {frames} frames with {decoder}:\n{run.stderr}")
