@@ -197,9 +197,13 @@ def test_dense_clips_cover_the_video():
     assert starts(DenseSampler(stride=5).indices(25, 10, "test")) == [1, 6, 11, 16]
     assert starts(DenseSampler(stride=5, max_clips=2).indices(25, 10, "test")) == [1, 6]
     assert DenseSampler().indices(4, 10, "test").tolist() == [[1, 2, 3, 4, 4, 4, 4, 4, 4, 4]]
-    draws = Draws(3)
-    assert starts(DenseSampler().indices(25, 10, "train", draws)) == [4, 14]
-    assert draws.calls == [(0, 10)]
+    # train: the same 2 clips shifted by up to the slack, 25 - 10 - 10 = 5 (the count stays for batching).
+    draws = Draws(5)
+    assert starts(DenseSampler().indices(25, 10, "train", draws)) == [6, 16]
+    assert draws.calls == [(0, 6)]
+    draws = Draws(9)
+    assert starts(DenseSampler(stride=5, max_clips=2).indices(25, 10, "train", draws)) == [10, 15]
+    assert draws.calls == [(0, 11)]
 
 
 def test_explicit_segments_are_never_overridden_by_the_mode():

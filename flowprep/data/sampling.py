@@ -262,8 +262,9 @@ class SequenceSampler(Sampler):
 @dataclass(frozen=True)
 class DenseSampler(Sampler):
     """Consecutive clips `stride` units apart (default L: non-overlapping) from the first frame while a whole
-    clip fits (at least one clip; a video shorter than L repeats its last unit), at most `max_clips` of them.
-    train: the first clip starts at a random offset in 0 .. min(stride, n - L + 1) - 1."""
+    clip fits (at least one clip; a video shorter than L repeats its last unit), at most `max_clips` of them:
+    K = min((n - L) // stride + 1, max_clips). train: the same K clips shifted by a random offset in 0 .. the
+    slack left after them (n - L - (K - 1) * stride)."""
 
     stride: int | None = None
     max_clips: int | None = None
@@ -281,10 +282,10 @@ class DenseSampler(Sampler):
         check_sampling(length, 1, mode)
         _check_frames(num_frames)
         stride = self.stride or length
-        fits = max(num_frames - length + 1, 1)  # start positions whose clip fits
-        first = int(_need_rng(rng).integers(min(stride, fits))) if mode == "train" else 0
-        starts = np.arange(first, fits, stride, dtype=np.int64)[: self.max_clips] + 1
-        return rows(starts, length, num_frames, "repeat")
+        last = max(num_frames - length, 0)  # the last 0-based start whose clip fits
+        clips = min(last // stride + 1, self.max_clips or num_frames)
+        first = int(_need_rng(rng).integers(last - (clips - 1) * stride + 1)) if mode == "train" else 0
+        return rows(first + np.arange(clips, dtype=np.int64) * stride + 1, length, num_frames, "repeat")
 
 
 SAMPLERS = ("tsn", "mmaction2", "fusion", "sequence", "dense")
