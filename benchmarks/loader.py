@@ -155,6 +155,20 @@ def print_table(title: str, seconds: dict[str, tuple[float, float]], items: int,
         print(line)
 
 
+def extract_trees(video: Path, work: Path, size: str, rgb: bool = False) -> dict[str, Path]:
+    """The video extracted with DIS at `size` (WxH) as a directory tree and a zip-pack tree under `work`, as
+    Sample/<stem>, once (later runs reuse them); with `rgb`, RGB frames too. Returns {pack: tree root}."""
+    trees = {}
+    for pack in ("dir", "zip"):
+        trees[pack] = work / f"{size}-{pack}{'-rgb' if rgb else ''}"
+        base = trees[pack] / "Sample" / video.stem
+        if finished_meta(base, pack) is None:
+            print(f"extracting {video} ({size}, dis, {pack}) into {trees[pack]} ...")
+            extract_video(video, base, ExtractConfig(decode=DecodeConfig(size=parse_size(size)),
+                                                     flow=FlowConfig(algo="dis"), store=StoreConfig(pack=pack, rgb=rgb)))
+    return trees
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=VIDEO)
@@ -173,14 +187,7 @@ def main() -> None:
     args = parser.parse_args()
 
     size = parse_size(args.size)
-    trees = {}
-    for pack in ("dir", "zip"):
-        trees[pack] = args.work / f"{args.size}-{pack}"
-        base = trees[pack] / "Sample" / args.video.stem
-        if finished_meta(base, pack) is None:
-            print(f"extracting {args.video} ({args.size}, dis, {pack}) into {trees[pack]} ...")
-            extract_video(args.video, base, ExtractConfig(decode=DecodeConfig(size=size), flow=FlowConfig(algo="dis"),
-                                                          store=StoreConfig(pack=pack)))
+    trees = extract_trees(args.video, args.work, args.size)
     video = describe_output(trees["dir"] / "Sample" / args.video.stem)
     # Distinct names for the one extraction, more than the datasets keep open, so that zip packs are opened per
     # item as in training over many videos (links: the page cache still holds one copy).

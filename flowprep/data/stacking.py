@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..annotations import VideoOutput
 from ..errors import ConfigError, OutputError
 from ..store import OutputReader, read_flow_pair
-from .transforms import Dequantize
+from .transforms import UINT8_ZERO, Dequantize
 
 OUTPUTS = ("pixels", "unit", "uint8")
 
@@ -85,8 +85,8 @@ class TrajectoryStacking(Stacking):
     outputs = ("pixels", "unit")
 
     def read(self, reader: OutputReader, video: VideoOutput, indices: np.ndarray, output: str) -> torch.Tensor:
-        pixels = flow_values(torch.from_numpy(read_flow_codes(reader, video, indices)), video.bound, "pixels")
-        values = trajectory(pixels.unflatten(1, (indices.shape[1], 2))).flatten(1, 2)
+        codes = torch.from_numpy(read_flow_codes(reader, video, indices)).unflatten(1, (indices.shape[1], 2))
+        values = trajectory(codes, video.bound).flatten(1, 2)
         return values.div_(video.bound) if output == "unit" else values
 
 
@@ -173,22 +173,34 @@ def make_stacking(name: str | Stacking) -> Stacking:
     return STACKINGS[name]()
 
 
-def trajectory(fields: torch.Tensor) -> torch.Tensor:
-    """Two-stream eq. 2 on float displacement fields (K, L, 2, H, W) in pixels (x, y): field k read at p_k,
-    p_0 = each pixel, p_k = clamp(p_k-1 + read k-1), bilinear, clamped to [0, W-1] x [0, H-1]. Same shape."""
-    count, length, _, height, width = fields.shape
-    out = torch.empty_like(fields)
-    out[:, 0] = fields[:, 0]
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=fields.dtype, device=fields.device),
-                            torch.arange(width, dtype=fields.dtype, device=fields.device), indexing="ij")
-    px, py = xs.expand(count, height, width).clone(), ys.expand(count, height, width).clone()
-    # grid_sample's normalized coordinates with align_corners=True: -1 and 1 are the first and last pixel centres.
+def trajectory(codes: torch.Tensor, bound: float) -> torch.Tensor:
+    """Two-stream eq. 2 on uint8 flow codes (K, L, 2, H, W) quantized with `bound` (pixels): float32 pixels
+    of the same shape, field k read at p_k, p_0 = each pixel, p_k = clamp(p_k-1 + read k-1) to
+    [0, W-1] x [0, H-1], bilinear. Field 0 is dequantize's values exactly; later fields are interpolated from
+    the centred codes q - 127.5 and scaled by 2 b / 255 (the same pixels, up to float rounding).
+
+    Field by field from the codes, so that each is converted to float just before it is read (the whole
+    float stack does not fit in the cache) and each step is one pass per array."""
+    count, length, _, height, width = codes.shape
+    step = 2.0 * bound / 255.0
+    out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+    out[:, 0] = codes[:, 0]
+    out[:, 0].mul_(step).sub_(bound)
+    # Points live in grid_sample's normalized coordinates (align_corners=True: -1 and 1 are the first and last
+    # pixel centres): a step is an add per axis and one clamp of the grid.
     sx, sy = (2.0 / (size - 1) if size > 1 else 0.0 for size in (width, height))
+    grid = torch.empty(count, height, width, 2, dtype=torch.float32, device=codes.device)
+    grid[..., 0] = torch.arange(width, dtype=torch.float32, device=codes.device).mul_(sx).sub_(1.0)
+    grid[..., 1] = torch.arange(height, dtype=torch.float32, device=codes.device).mul_(sy).sub_(1.0)[:, None]
+    centred = torch.empty(count, 2, height, width, dtype=torch.float32, device=codes.device)
+    moved, unit = out[:, 0], 1.0  # the last read, and its size in pixels
     for k in range(1, length):
-        px.add_(out[:, k - 1, 0]).clamp_(0, width - 1)
-        py.add_(out[:, k - 1, 1]).clamp_(0, height - 1)
-        grid = torch.stack([px * sx - 1.0, py * sy - 1.0], dim=-1)
-        out[:, k] = F.grid_sample(fields[:, k], grid, mode="bilinear", padding_mode="border", align_corners=True)
+        grid[..., 0].add_(moved[:, 0], alpha=sx * unit)
+        grid[..., 1].add_(moved[:, 1], alpha=sy * unit)
+        grid.clamp_(-1.0, 1.0)
+        torch.sub(codes[:, k], UINT8_ZERO, out=centred)
+        moved, unit = F.grid_sample(centred, grid, mode="bilinear", padding_mode="border", align_corners=True), step
+        torch.mul(moved, step, out=out[:, k])
     return out
 
 
