@@ -84,9 +84,11 @@ def write_video(base: Path, pairs: int, *, rgb_frames: int = 0, layout: str = "s
         return writer.commit(meta)
 
 
-def write_foreign_video(directory: Path, pairs: int, naming: Naming, rgb_frames: int = 0) -> Path:
-    """A video directory as another tool writes it: the files of `naming`, no meta.json."""
+def write_foreign_video(directory: Path, pairs: int, naming: Naming, rgb_frames: int = 0,
+                        backward: bool = False) -> Path:
+    """A video directory as another tool writes it: the files of `naming`, no meta.json; with `backward`, the
+    forward codes negated under naming's backward names too."""
     directory.mkdir(parents=True)
-    for name, data in flow_files(naming, pairs, rgb_frames):
+    for name, data in flow_files(naming, pairs, rgb_frames, backward=255 - constant_codes(pairs) if backward else None):
         (directory / name).write_bytes(data)
     return directory

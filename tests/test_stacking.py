@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import MIDDLEBURY, gray
-from fake_trees import constant_codes, write_video, x_code, y_code
+from fake_trees import constant_codes, write_foreign_video, write_video, x_code, y_code
 
 from flowprep.annotations import Annotation
 from flowprep.config import FlowConfig
@@ -15,6 +15,7 @@ from flowprep.data import FlowStackDataset
 from flowprep.errors import ConfigError, OutputError
 from flowprep.flow import create_backend
 from flowprep.quantize import dequantize, quantize
+from flowprep.store import Naming
 
 RUBBERWHALE = MIDDLEBURY / "other-data" / "RubberWhale"
 
@@ -176,6 +177,20 @@ def test_bidirectional_needs_backward_flow_and_an_even_length(tmp_path):
         FlowStackDataset(tmp_path, length=4, stacking="bidirectional")
     with pytest.raises(ConfigError, match="even stack length, got 5"):
         FlowStackDataset(tmp_path, length=5, stacking="bidirectional")
+
+
+def test_bidirectional_reads_another_tools_backward_names(tmp_path):
+    # denseflow writes its backward run (-s=-1) as flow_x_m1_00000.jpg, 0-based, beside flow_x_00000.jpg.
+    naming = Naming(start_index=0, backward_template="flow_{}_m1_{:05d}.jpg")
+    write_foreign_video(tmp_path / "both" / "A" / "v", 8, naming, backward=True)
+    codes, _ = FlowStackDataset(tmp_path / "both", length=2, mode="val", stacking="bidirectional", output="uint8",
+                                start_index=0, backward_template="flow_{}_m1_{:05d}.jpg")[0]
+    # TSN val, n=8, L=2: tick = 7, offset int(3.5) = 3: span 4 .. 6, backward field 4 then forward field 5.
+    assert [int(codes[c, 0, 0]) for c in range(4)] == [255 - x_code(3), 255 - y_code(3), x_code(4), y_code(4)]
+    write_foreign_video(tmp_path / "forward" / "A" / "v", 8, naming)
+    with pytest.raises(OutputError, match="no backward flow"):
+        FlowStackDataset(tmp_path / "forward", length=2, stacking="bidirectional", start_index=0,
+                         backward_template="flow_{}_m1_{:05d}.jpg")
 
 
 def test_bidirectional_on_known_codes_takes_backward_then_forward(tmp_path):

@@ -193,14 +193,14 @@ def trajectory(codes: torch.Tensor, bound: float) -> torch.Tensor:
     grid[..., 0] = torch.arange(width, dtype=torch.float32, device=codes.device).mul_(sx).sub_(1.0)
     grid[..., 1] = torch.arange(height, dtype=torch.float32, device=codes.device).mul_(sy).sub_(1.0)[:, None]
     centred = torch.empty(count, 2, height, width, dtype=torch.float32, device=codes.device)
-    moved, unit = out[:, 0], 1.0  # the last read, and its size in pixels
+    moved = out[:, 0]  # the last read, in pixels
     for k in range(1, length):
-        grid[..., 0].add_(moved[:, 0], alpha=sx * unit)
-        grid[..., 1].add_(moved[:, 1], alpha=sy * unit)
+        grid[..., 0].add_(moved[:, 0], alpha=sx)
+        grid[..., 1].add_(moved[:, 1], alpha=sy)
         grid.clamp_(-1.0, 1.0)
-        torch.sub(codes[:, k], UINT8_ZERO, out=centred)
-        moved, unit = F.grid_sample(centred, grid, mode="bilinear", padding_mode="border", align_corners=True), step
-        torch.mul(moved, step, out=out[:, k])
+        centred.copy_(codes[:, k]).sub_(UINT8_ZERO)  # in place: torch.sub(out=) converts through a temporary
+        moved = F.grid_sample(centred, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        out[:, k] = moved.mul_(step)
     return out
 
 
