@@ -236,3 +236,14 @@ def test_rgb_difference_and_rgb_stack_values(tmp_path):
         FlowStackDataset(tmp_path, stacking="rgbdiff")
     with pytest.raises(OutputError, match="no_rgb: no RGB frames for the RGBDiffStacking"):  # listed by hand
         FlowStackDataset(tmp_path, [Annotation("B/no_rgb", 0, 0)], stacking="rgbdiff")
+
+
+def test_trajectory_of_plain_uint8_batches_equals_the_trajectory_stacking(tmp_path):
+    # The GPU recipe: plain uint8 stacks through the DataLoader, trajectory() on the batch, same values.
+    from flowprep.data.stacking import trajectory
+
+    frames = translating_frames(7)
+    write_video(tmp_path / "A" / "v", 6, codes=dis_codes(frames, 20.0))
+    codes, _ = FlowStackDataset(tmp_path, length=4, segments=2, mode="val", output="uint8")[0]
+    stacked, _ = FlowStackDataset(tmp_path, length=4, segments=2, mode="val", stacking="trajectory")[0]
+    assert torch.equal(trajectory(codes.unflatten(1, (4, 2)), 20.0).flatten(1, 2), stacked)
