@@ -169,17 +169,23 @@ def extract_trees(video: Path, work: Path, size: str, rgb: bool = False) -> dict
     return trees
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def item_arguments(description: str, items: int) -> argparse.ArgumentParser:
+    """The loader benchmarks' shared options: the video and its extraction, the item shape, the item count."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--video", type=Path, default=VIDEO)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowprep-bench-loader")
     parser.add_argument("--size", default="340x256", help="extraction size WxH (TSN: 340x256)")
     parser.add_argument("--length", type=int, default=10)
     parser.add_argument("--segments", type=int, default=3)
-    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--items", type=int, default=items)
+    parser.add_argument("--repeats", type=int, default=5)
+    return parser
+
+
+def main() -> None:
+    parser = item_arguments(__doc__.splitlines()[0], items=200)
     parser.add_argument("--videos", type=int, default=2 * OPEN_READERS,
                         help="distinct video names the items cycle through (zip packs are kept open per name)")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads in the one-process runs (DataLoader workers use 1)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers; 0 skips the DataLoader runs")

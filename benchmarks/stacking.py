@@ -11,14 +11,10 @@ stack (half of them backward), so it costs what a plain one does; the sample tre
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
-from loader import VIDEO, best_times, extract_trees, read_each
+from loader import best_times, extract_trees, item_arguments, read_each
 
 from flowprep.annotations import Annotation, describe_output
 from flowprep.data import FlowStackDataset
@@ -26,15 +22,7 @@ from flowprep.data.stacking import trajectory
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", type=Path, default=VIDEO)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowprep-bench-loader")
-    parser.add_argument("--size", default="340x256", help="extraction size WxH (TSN: 340x256)")
-    parser.add_argument("--length", type=int, default=10)
-    parser.add_argument("--segments", type=int, default=3)
-    parser.add_argument("--items", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = item_arguments(__doc__.splitlines()[0], items=100).parse_args()
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
