@@ -41,6 +41,7 @@ def carphone(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         result = run_cli("extract", str(base / "videos"), str(trees[pack]), "--algo", "dis", "--rgb",
                          "--pack", pack, "--quiet")
         assert result.returncode == 0, result.stderr
+    trees["videos"] = base / "videos"
     trees["list"] = base / "train.txt"
     result = run_cli("list", str(trees["dir"]), "--out", str(trees["list"]))
     assert result.returncode == 0, result.stderr
@@ -403,9 +404,16 @@ def test_every_paper_configuration_of_the_docs_loads_from_a_real_tree(carphone, 
                                                      mode="test"), (25, 10, 144, 176)),
         "fusion": (TwoStreamDataset(tree, length=10, sampling=FusionSampler(tau=(5, 15)), seed=0),
                    (5, 20, 144, 176)),
-        "Beyond Short Snippets": (TwoStreamDataset(tree, length=1, segments=30, sampling="sequence", seed=0),
-                                  (30, 2, 144, 176)),
     }
+    # Beyond Short Snippets' own extraction: 15 fps, bound 40, x/y/0 colour images; 1 fps sampling from it.
+    snippets = tmp_path / "flow15"
+    result = run_cli("extract", str(carphone["videos"]), str(snippets), "--algo", "dis", "--fps", "15", "--bound",
+                     "40", "--layout", "xy0", "--rgb", "--quiet")
+    assert result.returncode == 0, result.stderr
+    sequence = TwoStreamDataset(snippets, length=1, segments=30, sampling="sequence", mode="test")
+    assert sequence.videos[0].fps == 15.0 and sequence.videos[0].naming.layout == "xy0"
+    assert sequence.frame_indices(0)[:4, 0].tolist() == [1, 16, 31, 46]  # one a second from 15 fps
+    configurations["Beyond Short Snippets"] = (sequence, (30, 2, 144, 176))
     for name, (dataset, shape) in configurations.items():
         item = dataset[0]
         assert tuple(item[-2].shape) == shape, name
