@@ -155,17 +155,37 @@ def print_table(title: str, seconds: dict[str, tuple[float, float]], items: int,
         print(line)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def extract_trees(video: Path, work: Path, size: str, rgb: bool = False) -> dict[str, Path]:
+    """The video extracted with DIS at `size` (WxH) as a directory tree and a zip-pack tree under `work`, as
+    Sample/<stem>, once (later runs reuse them); with `rgb`, RGB frames too. Returns {pack: tree root}."""
+    trees = {}
+    for pack in ("dir", "zip"):
+        trees[pack] = work / f"{size}-{pack}{'-rgb' if rgb else ''}"
+        base = trees[pack] / "Sample" / video.stem
+        if finished_meta(base, pack) is None:
+            print(f"extracting {video} ({size}, dis, {pack}) into {trees[pack]} ...")
+            extract_video(video, base, ExtractConfig(decode=DecodeConfig(size=parse_size(size)),
+                                                     flow=FlowConfig(algo="dis"), store=StoreConfig(pack=pack, rgb=rgb)))
+    return trees
+
+
+def item_arguments(description: str, items: int) -> argparse.ArgumentParser:
+    """The loader benchmarks' shared options: the video and its extraction, the item shape, the item count."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--video", type=Path, default=VIDEO)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowprep-bench-loader")
     parser.add_argument("--size", default="340x256", help="extraction size WxH (TSN: 340x256)")
     parser.add_argument("--length", type=int, default=10)
     parser.add_argument("--segments", type=int, default=3)
-    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--items", type=int, default=items)
+    parser.add_argument("--repeats", type=int, default=5)
+    return parser
+
+
+def main() -> None:
+    parser = item_arguments(__doc__.splitlines()[0], items=200)
     parser.add_argument("--videos", type=int, default=2 * OPEN_READERS,
                         help="distinct video names the items cycle through (zip packs are kept open per name)")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads in the one-process runs (DataLoader workers use 1)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers; 0 skips the DataLoader runs")
@@ -173,14 +193,7 @@ def main() -> None:
     args = parser.parse_args()
 
     size = parse_size(args.size)
-    trees = {}
-    for pack in ("dir", "zip"):
-        trees[pack] = args.work / f"{args.size}-{pack}"
-        base = trees[pack] / "Sample" / args.video.stem
-        if finished_meta(base, pack) is None:
-            print(f"extracting {args.video} ({args.size}, dis, {pack}) into {trees[pack]} ...")
-            extract_video(args.video, base, ExtractConfig(decode=DecodeConfig(size=size), flow=FlowConfig(algo="dis"),
-                                                          store=StoreConfig(pack=pack)))
+    trees = extract_trees(args.video, args.work, args.size)
     video = describe_output(trees["dir"] / "Sample" / args.video.stem)
     # Distinct names for the one extraction, more than the datasets keep open, so that zip packs are opened per
     # item as in training over many videos (links: the page cache still holds one copy).

@@ -32,6 +32,8 @@ class VideoOutput:
     flow_pairs: int
     rgb_frames: int
     has_meta: bool  # False for trees written by other tools
+    fps: float | None = None  # sampled frames per second (meta.json's sampled_fps); None when unknown
+    directions: tuple[str, ...] = ("forward",)  # flow directions written: forward (k -> k+1), backward (k+1 -> k)
 
     def frames(self, modality: str) -> int:
         """Flow pairs for 'flow', RGB frames for 'rgb'."""
@@ -63,11 +65,18 @@ def _describe(reader: OutputReader, naming: Naming, bound: float, names: list[st
     # meta.json first: listing a video's files costs a stat per file, millions for a dataset's annotation list.
     if reader.has(META_NAME):
         meta = reader.meta()
+        fps = meta.get("sampled_fps")
         return VideoOutput(reader.path, Naming.from_meta(meta), float(meta["settings"]["bound"]),
-                           meta["flow_pairs"], int(meta.get("rgb_frames", 0)), True)
+                           meta["flow_pairs"], int(meta.get("rgb_frames", 0)), True,
+                           float(fps) if isinstance(fps, (int, float)) and fps > 0 else None,
+                           tuple(meta["settings"].get("directions", ("forward",))))
     names = reader.names() if names is None else names
-    return VideoOutput(reader.path, naming, float(bound), _count_flow(reader, names, naming),
-                       _count_frames(reader, names, naming.img_template, None, naming.start_index), False)
+    pairs = _count_flow(reader, names, naming)
+    # Another tool's backward flow counts when the backward names cover every forward pair.
+    backward = pairs > 0 and _count_flow(reader, names, naming, "backward") == pairs
+    return VideoOutput(reader.path, naming, float(bound), pairs,
+                       _count_frames(reader, names, naming.img_template, None, naming.start_index), False,
+                       directions=("forward", "backward") if backward else ("forward",))
 
 
 def find_outputs(root: str | os.PathLike, naming: Naming = Naming(), bound: float = DEFAULT_BOUND
@@ -198,10 +207,12 @@ def _count_frames(reader: OutputReader, names: list[str], template: str, axis: s
     return len(indices)
 
 
-def _count_flow(reader: OutputReader, names: list[str], naming: Naming) -> int:
+def _count_flow(reader: OutputReader, names: list[str], naming: Naming, direction: str = "forward") -> int:
+    template = naming.template(direction)
     if naming.layout == "xy0":
-        return _count_frames(reader, names, naming.flow_template, None, naming.start_index)
-    xs, ys = (_count_frames(reader, names, naming.flow_template, axis, naming.start_index) for axis in "xy")
+        return _count_frames(reader, names, template, None, naming.start_index)
+    xs, ys = (_count_frames(reader, names, template, axis, naming.start_index) for axis in "xy")
     if xs != ys:
-        raise OutputError(f"{reader.path}: {xs} x flow files but {ys} y flow files")
+        kind = "" if direction == "forward" else f"{direction} "
+        raise OutputError(f"{reader.path}: {xs} x {kind}flow files but {ys} y {kind}flow files")
     return xs

@@ -14,6 +14,7 @@ import torch
 from conftest import REPO, VIDEOS, run_cli
 from fake_trees import rgb_code, write_foreign_video, write_video, x_code, y_code
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader
 
 from flowprep.annotations import Annotation, read_annotations
@@ -40,6 +41,7 @@ def carphone(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         result = run_cli("extract", str(base / "videos"), str(trees[pack]), "--algo", "dis", "--rgb",
                          "--pack", pack, "--quiet")
         assert result.returncode == 0, result.stderr
+    trees["videos"] = base / "videos"
     trees["list"] = base / "train.txt"
     result = run_cli("list", str(trees["dir"]), "--out", str(trees["list"]))
     assert result.returncode == 0, result.stderr
@@ -286,3 +288,137 @@ def test_two_stream_example_trains_end_to_end(tmp_path):
     assert (tmp_path / "train.txt").read_text() == "fast/carphone_pristine 29 0\nnormal/carphone_pristine 119 1\n"
     steps = [line for line in result.stdout.splitlines() if line.startswith("step")]
     assert len(steps) == 3 and "flow (4, 3, 10, 112, 112)" in steps[0]
+
+
+# --- Samplers and stackings through the datasets ---
+
+SAMPLINGS = [("tsn", 3), ("mmaction2", 2), ("fusion", None), ("sequence", 3), ("dense", 5)]
+
+
+@pytest.mark.parametrize("sampling, segments", SAMPLINGS)
+def test_two_stream_rgb_frames_are_those_of_the_same_moments_for_every_sampler(tmp_path, sampling, segments):
+    write_video(tmp_path / "A" / "v", 40, rgb_frames=41, fps=15.0)
+    dataset = TwoStreamDataset(tmp_path, length=4, segments=segments, sampling=sampling, seed=4, output="uint8")
+    rgb, flow, _ = dataset[0]
+    indices = dataset.frame_indices(0)
+    assert rgb.shape == (len(indices), 3, 8, 12) and flow.shape == (len(indices), 8, 8, 12)
+    for k, row in enumerate(indices.tolist()):
+        # The RGB frame at the centre of the stack's span: frame s + L // 2 (t itself for fusion moments).
+        assert [int(v) for v in rgb[k, :, 0, 0]] == pytest.approx(rgb_code(row[0] + 2 - 1), abs=1)
+        assert [int(flow[k, 2 * j, 0, 0]) for j in range(4)] == [x_code(number - 1) for number in row]
+
+
+@pytest.mark.parametrize("sampling, segments", SAMPLINGS)
+def test_every_sampler_gives_the_same_items_with_0_and_2_workers(tmp_path, sampling, segments):
+    for name in "abcd":
+        write_video(tmp_path / "A" / name, 40, fps=15.0)
+    dataset = FlowStackDataset(tmp_path, length=4, segments=segments, sampling=sampling, seed=8,
+                               transform=Compose([RandomCrop(6), FlowHorizontalFlip(0.5)]))
+    batches = [list(DataLoader(dataset, batch_size=2, num_workers=workers)) for workers in (0, 2)]
+    for (flow0, label0), (flow2, label2) in zip(*batches):
+        assert torch.equal(flow0, flow2) and torch.equal(label0, label2)
+    draws = {tuple(dataset.frame_indices(i).ravel()) for i in range(4)}
+    assert len(draws) > 1  # the items are random draws, not one item four times
+
+
+def test_explicit_segments_are_read_in_test_mode_and_25_is_the_default(tmp_path):
+    write_video(tmp_path / "A" / "v", 30)
+    one, _ = FlowStackDataset(tmp_path, length=5, segments=1, mode="test")[0]
+    assert one.shape == (10, 8, 12)  # today's `segments=1, mode="test"` read 25 segments
+    default = FlowStackDataset(tmp_path, length=5, mode="test")
+    assert default.segments == 25 and default[0][0].shape == (25, 10, 8, 12)
+    assert FlowStackDataset(tmp_path, length=5, mode="train").segments == 1
+    with pytest.raises(ConfigError, match="test_segments=25 would never be"):
+        FlowStackDataset(tmp_path, segments=3, test_segments=25)
+
+
+def test_sequence_sampler_reads_the_fps_recorded_in_meta_json(tmp_path):
+    write_video(tmp_path / "at15" / "A" / "v", 40, fps=15.0)
+    write_video(tmp_path / "at10" / "A" / "v", 40, fps=10.0)
+    for root, step in (("at15", 15), ("at10", 10)):
+        dataset = FlowStackDataset(tmp_path / root, length=1, segments=3, sampling="sequence", mode="test")
+        assert dataset.frame_indices(0)[:, 0].tolist() == [1, 1 + step, 1 + 2 * step]
+    write_video(tmp_path / "nofps" / "A" / "v", 40)
+    with pytest.raises(OutputError, match=r"nofps/A/v: the SequenceSampler.* needs the sampled fps"):
+        FlowStackDataset(tmp_path / "nofps", length=1, sampling="sequence")
+    # Trees without meta.json say their fps through the dataset (the denseflow tree here has no meta).
+    write_foreign_video(tmp_path / "foreign" / "A" / "v", 40, Naming(start_index=0))
+    dataset = FlowStackDataset(tmp_path / "foreign", length=1, segments=2, sampling="sequence", mode="test",
+                               start_index=0, fps=5.0)
+    assert dataset.frame_indices(0)[:, 0].tolist() == [1, 6]
+
+
+def add_backward_flow(tree: Path) -> None:
+    """Give every video of a flowprep tree (with RGB frames) backward flow, frame k+1 -> k, as the extraction's
+    backward writer does: DIS on its RGB frames, names Naming.pair_names(k, 'backward'), meta.json's settings
+    listing the direction."""
+    import json
+
+    from flowprep.config import FlowConfig
+    from flowprep.flow import create_backend
+    from flowprep.quantize import quantize
+    from flowprep.store import encode_flow_codes
+
+    backend = create_backend(FlowConfig(algo="dis"))
+    for meta_path in tree.rglob("meta.json"):
+        meta = json.loads(meta_path.read_text())
+        naming = Naming.from_meta(meta)
+        frames = [cv2.imread(str(meta_path.parent / naming.img(k)), cv2.IMREAD_GRAYSCALE)
+                  for k in range(meta["flow_pairs"] + 1)]
+        for k in range(meta["flow_pairs"]):
+            codes = quantize(backend.compute(frames[k + 1], frames[k]), meta["settings"]["bound"])
+            for name, data in zip(naming.pair_names(k, "backward"),
+                                  encode_flow_codes(codes, naming.layout, meta["settings"]["jpeg_quality"])):
+                (meta_path.parent / name).write_bytes(data)
+        meta["settings"] |= {"directions": ["forward", "backward"], "backward_template": naming.backward_template}
+        meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.slow
+def test_every_paper_configuration_of_the_docs_loads_from_a_real_tree(carphone, tmp_path):
+    """docs/dataset.md's table, as a new user would run it, on the sample clip extracted for real."""
+    import shutil
+
+    from flowprep.data import FusionSampler
+    from flowprep.data.transforms import MultiScaleCrop
+    from flowprep.nn import adapt_first_conv
+
+    tree = tmp_path / "flow"
+    shutil.copytree(carphone["dir"], tree)
+    add_backward_flow(tree)
+    crop = Compose([MultiScaleCrop(112), FlowHorizontalFlip(0.5)])
+    configurations = {  # name -> (dataset, expected stack shape of item 0)
+        "two-stream L=1": (FlowStackDataset(tree, length=1, mean_subtract=True, seed=0), (2, 144, 176)),
+        "two-stream L=10": (FlowStackDataset(tree, length=10, mean_subtract=True, transform=crop, seed=0),
+                            (20, 112, 112)),
+        "two-stream trajectory": (FlowStackDataset(tree, length=10, stacking="trajectory", mean_subtract=True,
+                                                   seed=0), (20, 144, 176)),
+        "two-stream bidirectional": (FlowStackDataset(tree, length=10, stacking="bidirectional",
+                                                      mean_subtract=True, seed=0), (20, 144, 176)),
+        "TSN flow": (FlowStackDataset(tree, length=5, segments=3, seed=0, transform=crop), (3, 10, 112, 112)),
+        "TSN flow test": (FlowStackDataset(tree, length=5, mode="test"), (25, 10, 144, 176)),
+        "TSN RGB": (FlowStackDataset(tree, length=1, segments=3, stacking="rgb", seed=0), (3, 3, 144, 176)),
+        "TSN RGB difference": (FlowStackDataset(tree, length=5, segments=3, stacking="rgbdiff", seed=0),
+                               (3, 15, 144, 176)),
+        "mmaction2 TSN flow test": (FlowStackDataset(tree, length=5, segments=25, sampling="mmaction2",
+                                                     mode="test"), (25, 10, 144, 176)),
+        "fusion": (TwoStreamDataset(tree, length=10, sampling=FusionSampler(tau=(5, 15)), seed=0),
+                   (5, 20, 144, 176)),
+    }
+    # Beyond Short Snippets' own extraction: 15 fps, bound 40, x/y/0 colour images; 1 fps sampling from it.
+    snippets = tmp_path / "flow15"
+    result = run_cli("extract", str(carphone["videos"]), str(snippets), "--algo", "dis", "--fps", "15", "--bound",
+                     "40", "--layout", "xy0", "--rgb", "--quiet")
+    assert result.returncode == 0, result.stderr
+    sequence = TwoStreamDataset(snippets, length=1, segments=30, sampling="sequence", mode="test")
+    assert sequence.videos[0].fps == 15.0 and sequence.videos[0].naming.layout == "xy0"
+    assert sequence.frame_indices(0)[:4, 0].tolist() == [1, 16, 31, 46]  # one a second from 15 fps
+    configurations["Beyond Short Snippets"] = (sequence, (30, 2, 144, 176))
+    for name, (dataset, shape) in configurations.items():
+        item = dataset[0]
+        assert tuple(item[-2].shape) == shape, name
+        assert torch.isfinite(item[-2].float()).all(), name
+    # Cross-modality init feeds the stacks to an RGB network's first conv.
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1))
+    adapt_first_conv(net, 10)
+    assert net(configurations["TSN flow"][0][0][0]).shape == (3, 8, 1, 1)

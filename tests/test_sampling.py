@@ -90,3 +90,142 @@ def test_stacks_are_consecutive_frames_within_the_video(n, length, segments, mod
     expected = np.minimum(indices[:, :1] + np.arange(length), n)
     assert (indices == expected).all()
     assert (np.diff(indices[:, 0]) >= 0).all()  # segments in temporal order
+
+
+# --- The other samplers, against hand-computed cases of their rules (SPEC section 10) ---
+
+from flowprep.data.sampling import (  # noqa: E402
+    DenseSampler, FusionSampler, MMAction2Sampler, SequenceSampler, TSNSampler, make_sampler,
+)
+
+
+class Draws:
+    """A generator returning given values in turn, recording each call's (low, high) as numpy would take them."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+        self.calls: list[tuple[int, int]] = []
+
+    def integers(self, low, high=None, size=None):
+        low, high = (0, low) if high is None else (low, high)
+        self.calls.append((low, high))
+        value = self.values.pop(0)
+        assert np.all((low <= np.asarray(value)) & (np.asarray(value) < high))
+        return np.array(value) if size is not None else value
+
+
+def starts(indices: np.ndarray) -> list[int]:
+    return indices[:, 0].tolist()
+
+
+def test_mmaction2_test_rule_one_clip_and_several():
+    # One clip: offset max(n - L, 0) // 2 = 20 // 2 = 10: frames 11..20.
+    assert MMAction2Sampler(1).indices(30, 10, "test").tolist() == [list(range(11, 21))]
+    # n=15, L=10, K=3: round(k * 5 / 2) = 0, round(2.5) = 2 (half to even), 5: starts 1, 3, 6.
+    assert starts(MMAction2Sampler(3).indices(15, 10, "test")) == [1, 3, 6]
+    # The sample clip, K=25, L=5: round(k * 114 / 24) = 0, 5, 10 (9.5 to even), 14; TSN's centres differ.
+    assert starts(MMAction2Sampler(25).indices(119, 5, "val"))[:4] == [1, 6, 11, 15]
+    assert starts(TSNSampler(25).indices(119, 5, "test"))[:4] == [3, 7, 12, 17]  # int(2.3 + 4.6 k) + 1
+
+
+def test_mmaction2_loops_short_videos():
+    # n=4 < L=10: offset 0, frames wrap around (out_of_bound_opt='loop'), where TSN repeats frame 4.
+    assert MMAction2Sampler().indices(4, 10, "test").tolist() == [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2]]
+    assert MMAction2Sampler(2).indices(4, 10, "train", Draws()).tolist() == [[1, 2, 3, 4, 1, 2, 3, 4, 1, 2]] * 2
+
+
+def test_mmaction2_train_rule_branches():
+    # avg = (30 - 10 + 1) // 3 = 7 > 0: k * 7 + randint(7).
+    draws = Draws([6, 0, 3])
+    assert starts(MMAction2Sampler(3).indices(30, 10, "train", draws)) == [7, 8, 18]
+    assert draws.calls == [(0, 7)]
+    # n=11 > max(K, L): 3 sorted draws of randint(2).
+    assert starts(MMAction2Sampler(3).indices(11, 10, "train", Draws([1, 0, 1]))) == [1, 2, 2]
+    # n=10: avg = 1 // 3 = 0 and n is not > L: around(k / 3) = 0, 0, 1; the last clip loops to frame 1.
+    assert MMAction2Sampler(3).indices(10, 10, "train", Draws()).tolist() == [
+        list(range(1, 11)), list(range(1, 11)), list(range(2, 11)) + [1]]
+
+
+def test_fusion_test_rule_every_candidate_tau_15():
+    # n=40 fields, N=41 frames, L=10: t = 6:15:36 -> 6, 21, 36; fields t-5 .. t+4.
+    indices = FusionSampler().indices(40, 10, "test")
+    assert indices.tolist() == [list(range(1, 11)), list(range(16, 26)), list(range(31, 41))]
+    # The last candidate's stack ends at field 40, from frame 40 to 41 = N: the whole span is in the video.
+    assert FusionSampler().count("test") is None and FusionSampler().count("train") == 5
+
+
+def test_fusion_train_rule_random_tau_and_run_of_five():
+    # n=100, N=101: tau drawn 7 from 5..15; candidates 6, 13, ..., 90 (13 of them); run drawn at 3: t = 27..55.
+    draws = Draws(7, 3)
+    indices = FusionSampler().indices(100, 10, "train", draws)
+    assert draws.calls == [(5, 16), (0, 9)]
+    assert starts(indices) == [22, 29, 36, 43, 50]
+    assert (indices == np.array(starts(indices))[:, None] + np.arange(10)).all()
+
+
+def test_fusion_short_videos():
+    # n=20, tau 15: one candidate, t=6 (21 > N-5 = 16); the run of 5 repeats it.
+    assert starts(FusionSampler().indices(20, 10, "train", Draws(15, 0))) == [1] * 5
+    # n=5 < L: t = 6 all the same, fields 1..5 then the last repeated.
+    assert FusionSampler().indices(5, 10, "test").tolist() == [[1, 2, 3, 4, 5, 5, 5, 5, 5, 5]]
+
+
+def test_sequence_one_per_second_from_the_trees_fps():
+    # 15 fps, 1 per second, 30 moments, L=1: frames 1, 16, 31, ..., 436 (from the first frame in test).
+    indices = SequenceSampler().indices(600, 1, "test", fps=15.0)
+    assert indices[:, 0].tolist() == list(range(1, 437, 15)) and indices.shape == (30, 1)
+    # train: the offset is drawn from 0 .. n - L - 435 = 164.
+    draws = Draws(10)
+    assert SequenceSampler().indices(600, 1, "train", draws, fps=15.0)[:3, 0].tolist() == [11, 26, 41]
+    assert draws.calls == [(0, 165)]
+    # 12.5 fps: the frame nearest k seconds is floor(12.5 k + 0.5): 0, 13, 25, 38.
+    assert SequenceSampler(4).indices(100, 1, "test", fps=12.5)[:, 0].tolist() == [1, 14, 26, 39]
+    # 120 moments at 2 per second from 30 fps: every 15th frame.
+    assert SequenceSampler(120, rate=2.0).indices(2000, 1, "val", fps=30.0)[-1, 0] == 1 + 119 * 15
+
+
+def test_sequence_short_videos_loop_or_repeat():
+    # 20 frames at 15 fps, 3 moments: 1, 16, 31 -> 31 loops to 11, or repeats frame 20.
+    assert SequenceSampler(3).indices(20, 1, "test", fps=15.0)[:, 0].tolist() == [1, 16, 11]
+    assert SequenceSampler(3, short="repeat").indices(20, 1, "test", fps=15.0)[:, 0].tolist() == [1, 16, 20]
+    with pytest.raises(ConfigError, match="fps"):
+        SequenceSampler().indices(20, 1, "test")
+
+
+def test_dense_clips_cover_the_video():
+    assert DenseSampler().indices(25, 10, "test").tolist() == [list(range(1, 11)), list(range(11, 21))]
+    assert starts(DenseSampler(stride=5).indices(25, 10, "test")) == [1, 6, 11, 16]
+    assert starts(DenseSampler(stride=5, max_clips=2).indices(25, 10, "test")) == [1, 6]
+    assert DenseSampler().indices(4, 10, "test").tolist() == [[1, 2, 3, 4, 4, 4, 4, 4, 4, 4]]
+    # train: the same 2 clips shifted by up to the slack, 25 - 10 - 10 = 5 (the count stays for batching).
+    draws = Draws(5)
+    assert starts(DenseSampler().indices(25, 10, "train", draws)) == [6, 16]
+    assert draws.calls == [(0, 6)]
+    draws = Draws(9)
+    assert starts(DenseSampler(stride=5, max_clips=2).indices(25, 10, "train", draws)) == [10, 15]
+    assert draws.calls == [(0, 11)]
+
+
+def test_explicit_segments_are_never_overridden_by_the_mode():
+    assert TSNSampler().count("test") == 25 and TSNSampler().count("train") == 1
+    assert TSNSampler(segments=1).count("test") == 1  # today's silent 25 is gone
+    assert TSNSampler(test_segments=3).count("test") == 3 and TSNSampler(test_segments=3).count("val") == 1
+    with pytest.raises(ConfigError, match="test_segments=25 would never be"):
+        TSNSampler(segments=1, test_segments=25)
+    assert make_sampler("mmaction2", segments=4) == MMAction2Sampler(4)
+    assert make_sampler("fusion", segments=3) == FusionSampler(moments=3)
+    with pytest.raises(ConfigError, match="'tsm'"):
+        make_sampler("tsm")
+    with pytest.raises(ConfigError, match="test_segments"):
+        make_sampler("fusion", test_segments=3)
+
+
+@given(n=st.integers(1, 300), length=st.integers(1, 12), seed=st.integers(0, 2**32),
+       mode=st.sampled_from(["train", "val", "test"]),
+       sampler=st.sampled_from([MMAction2Sampler(3), FusionSampler(), SequenceSampler(7), DenseSampler(3)]))
+def test_every_sampler_stays_inside_the_video(n, length, seed, mode, sampler):
+    indices = sampler.indices(n, length, mode, np.random.default_rng(seed), fps=15.0)
+    assert indices.ndim == 2 and indices.shape[1] == length and len(indices) >= 1
+    assert indices.min() >= 1 and indices.max() <= n
+    if sampler.count(mode) is not None:
+        assert len(indices) == sampler.count(mode)

@@ -1,4 +1,5 @@
-"""PyTorch datasets: TSN-sampled flow stacks, and RGB frames aligned with them, from output trees.
+"""PyTorch datasets: items composed of a sampler (which moments), a stacking (what is read at each) and
+transforms, from output trees.
 
 Trees are read through flowprep.store (directories and zip packs alike); flowprep trees are described by their
 meta.json, other tools' trees by the naming options. JPEGs decode with OpenCV (libjpeg-turbo), one decode per
@@ -21,36 +22,42 @@ from ..annotations import Annotation, VideoOutput, build_annotations, describe_o
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
 from ..quantize import DEFAULT_BOUND
-from ..store import Naming, OutputReader, open_output, read_flow_pair
-from .sampling import check_sampling, stack_indices
-from .transforms import Dequantize, apply_transform
+from ..store import Naming, OutputReader, open_output
+from .sampling import Sampler, check_mode, make_sampler
+from .stacking import OUTPUTS, Stacking, make_stacking, read_rgb_frames, rgb_values
+from .transforms import apply_transform
 
-OUTPUTS = ("pixels", "unit", "uint8")
 COUNT_MISMATCH = ("error", "tree")
 RGB_ANCHORS = ("centre", "start")
 OPEN_READERS = 32  # outputs (zip packs) kept open per process
-TSN_TEST_SEGMENTS = 25
 
 
 class FlowStackDataset(Dataset):
-    """Stacks of `length` consecutive flow frames per video, TSN-sampled; items are (tensor, label).
+    """Items (tensor, label): per video, the moments a sampler picks, read by a stacking, then `transform`.
 
-    tensor: (2L, H, W) for one segment, (segments, 2L, H, W) for more; channels x_s, y_s, x_s+1, y_s+1, ...
-    `output`: 'pixels' float32 displacements (dequantized with the video's bound), 'unit' float32
-    q * 2 / 255 - 1 in [-1, 1] (dequantized with bound 1: pixels / bound), 'uint8' the raw JPEG codes. `mean_subtract`
-    subtracts from each x and y field its spatial mean (two-stream paper; float outputs only).
+    `sampling`: a Sampler or a shortcut, "tsn" (default), "mmaction2", "fusion", "sequence", "dense"
+    (flowprep.data.sampling); `segments`, when given, is its count of moments (TSN segments, mmaction2 clips,
+    fusion moments, sequence length, at most that many dense clips) in every mode. TSN without `segments`
+    uses 1 segment in train and val and `test_segments` (TSN's 25 by default) in test.
+    `stacking`: a Stacking or "flow" (default), "trajectory", "bidirectional", "rgb", "rgbdiff"
+    (flowprep.data.stacking), each reading `length` L units per moment.
 
-    Sampling (sampling.stack_indices): random offset per segment in 'train', centres in 'val' and 'test'
-    ('test' uses `test_segments` segments, TSN's 25 by default); videos shorter than L repeat their last pair.
+    tensor: (C, H, W) when the sampler always gives one moment, else (K, C, H, W); for flow stackings C = 2L,
+    channels x_s, y_s, x_s+1, y_s+1, ... `output`: 'pixels' float32 displacements (dequantized with the video's
+    bound), 'unit' float32 pixels / bound in [-1, 1], 'uint8' the raw JPEG codes (RGB stackings: 'uint8' or
+    float in [0, 1]). `mean_subtract` subtracts from each x and y field its spatial mean (two-stream paper;
+    flow stackings, float outputs).
+
     With `seed` set, item i of epoch e is the same whatever the DataLoader worker count (call set_epoch each
     epoch); with seed None, randomness comes from torch's RNG, which DataLoader seeds per worker.
 
     `annotations`: a list file (``relative_dir num_frames label``), a sequence of Annotation, or None to take
-    every video under `root` labelled by sorted class folders. Each listed count is checked against the tree:
-    a mismatch raises OutputError naming the video and both counts, unless on_count_mismatch='tree' (use the
-    tree's count). `layout`, `flow_template`, `img_template`, `start_index` and `bound` (pixels) describe
-    trees without meta.json (denseflow: start_index=0; mmaction2's script: flow_template='{}_{:05d}.jpg');
-    a video's meta.json takes precedence.
+    every video under `root` labelled by sorted class folders. Each listed count is checked against the tree
+    (flow pairs; RGB frames for RGB stackings): a mismatch raises OutputError naming the video and both counts,
+    unless on_count_mismatch='tree' (use the tree's count). `layout`, `flow_template`, `backward_template`,
+    `img_template`, `start_index`, `bound` (pixels) and `fps` (sampled frames per second, for the sequence
+    sampler) describe trees without meta.json (denseflow: start_index=0; mmaction2's script:
+    flow_template='{}_{:05d}.jpg'); a video's meta.json takes precedence.
 
     `transform` gets the tensor (flowprep Transforms also a per-item torch.Generator).
     """
@@ -60,9 +67,9 @@ class FlowStackDataset(Dataset):
         root: str | os.PathLike,
         annotations: str | os.PathLike | Sequence[Annotation] | None = None,
         length: int = 10,
-        segments: int = 1,
+        segments: int | None = None,
         mode: str = "train",
-        test_segments: int = TSN_TEST_SEGMENTS,
+        test_segments: int | None = None,
         transform: Callable[..., Any] | None = None,
         output: str = "pixels",
         mean_subtract: bool = False,
@@ -73,32 +80,51 @@ class FlowStackDataset(Dataset):
         start_index: int = StoreConfig.start_index,
         bound: float = DEFAULT_BOUND,
         on_count_mismatch: str = "error",
+        sampling: str | Sampler = "tsn",
+        stacking: str | Stacking = "flow",
+        backward_template: str | None = None,
+        fps: float | None = None,
     ):
         if output not in OUTPUTS:
             raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
         if on_count_mismatch not in COUNT_MISMATCH:
             raise ConfigError(f"on_count_mismatch must be one of {', '.join(COUNT_MISMATCH)}; "
                               f"got {on_count_mismatch!r}")
-        if mean_subtract and output == "uint8":
-            raise ConfigError("mean_subtract needs float values: use output='pixels' or 'unit', not 'uint8'")
-        check_sampling(length, segments, mode)
-        check_sampling(length, test_segments, mode)
+        if length < 1:
+            raise ConfigError(f"stack length must be >= 1, got {length!r}")
+        check_mode(mode)
+        self.sampler = make_sampler(sampling, segments, test_segments)
+        self.stacking = make_stacking(stacking)
+        self.stacking.check_output(output, length)
+        if mean_subtract and (output == "uint8" or not self.stacking.is_flow):
+            raise ConfigError("mean_subtract needs float flow values: use output='pixels' or 'unit', not 'uint8', "
+                              f"with a flow stacking (got {self.stacking!r})")
         self.root = Path(root)
         self.length = length
-        self.segments = test_segments if mode == "test" else segments
         self.mode = mode
         self.transform = transform
         self.output = output
         self.mean_subtract = mean_subtract
         self.seed = seed
+        self.fps = fps
         self.epoch = 0
         # Validates templates, layout, start index and bound the same way extraction does.
         store = StoreConfig(bound=bound, layout=layout, flow_template=flow_template, img_template=img_template,
-                            start_index=start_index)
+                            start_index=start_index, backward_template=backward_template)
         self.videos, self.labels = _load_videos(self.root, annotations, Naming.from_config(store), store.bound,
-                                                on_count_mismatch)
+                                                on_count_mismatch, self.stacking, length)
+        if self.sampler.needs_fps:
+            for video in self.videos:
+                if video.fps is None and fps is None:
+                    raise OutputError(f"{video.path}: the {self.sampler!r} sampler needs the sampled fps, which "
+                                      "this video's output does not record (pass fps= for trees without meta.json)")
         self._readers: OrderedDict[Path, OutputReader] = OrderedDict()
         self._pid = os.getpid()
+
+    @property
+    def segments(self) -> int | None:
+        """Moments per item in this mode, or None where it depends on the video."""
+        return self.sampler.count(self.mode)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -106,12 +132,13 @@ class FlowStackDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         video = self.videos[index]
         rng = self._item_rng(index)
-        codes = self._read_flow(video, self._indices(video, rng))
+        stack = self._stack(video, self._indices(video, rng))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        return apply_transform(self.transform, self._flow_tensor(codes, video.bound), generator), self.labels[index]
+        return apply_transform(self.transform, stack, generator), self.labels[index]
 
     def frame_indices(self, index: int) -> np.ndarray:
-        """1-based flow frame numbers item `index` reads, (segments, L); reproducible only with a seed."""
+        """1-based unit numbers (flow fields, or RGB frames / differences) item `index` reads, (K, L), in the
+        sampler's order; reproducible only with a seed."""
         return self._indices(self.videos[index], self._item_rng(index))
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,7 +146,8 @@ class FlowStackDataset(Dataset):
         self.epoch = epoch
 
     def _indices(self, video: VideoOutput, rng: np.random.Generator) -> np.ndarray:
-        return stack_indices(video.flow_pairs, self.length, self.segments, self.mode, rng)
+        return self.sampler.indices(self.stacking.units(video), self.length, self.mode, rng,
+                                    video.fps if video.fps is not None else self.fps)
 
     def _item_rng(self, index: int) -> np.random.Generator:
         if self.seed is None:
@@ -138,36 +166,15 @@ class FlowStackDataset(Dataset):
         self._readers[path] = reader
         return reader
 
-    def _read_flow(self, video: VideoOutput, indices: np.ndarray) -> np.ndarray:
-        """uint8 codes (segments, 2L, H, W) of the 1-based flow frames `indices` (segments, L), x/y interleaved."""
-        reader = self._reader(video.path)
-        codes = np.empty(0, np.uint8)
-        first = 0
-        placed: dict[int, tuple[int, int]] = {}  # frame number -> (segment, channel) where it was first put
-        for segment, numbers in enumerate(indices.tolist()):
-            for channel, number in zip(range(0, 2 * len(numbers), 2), numbers):
-                if number in placed:  # repeat-last and overlapping segments: decode each frame once
-                    earlier_segment, earlier_channel = placed[number]
-                    codes[segment, channel:channel + 2] = codes[earlier_segment, earlier_channel:earlier_channel + 2]
-                    continue
-                x, y = read_flow_pair(reader, video.naming, number - 1)
-                if not placed:
-                    codes, first = np.empty((indices.shape[0], 2 * indices.shape[1], *x.shape), np.uint8), number
-                else:
-                    _check_size(video, "flow", number, x.shape, first, codes.shape[2:])
-                codes[segment, channel] = x
-                codes[segment, channel + 1] = y
-                placed[number] = segment, channel
-        return codes
-
-    def _flow_tensor(self, codes: np.ndarray, bound: float) -> torch.Tensor:
-        tensor = torch.from_numpy(codes)
-        if self.output != "uint8":
-            # In torch rather than numpy: 1.6x faster, and threaded as torch is told (once in DataLoader workers).
-            tensor = Dequantize(bound if self.output == "pixels" else 1.0)(tensor)
+    def _stack(self, video: VideoOutput, indices: np.ndarray) -> torch.Tensor:
+        tensor = self.stacking.read(self._reader(video.path), video, indices, self.output)
         if self.mean_subtract:
             tensor -= tensor.mean(dim=(-2, -1), keepdim=True)
-        return _squeeze(tensor)
+        return self._squeeze(tensor)
+
+    def _squeeze(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(1, C, H, W) -> (C, H, W) for samplers that always give one moment: one TSN segment is a plain stack."""
+        return tensor[0] if self.segments == 1 else tensor
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -176,12 +183,14 @@ class FlowStackDataset(Dataset):
 
 
 class TwoStreamDataset(FlowStackDataset):
-    """RGB frame and flow stack of the same moment per segment, same sampling; items are (rgb, flow, label).
+    """The RGB frame and the stack of the same moment, for every moment the sampler picks; items are
+    (rgb, stack, label).
 
-    rgb: (3, H, W) per segment, (segments, 3, H, W) for more; float32 in [0, 1] (uint8 0..255 with
-    output='uint8'). The frame is the centre of the stack's span (start + L // 2, Feichtenhofer-style fusion)
-    or its first frame with rgb_anchor='start' (TSN's RGB offset), capped at the last RGB frame. Videos need
-    RGB frames (extract with --rgb). `rgb_transform` and `transform` get generators seeded alike, so equal
+    rgb: (3, H, W) per moment ((K, 3, H, W) as the stack); float32 in [0, 1] (uint8 0..255 with
+    output='uint8'). The frame is the centre of the stack's span (s + L // 2: frame t of a fusion moment,
+    tau of a bidirectional stack, the frame a Beyond Short Snippets flow image starts from with L = 1) or its
+    first frame with rgb_anchor='start' (TSN's RGB offset), capped at the last RGB frame. Videos need RGB
+    frames (extract with --rgb). `rgb_transform` and `transform` get generators seeded alike, so equal
     pipelines (HorizontalFlip for RGB, FlowHorizontalFlip for flow) crop and flip both streams alike.
     Other arguments as FlowStackDataset.
     """
@@ -202,42 +211,27 @@ class TwoStreamDataset(FlowStackDataset):
         video = self.videos[index]
         rng = self._item_rng(index)
         indices = self._indices(video, rng)
-        flow = self._flow_tensor(self._read_flow(video, indices), video.bound)
-        rgb = self._rgb_tensor(self._read_rgb(video, self.rgb_indices(video, indices)))
+        stack = self._stack(video, indices)
+        numbers = self.rgb_indices(video, indices)
+        rgb = self._squeeze(rgb_values(torch.from_numpy(
+            read_rgb_frames(self._reader(video.path), video, numbers[:, None])[:, 0]), self.output))
         seed = int(rng.integers(2**62))
-        flow = apply_transform(self.transform, flow, torch.Generator().manual_seed(seed))
+        stack = apply_transform(self.transform, stack, torch.Generator().manual_seed(seed))
         rgb = apply_transform(self.rgb_transform, rgb, torch.Generator().manual_seed(seed))
-        return rgb, flow, self.labels[index]
+        return rgb, stack, self.labels[index]
 
     def rgb_indices(self, video: VideoOutput, indices: np.ndarray) -> np.ndarray:
-        """1-based RGB frame number per segment, (segments,), for flow frame numbers `indices` (segments, L)."""
+        """1-based RGB frame number per moment, (K,), for the unit numbers `indices` (K, L)."""
         starts = indices[:, 0]
         return np.minimum(starts + (self.length // 2 if self.rgb_anchor == "centre" else 0), video.rgb_frames)
 
-    def _read_rgb(self, video: VideoOutput, numbers: np.ndarray) -> np.ndarray:
-        """uint8 (segments, 3, H, W) RGB frames of the 1-based frame `numbers` (segments,)."""
-        reader = self._reader(video.path)
-        frames = None
-        first = 0
-        for number in np.unique(numbers).tolist():
-            frame = reader.read_image(video.naming.img(number - 1), rgb=True).transpose(2, 0, 1)
-            if frames is None:
-                frames, first = np.empty((len(numbers), *frame.shape), np.uint8), number
-            else:
-                _check_size(video, "RGB", number, frame.shape[1:], first, frames.shape[2:])
-            frames[numbers == number] = frame
-        return frames
-
-    def _rgb_tensor(self, frames: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(frames)
-        return _squeeze(tensor if self.output == "uint8" else tensor.float().div_(255.0))
-
 
 def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotation] | None, naming: Naming,
-                 bound: float, on_count_mismatch: str) -> tuple[list[VideoOutput], list[int]]:
+                 bound: float, on_count_mismatch: str, stacking: Stacking, length: int
+                 ) -> tuple[list[VideoOutput], list[int]]:
     if annotations is None:
         outputs = find_outputs(root, naming, bound)
-        entries = build_annotations(outputs, "flow")
+        entries = build_annotations(outputs, stacking.modality)
         videos = [outputs[entry.path] for entry in entries]
     else:
         entries = read_annotations(annotations) if isinstance(annotations, (str, os.PathLike)) else list(annotations)
@@ -245,26 +239,14 @@ def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotatio
     if not entries:
         raise ConfigError(f"no videos found under {root}" if annotations is None else f"{annotations}: empty list")
     for entry, video in zip(entries, videos):
-        if video.flow_pairs == 0:
-            raise OutputError(f"{video.path}: no flow frames named like {video.naming.flow_template!r}")
-        if entry.num_frames != video.flow_pairs and on_count_mismatch == "error":
+        stacking.check(video, length)
+        frames = video.frames(stacking.modality)
+        if entry.num_frames != frames and on_count_mismatch == "error":
             source = "meta.json" if video.has_meta else "files counted"
+            unit = "flow pairs" if stacking.modality == "flow" else "RGB frames"
             raise OutputError(
                 f"{video.path}: the annotation list says {entry.num_frames} frames but the tree has "
-                f"{video.flow_pairs} flow pairs ({source}); rewrite the list with `flowprep list` or pass "
+                f"{frames} {unit} ({source}); rewrite the list with `flowprep list` or pass "
                 "on_count_mismatch='tree' to use the tree's count"
             )
     return videos, [entry.label for entry in entries]
-
-
-def _check_size(video: VideoOutput, kind: str, number: int, shape: tuple[int, ...], first: int,
-                expected: tuple[int, ...]) -> None:
-    """OutputError unless frame `number` has the (H, W) of the video's first frame read, `first`."""
-    if tuple(shape) != tuple(expected):
-        raise OutputError(f"{video.path}: {kind} frame {number} is {shape[1]}x{shape[0]} pixels but frame {first} "
-                          f"is {expected[1]}x{expected[0]}")
-
-
-def _squeeze(tensor: torch.Tensor) -> torch.Tensor:
-    """(1, C, H, W) -> (C, H, W): one segment gives the plain stack."""
-    return tensor[0] if tensor.shape[0] == 1 else tensor

@@ -1,0 +1,59 @@
+"""What each stacking costs against a plain flow stack of the same size: CPU time per item, one thread.
+
+Extracts the sample clip (DIS, with RGB frames) at --size and reads the same seeded TSN train items (3
+segments x L = 10 by default, float32 pixels, full frames, no transform) with each stacking, in one process
+with one torch and one OpenCV thread (what each DataLoader worker does). Times are CPU seconds
+(time.process_time), best of --repeats interleaved runs: on a shared machine wall time drifts, CPU time much
+less. Trajectory stacking must cost at most 2x a plain stack. Bidirectional reads as many JPEGs as a plain
+stack (half of them backward), so it costs what a plain one does; the sample tree has no backward flow.
+
+    PYTHONPATH=. python benchmarks/stacking.py [--size 340x256 --length 10 --segments 3 --items 100]
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from loader import best_times, extract_trees, item_arguments, read_each
+
+from flowprep.annotations import Annotation, describe_output
+from flowprep.data import FlowStackDataset
+from flowprep.data.stacking import trajectory
+
+
+def main() -> None:
+    args = item_arguments(__doc__.splitlines()[0], items=100).parse_args()
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    tree = extract_trees(args.video, args.work, args.size, rgb=True)["dir"]
+    video = describe_output(tree / "Sample" / args.video.stem)
+    flow_entries = [Annotation(f"Sample/{args.video.stem}", video.flow_pairs, 0)] * args.items
+    rgb_entries = [Annotation(f"Sample/{args.video.stem}", video.rgb_frames, 0)] * args.items
+    common = dict(length=args.length, segments=args.segments, mode="train", seed=0)
+    datasets = {
+        "flow (plain stack)": FlowStackDataset(tree, flow_entries, **common),
+        "trajectory": FlowStackDataset(tree, flow_entries, stacking="trajectory", **common),
+        "flow, mean subtracted": FlowStackDataset(tree, flow_entries, mean_subtract=True, **common),
+        "rgbdiff": FlowStackDataset(tree, rgb_entries, stacking="rgbdiff", **common),
+    }
+    # (K, L, 2, H, W) uint8 codes of an item: the trajectory's own input, to time the resampling alone
+    codes = FlowStackDataset(tree, flow_entries, output="uint8", **common)[0][0].unflatten(1, (args.length, 2))
+    runs = {name: read_each(dataset) for name, dataset in datasets.items()}
+    runs["(trajectory resampling alone)"] = lambda: [trajectory(codes, video.bound) for _ in range(args.items)]
+    seconds = best_times(runs, args.repeats)
+
+    stacks = args.items * args.segments
+    print(f"{video.flow_pairs} flow pairs of {args.size}; item = {args.segments} x {args.length} fields; "
+          f"{args.items} items; CPU time, best of {args.repeats} interleaved runs; 1 torch thread, 1 OpenCV thread")
+    base = seconds["flow (plain stack)"][1]
+    print(f"{'stacking':32s} {'CPU ms/stack':>13s} {'x plain':>8s}")
+    for name, (_, cpu) in seconds.items():
+        print(f"{name:32s} {1000 * cpu / stacks:13.2f} {cpu / base:8.2f}")
+    ratio = seconds["trajectory"][1] / base
+    print(f"trajectory / plain: {ratio:.2f}x ({'within' if ratio <= 2 else 'OVER'} the 2x bar)")
+    assert np.isfinite(ratio)
+
+
+if __name__ == "__main__":
+    main()
