@@ -78,6 +78,7 @@ class FlowConfig:
     preset: str | None = None  # a named parameter set of the backend; None: its defaults
     params: tuple[tuple[str, Any], ...] = ()
     batch_size: int = 16  # pairs per launch, for batched (GPU) backends
+    warp: bool = False  # TSN's warped flow: camera motion (a homography) removed first (flowprep.flow.warp)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
@@ -117,6 +118,8 @@ class StoreConfig:
             self.directions
         ):
             raise ConfigError(f"directions must be one or both of {', '.join(DIRECTIONS)}; got {self.directions!r}")
+        # One order, whatever order they were asked in: the files do not depend on it, and resume compares them.
+        object.__setattr__(self, "directions", tuple(d for d in DIRECTIONS if d in self.directions))
         _check_template("flow_template", self.resolved_flow_template, _TEMPLATE_FIELDS[self.layout])
         _check_template("backward_template", self.resolved_backward_template, _TEMPLATE_FIELDS[self.layout])
         if self.resolved_backward_template == self.resolved_flow_template:
