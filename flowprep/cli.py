@@ -8,7 +8,8 @@ import click
 
 from . import __version__, annotations
 from .batch import ENGINES, BatchInterrupted, discover, run_batch
-from .config import DIRECTIONS, LAYOUTS, VIDEO_EXTENSIONS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
+from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig,
+                     parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, list_backends
 from .store import Naming

@@ -170,7 +170,8 @@ def _extract(
                 t0 = time.perf_counter()
                 q = quantize(flow, store.bound)
                 t1 = time.perf_counter()
-                files += zip(naming.pair_names(index, direction), encode_flow_codes(q, store.layout, store.jpeg_quality))
+                encoded = encode_flow_codes(q, store.layout, store.jpeg_quality)
+                files += zip(naming.pair_names(index, direction), encoded)
                 output.add_time("quantize", t1 - t0)
                 output.add_time("encode", time.perf_counter() - t1)
             return files

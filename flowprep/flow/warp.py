@@ -173,7 +173,7 @@ class Warper:
         found = self._cache.get(key)
         if found is None:
             keypoints, descriptors = self._detector.detectAndCompute(frame, None)
-            points = cv2.KeyPoint_convert(keypoints).reshape(-1, 2).astype(np.float32)
+            points = np.array(cv2.KeyPoint_convert(keypoints), np.float32).reshape(-1, 2)
             found = self._cache[key] = (points, descriptors)
             while len(self._cache) > self._cache_frames:
                 self._cache.popitem(last=False)
