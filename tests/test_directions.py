@@ -127,7 +127,7 @@ def test_flow_stream_backward_is_the_reversed_pairs_flow():
     assert all(np.array_equal(a, b) for a, (_, b) in zip(only_backward, flows))
 
 
-class _LaunchCounting(TorchTVL1):
+class LaunchCounting(TorchTVL1):
     """TorchTVL1 that records how many pairs each launch (compute_batch call) holds."""
 
     def __init__(self, *args, **kwargs):
@@ -141,7 +141,7 @@ class _LaunchCounting(TorchTVL1):
 
 def test_batched_backend_computes_both_directions_in_one_launch():
     frames = [cv2.resize(f, (48, 32), interpolation=cv2.INTER_AREA) for f in translated_frames(6)]
-    backend = _LaunchCounting({"nscales": 2, "warps": 2}, device="torch-cpu", batch_size=4)
+    backend = LaunchCounting({"nscales": 2, "warps": 2}, device="torch-cpu", batch_size=4)
     flows = list(flow_stream(backend, iter(frames), ("forward", "backward")))
     # 5 pairs, 2 a window (4 flows a launch): forward and backward of each window together.
     assert backend.launches == [4, 4, 2] and len(flows) == 5

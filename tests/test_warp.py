@@ -12,11 +12,11 @@ import pytest
 from batchdata import CARPHONE, class_tree, kill_group, output_digest, start_cli, wait_for
 
 from conftest import MIDDLEBURY, SINTEL, gray, run_cli
-from flowprep import ExtractConfig, FlowConfig, StoreConfig, extract_video
+from test_directions import LaunchCounting
+from flowprep import ExtractConfig, FlowConfig, extract_video
 from flowprep.config import DecodeConfig
 from flowprep.flow import create_backend
 from flowprep.flow.pairs import flow_stream
-from flowprep.flow.torch_tvl1 import TorchTVL1
 from flowprep.flow.warp import Warper, warped_flow
 from flowprep.store import finished_meta
 from flowprep.testing import camera_motion_scene
@@ -125,20 +125,10 @@ def test_warped_backward_flow_is_the_reversed_pairs_warped_flow(background):
     assert warper.stats.pairs == 2 and warper.stats.identity == 0
 
 
-class _LaunchCounting(TorchTVL1):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.launches: list[int] = []
-
-    def compute_batch(self, firsts, seconds):
-        self.launches.append(len(firsts))
-        return super().compute_batch(firsts, seconds)
-
-
 def test_warp_wraps_a_batched_backend(background):
     small = cv2.resize(background, (146, 97), interpolation=cv2.INTER_AREA)
     scene = camera_motion_scene(small, camera(146, 97, pan=(1.5, -1)))
-    backend = _LaunchCounting({"nscales": 3}, device="torch-cpu", batch_size=4)
+    backend = LaunchCounting({"nscales": 3}, device="torch-cpu", batch_size=4)
     flows = list(flow_stream(backend, [scene.first, scene.second], ("forward", "backward"), Warper()))
     assert backend.launches == [2, 2]  # both directions plain, then both warped: one launch each
     assert magnitude(flows[0][0])[INTERIOR].mean() < 0.15 < magnitude(scene.camera_flow)[INTERIOR].mean()
