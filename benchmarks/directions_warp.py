@@ -9,10 +9,12 @@ skew the ratios:
    (6, 3) px across it: mean |flow| of the background with and without warp, and the object's warped |flow|
    against its motion relative to the background, H^-1 (x + s) - x. The same scene without camera motion
    (identity homography) gives how far warped and plain flow are apart when there is nothing to remove.
-3. Camera shake: median |flow| over the frame, with and without warp, on the first frames of mr-bubz.webm.
+3. Camera shake: median |flow| over the frame, with and without warp, on pairs of consecutive frames spread over
+   mr-bubz.webm.
 
     python benchmarks/directions_warp.py                        # everything (a few CPU minutes)
-    python benchmarks/directions_warp.py --skip-cost            # 2 and 3 only (seconds)
+    python benchmarks/directions_warp.py --skip-cost            # 2 and 3 only (a minute)
+    python benchmarks/directions_warp.py --skip-cost --shake-step 1   # 3 on the first 40 pairs of mr-bubz
     python benchmarks/directions_warp.py --fps 7.5 --size 340x256 --algo tvl1
 """
 from __future__ import annotations
@@ -106,21 +108,27 @@ def scene_numbers(algo: str) -> None:
               f"{magnitude(warped - plain)[10:-10, 10:-10].mean():.3f} px; identity fallbacks {warper.stats.identity}")
 
 
-def shake_numbers(algo: str, frames: int, size: tuple[int, int]) -> None:
+def shake_numbers(algo: str, pairs: int, size: tuple[int, int], step: int | None) -> None:
+    """Median |flow| of `pairs` pairs of consecutive frames, one every `step` frames (default: spread evenly over
+    the whole of mr-bubz.webm)."""
     video = VIDEOS / "mr-bubz.webm"
     with open_reader(video, "pyav") as reader:
-        grays = [g for _, g in itertools.islice(flow_frames(reader, DecodeConfig(size=size)), frames)]
+        grays = [g for _, g in flow_frames(reader, DecodeConfig(size=size))]
+    step = step or (len(grays) - 1) // pairs
+    chosen = [(grays[k], grays[k + 1]) for k in range(0, step * pairs, step)]
     backend = create_backend(FlowConfig(algo))
     warper = Warper()
-    medians = {"plain": [], "warped": []}
-    for name, warp in (("plain", None), ("warped", warper)):
-        for (flow,) in flow_stream(backend, grays, warp=warp):
+    medians: dict[str, list[float]] = {"plain": [], "warped": []}
+    for first, second in chosen:
+        for name, warp in (("plain", None), ("warped", warper)):
+            (flow,), = flow_stream(backend, [first, second], warp=warp)
             medians[name].append(float(np.median(magnitude(flow))))
-    print(f"3. camera shake, {video.name}, first {frames} frames at {size[0]}x{size[1]}, {algo}: median |flow| over "
-          f"the frame, median over {len(medians['plain'])} pairs: plain {np.median(medians['plain']):.3f} px, warped "
-          f"{np.median(medians['warped']):.3f} px (means over pairs {np.mean(medians['plain']):.3f} and "
-          f"{np.mean(medians['warped']):.3f}); identity on {100 * warper.stats.identity / warper.stats.pairs:.1f}% "
-          f"of pairs")
+    lower = sum(w < p for p, w in zip(medians["plain"], medians["warped"]))
+    print(f"3. camera shake, {video.name}, {len(chosen)} pairs of consecutive frames every {step} frames, "
+          f"{size[0]}x{size[1]}, {algo}: median |flow| over the frame, median over the pairs: plain "
+          f"{np.median(medians['plain']):.3f} px, warped {np.median(medians['warped']):.3f} px (means over pairs "
+          f"{np.mean(medians['plain']):.3f} and {np.mean(medians['warped']):.3f}); lower with warp in {lower} of "
+          f"{len(chosen)} pairs; identity on {100 * warper.stats.identity / warper.stats.pairs:.1f}% of pairs")
 
 
 def main() -> None:
@@ -131,8 +139,10 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=(340, 256))
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--skip-cost", action="store_true")
-    parser.add_argument("--shake-frames", type=int, default=40)
+    parser.add_argument("--shake-pairs", type=int, default=40)
     parser.add_argument("--shake-size", type=parse_size, default=(240, 240))
+    parser.add_argument("--shake-step", type=int, default=None,
+                        help="one pair every this many frames (1: the first --shake-pairs pairs); default: spread")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     print(f"flowprep benchmarks/directions_warp.py, OpenCV {cv2.__version__}, {platform.processor() or platform.machine()}")
@@ -141,7 +151,7 @@ def main() -> None:
     for algo in ("dis", "tvl1"):
         scene_numbers(algo)
     for algo in ("dis", "tvl1"):
-        shake_numbers(algo, args.shake_frames, args.shake_size)
+        shake_numbers(algo, args.shake_pairs, args.shake_size, args.shake_step)
 
 
 if __name__ == "__main__":
