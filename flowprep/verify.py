@@ -60,6 +60,7 @@ class VideoCheck:
     warnings: list[str] = field(default_factory=list)
     pairs: int = 0  # per direction
     directions: tuple[str, ...] = ("forward",)
+    warp: bool = False  # TSN's warped flow (settings.warp)
     rgb_frames: int = 0
     bound: float = 0.0
     values: int = 0  # flow values (pixels x 2 components) read
@@ -112,7 +113,7 @@ class VerifyReport:
 
     def summary(self) -> str:
         """Human-readable report: every problem and warning with its path, per-video and overall statistics."""
-        lines = [f"{'PROBLEM' if v.problems else 'ok':7s} {v.path}: {v.pairs} pairs{_directions_text(v.directions)}, "
+        lines = [f"{'PROBLEM' if v.problems else 'ok':7s} {v.path}: {v.pairs} pairs{_kind_text(v)}, "
                  f"{v.rgb_frames} rgb, "
                  f"mean |flow| {v.mean_magnitude:.3f} px, clipped {100 * v.clipped_fraction:.3f}% at bound "
                  f"{v.bound:g}" + _roundtrip_text(v.roundtrip) for v in self.videos]
@@ -126,8 +127,11 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _directions_text(directions: tuple[str, ...]) -> str:
-    return "" if directions == ("forward",) else f" ({' and '.join(directions)})"
+def _kind_text(check: VideoCheck) -> str:
+    """' (forward and backward, warped)' and the like; '' for plain forward flow."""
+    kinds = [" and ".join(check.directions)] if check.directions != ("forward",) else []
+    kinds += ["warped"] if check.warp else []
+    return f" ({', '.join(kinds)})" if kinds else ""
 
 
 def _roundtrip_text(rt: RoundTrip | None) -> str:
@@ -216,7 +220,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
             check.problems.append(str(exc))
             return check
         check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
-        check.directions = layout.directions
+        check.directions, check.warp = layout.directions, recorded_settings(meta["settings"])["warp"] is True
         names = set(reader.names())
         _check_names(reader, names, layout, check)
         _check_images(reader, names, layout, check)

@@ -20,6 +20,7 @@ from flowprep.flow.pairs import flow_stream
 from flowprep.flow.warp import Warper, warped_flow
 from flowprep.store import finished_meta
 from flowprep.testing import camera_motion_scene
+from flowprep.verify import check_video
 
 INTERIOR = (slice(10, -10), slice(10, -10))
 
@@ -143,6 +144,9 @@ def test_meta_json_records_the_warp(tmp_path):
                                                                                                     50, 25)
     assert warp["matches"]["min"] <= warp["matches"]["mean"] <= warp["matches"]["max"]
     assert json.loads((tmp_path / "c" / "meta.json").read_text())["warp"] == warp
+    # verify's round trip recomputes warped flow: plain flow would be about 1 px off, far above the bound.
+    check = check_video(tmp_path / "c", roundtrip=2)
+    assert check.ok and check.warp and check.roundtrip.ok, check.problems
 
 
 ARGS = ("--algo", "dis", "--fps", "10", "--warp", "--direction", "both", "-q")
