@@ -57,7 +57,7 @@ def main() -> None:
 @click.option("--preset", default=None, help="Named parameter set of the algorithm (see `flowprep backends`).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override an algorithm parameter.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Pairs per launch for batched (GPU) backends.")
+              help="Flows per launch for batched (GPU) backends (with --direction both: half as many pairs).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Sample frames at this rate (nearest frame to each k/fps). Default: the source rate.")
 @click.option("--size", type=SizeType(), default=None, help="Resize frames to WIDTHxHEIGHT, e.g. 340x256.")

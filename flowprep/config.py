@@ -77,7 +77,7 @@ class FlowConfig:
     device: str = "cpu"
     preset: str | None = None  # a named parameter set of the backend; None: its defaults
     params: tuple[tuple[str, Any], ...] = ()
-    batch_size: int = 16  # pairs per launch, for batched (GPU) backends
+    batch_size: int = 16  # flows per launch, for batched (GPU) backends: with both directions, half as many pairs
     warp: bool = False  # TSN's warped flow: camera motion (a homography) removed first (flowprep.flow.warp)
 
     def __post_init__(self) -> None:

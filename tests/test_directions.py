@@ -83,6 +83,7 @@ def test_backward_files_are_named_counted_and_verified(translated_out):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["meta.json"] + [f"{kind}_{a}_{i:05d}.jpg" for kind in ("flow", "backflow")
                                            for a in "xy" for i in (1, 2)])
+    assert len(list(out.glob("flow_x*"))) == 2  # what TSN's build_file_list counts: backward files are not in it
     meta = json.loads((out / "meta.json").read_text())
     assert meta["flow_pairs"] == 2 and meta["frames"] == 3
     assert meta["settings"]["directions"] == ["forward", "backward"]

@@ -41,7 +41,8 @@ class WarpSettings:
         if self.detector not in DETECTORS:
             raise ConfigError(f"warp detector must be one of {', '.join(DETECTORS)}; got {self.detector!r}")
         if self.ransac_threshold <= 0 or self.margin < 0 or self.max_corners < 0 or not 0 < self.ratio <= 1:
-            raise ConfigError(f"invalid warp settings {self!r}")
+            raise ConfigError(f"warp settings need ransac_threshold > 0, margin >= 0, max_corners >= 0 and "
+                              f"0 < ratio <= 1; got {self!r}")
 
 
 @dataclass
