@@ -444,7 +444,7 @@ def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """meta.json['settings'] as pipeline.settings_of gives them today: trees written before backward and warped
     flow existed lack those fields, and hold unwarped forward flow only."""
     filled = {"directions": ["forward"], "warp": False, **settings}
-    if "backward_template" not in filled and filled.get("layout") in DEFAULT_BACKWARD_TEMPLATES:
+    if not filled.get("backward_template") and filled.get("layout") in DEFAULT_BACKWARD_TEMPLATES:
         filled["backward_template"] = DEFAULT_BACKWARD_TEMPLATES[filled["layout"]]
     return filled
 

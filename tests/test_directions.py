@@ -119,8 +119,15 @@ def test_verify_counts_each_direction(translated_out, tmp_path):
 def test_flow_stream_backward_is_the_reversed_pairs_flow():
     backend = create_backend(FlowConfig("dis"))
     frames = translated_frames(4)
-    flows = list(flow_stream(backend, iter(frames), ("forward", "backward")))
-    assert len(flows) == 3
+    pulled = []
+
+    def decoded():  # one decode feeds both directions: each frame is pulled once
+        for frame in frames:
+            pulled.append(frame)
+            yield frame
+
+    flows = list(flow_stream(backend, decoded(), ("forward", "backward")))
+    assert len(flows) == 3 and len(pulled) == 4
     for k, (forward, backward) in enumerate(flows):
         assert np.array_equal(forward, backend.compute(frames[k], frames[k + 1]))
         assert np.array_equal(backward, backend.compute(frames[k + 1], frames[k]))
