@@ -17,7 +17,7 @@ from flowprep import ExtractConfig, FlowConfig, extract_video
 from flowprep.config import DecodeConfig
 from flowprep.flow import create_backend
 from flowprep.flow.pairs import flow_stream
-from flowprep.flow.warp import Warper, warped_flow
+from flowprep.flow.warp import DETECTORS, Warper, WarpSettings, warped_flow
 from flowprep.store import finished_meta
 from flowprep.testing import camera_motion_scene
 from flowprep.verify import check_video
@@ -50,7 +50,8 @@ def patch() -> np.ndarray:
     return cv2.resize(frame[100:300, 400:600], (48, 48), interpolation=cv2.INTER_AREA)
 
 
-def test_warp_removes_a_known_homography(background):
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_warp_removes_a_known_homography(background, detector):
     scene = camera_motion_scene(background, camera(292, 194))
     backend = create_backend(FlowConfig("dis"))
     plain = backend.compute(scene.first, scene.second)
@@ -58,11 +59,12 @@ def test_warp_removes_a_known_homography(background):
     assert magnitude(plain - scene.camera_flow)[INTERIOR].mean() < 0.3
     assert magnitude(scene.camera_flow)[INTERIOR].mean() > 3
     # ... and the warped flow is near zero everywhere.
-    warper = Warper()
+    settings = WarpSettings(detector=detector)
+    warper = Warper(settings)
     warped = warper.rewarp(backend, [scene.first], [scene.second], [plain])[0]
     assert magnitude(warped)[INTERIOR].mean() < 0.1 and np.percentile(magnitude(warped)[INTERIOR], 99) < 0.5
     assert warper.stats.identity == 0 and warper.stats.inliers.low > 500
-    assert np.array_equal(warped, warped_flow(backend, scene.first, scene.second))
+    assert np.array_equal(warped, warped_flow(backend, scene.first, scene.second, settings))
 
 
 def test_camera_motion_is_removed_and_the_objects_own_motion_kept(background, patch):
