@@ -24,7 +24,8 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
-from .store import finished_meta, other_pack, output_path, remove_stale_temps, remove_temps_of, temp_path
+from .store import (finished_meta, other_pack, output_path, recorded_settings, remove_stale_temps, remove_temps_of,
+                    temp_path)
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -129,7 +130,8 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
             params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
             return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),
                                existing.get("frames", 0), 0.0,
-                               _settings_difference(existing.get("settings", {}), settings_of(config, params)))
+                               _settings_difference(recorded_settings(existing.get("settings", {})),
+                                                    settings_of(config, params)))
         flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
         meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
         return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],

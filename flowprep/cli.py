@@ -8,12 +8,17 @@ import click
 
 from . import __version__, annotations
 from .batch import ENGINES, BatchInterrupted, discover, run_batch
-from .config import LAYOUTS, VIDEO_EXTENSIONS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
+from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig,
+                     parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, list_backends
 from .store import Naming
 from .verify import verify_tree
 from .visualize import write_preview
+
+
+# --direction's values -> StoreConfig.directions
+DIRECTION_CHOICES = {"forward": ("forward",), "backward": ("backward",), "both": DIRECTIONS}
 
 
 class SizeType(click.ParamType):
@@ -52,7 +57,8 @@ def main() -> None:
 @click.option("--preset", default=None, help="Named parameter set of the algorithm (see `flowprep backends`).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override an algorithm parameter.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Pairs per launch for batched backends (torch TV-L1). Default: 1 on torch-cpu, 16 on cuda.")
+              help="Flows per launch for batched backends (torch TV-L1; with --direction both: half as many pairs). "
+                   "Default: 1 on torch-cpu, 16 on cuda.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Sample frames at this rate (nearest frame to each k/fps). Default: the source rate.")
 @click.option("--size", type=SizeType(), default=None, help="Resize frames to WIDTHxHEIGHT, e.g. 340x256.")
@@ -67,6 +73,13 @@ def main() -> None:
 @click.option("--layout", type=click.Choice(LAYOUTS), default="separate", show_default=True,
               help="separate: flow_x/flow_y gray JPEGs; xy0: one (x, y, 0) colour JPEG per pair.")
 @click.option("--flow-template", default=None, help="Flow file names, e.g. 'flow_{}_{:05d}.jpg'.")
+@click.option("--direction", type=click.Choice(DIRECTION_CHOICES), default="forward", show_default=True,
+              help="forward: flow k -> k+1; backward: k+1 -> k (for bi-directional stacks); both: each of them, "
+                   "from the same decode.")
+@click.option("--backward-template", default=None,
+              help="Backward flow file names. Default: 'backflow_{}_{:05d}.jpg' (xy0: 'backflow_{:05d}.jpg').")
+@click.option("--warp", is_flag=True,
+              help="TSN's warped flow: remove the camera's motion (a homography) before computing the flow.")
 @click.option("--img-template", default=StoreConfig.img_template, show_default=True, help="RGB frame file names.")
 @click.option("--start-index", type=click.IntRange(min=0), default=StoreConfig.start_index, show_default=True)
 @click.option("--rgb", is_flag=True, help="Also write the sampled RGB frames.")
@@ -82,16 +95,17 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(source: str, output: str, algo: str, device: str, preset: str | None, params: tuple[str, ...],
             batch_size: int, fps: float | None, size: tuple[int, int] | None, short_side: int | None, decoder: str,
-            bound: float, jpeg_quality: int, layout: str, flow_template: str | None, img_template: str,
-            start_index: int, rgb: bool, pack: str, n_jobs: int, engine: str, address: str | None,
-            extensions: str, overwrite: bool, quiet: bool) -> None:
+            bound: float, jpeg_quality: int, layout: str, flow_template: str | None, direction: str,
+            backward_template: str | None, warp: bool, img_template: str, start_index: int, rgb: bool, pack: str,
+            n_jobs: int, engine: str, address: str | None, extensions: str, overwrite: bool, quiet: bool) -> None:
     """Extract flow of SOURCE (a video, a directory tree or a list file) into OUTPUT."""
     try:
         config = ExtractConfig(
             decode=DecodeConfig(decoder=decoder, fps=fps, size=size, short_side=short_side),
             flow=FlowConfig(algo=algo, device=device, preset=preset, params=_parse_params(params),
-                            batch_size=batch_size),
+                            batch_size=batch_size, warp=warp),
             store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
+                              backward_template=backward_template, directions=DIRECTION_CHOICES[direction],
                               img_template=img_template, start_index=start_index, rgb=rgb, pack=pack),
         )
         jobs = discover(source, output, [e.strip() for e in extensions.split(",") if e.strip()])
@@ -197,10 +211,12 @@ def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
               help="Pair number, the first pair is 1 (PNG default: the middle pair; GIF/MP4 default: the first).")
 @click.option("--max-pairs", type=click.IntRange(min=1), default=100, show_default=True,
               help="Pairs in a GIF/MP4.")
-def show(video_output: str, target: str, pair: int | None, max_pairs: int) -> None:
+@click.option("--direction", type=click.Choice(DIRECTIONS), default="forward", show_default=True,
+              help="Which stored flow to show.")
+def show(video_output: str, target: str, pair: int | None, max_pairs: int, direction: str) -> None:
     """Render VIDEO_OUTPUT's flow as Middlebury colour code beside the x/y images and RGB frame."""
     try:
         click.echo(write_preview(video_output, target, index=None if pair is None else pair - 1,
-                                 max_pairs=max_pairs))
+                                 max_pairs=max_pairs, direction=direction))
     except (ConfigError, OutputError) as exc:
         raise click.UsageError(str(exc)) from None

@@ -77,7 +77,9 @@ class FlowConfig:
     device: str = "cpu"
     preset: str | None = None  # a named parameter set of the backend; None: its defaults
     params: tuple[tuple[str, Any], ...] = ()
-    batch_size: int | None = None  # pairs per launch for batched backends; None: the backend's default
+    batch_size: int | None = None  # flows per launch for batched backends (both directions: half as many pairs);
+    # None: the backend's default
+    warp: bool = False  # TSN's warped flow: camera motion (a homography) removed first (flowprep.flow.warp)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
@@ -117,6 +119,8 @@ class StoreConfig:
             self.directions
         ):
             raise ConfigError(f"directions must be one or both of {', '.join(DIRECTIONS)}; got {self.directions!r}")
+        # One order, whatever order they were asked in: the files do not depend on it, and resume compares them.
+        object.__setattr__(self, "directions", tuple(d for d in DIRECTIONS if d in self.directions))
         _check_template("flow_template", self.resolved_flow_template, _TEMPLATE_FIELDS[self.layout])
         _check_template("backward_template", self.resolved_backward_template, _TEMPLATE_FIELDS[self.layout])
         if self.resolved_backward_template == self.resolved_flow_template:

@@ -1,5 +1,7 @@
 """One video end to end: decode -> flow -> quantize -> JPEG -> atomic commit with meta.json last.
 
+One decode feeds every flow asked for: forward, backward, warped (flow.pairs.flow_stream).
+
 Frames stream through; memory holds a couple of frames (a batch for batched backends), never the video,
 except with the decord reader, whose decoder thread runs ahead of a slower consumer (config.AUTO_DECODERS).
 """
@@ -27,6 +29,8 @@ from .decode import VideoReader, check_video_file, flow_frames, open_reader, out
 from .errors import DecodeError, VideoTooShortError
 from .flow import cached_backend
 from .flow.base import FlowBackend
+from .flow.pairs import flow_stream
+from .flow.warp import Warper
 from .quantize import quantize
 from .store import META_FORMAT, Naming, OutputWriter, encode_flow_codes, encode_jpeg, open_writer
 
@@ -52,6 +56,9 @@ def settings_of(config: ExtractConfig, params: Mapping[str, Any]) -> dict[str, A
         "jpeg_quality": s.jpeg_quality,
         "layout": s.layout,
         "flow_template": s.resolved_flow_template,
+        "directions": list(s.directions),
+        "backward_template": s.resolved_backward_template,
+        "warp": config.flow.warp,
         "img_template": s.img_template,
         "start_index": s.start_index,
         "rgb": s.rgb,
@@ -157,13 +164,16 @@ def _extract(
             output.add_time("encode", time.perf_counter() - t0)
             return [(naming.img(index), data)]
 
-        def encode_flow(index: int, flow: np.ndarray) -> list[tuple[str, bytes]]:
-            t0 = time.perf_counter()
-            q = quantize(flow, store.bound)
-            t1 = time.perf_counter()
-            files = list(zip(naming.pair_names(index), encode_flow_codes(q, store.layout, store.jpeg_quality)))
-            output.add_time("quantize", t1 - t0)
-            output.add_time("encode", time.perf_counter() - t1)
+        def encode_flow(index: int, flows: tuple[np.ndarray, ...]) -> list[tuple[str, bytes]]:
+            files = []
+            for direction, flow in zip(store.directions, flows):
+                t0 = time.perf_counter()
+                q = quantize(flow, store.bound)
+                t1 = time.perf_counter()
+                encoded = encode_flow_codes(q, store.layout, store.jpeg_quality)
+                files += zip(naming.pair_names(index, direction), encoded)
+                output.add_time("quantize", t1 - t0)
+                output.add_time("encode", time.perf_counter() - t1)
             return files
 
         # RGB frames decoded ahead (a batched backend pulls frames on its own thread) wait here; the consumer
@@ -191,17 +201,19 @@ def _extract(
                 output.submit(partial(encode_rgb, *decoded_rgb.popleft()))
 
         pairs = 0
-        with closing(backend.compute_stream(gray_frames())) as flows:  # closing stops a backend's threads on error
+        warper = Warper() if config.flow.warp else None
+        flows = flow_stream(backend, gray_frames(), store.directions, warper)
+        with closing(flows):  # closing stops a backend's threads on error
             while True:
                 t0 = time.perf_counter()
                 decode_before = inline_decode[0]
-                flow = next(flows, None)
+                pair_flows = next(flows, None)
                 # Frames are decoded when the backend pulls them: that time is the decode stage's, not flow's.
                 timing["flow"] += time.perf_counter() - t0 - (inline_decode[0] - decode_before)
-                if flow is None:
+                if pair_flows is None:
                     break
                 submit_rgb(pairs + 1)
-                output.submit(partial(encode_flow, pairs, flow))
+                output.submit(partial(encode_flow, pairs, pair_flows))
                 pairs += 1
         submit_rgb(math.inf)
         output.finish()
@@ -220,7 +232,7 @@ def _extract(
         "sampled_fps": min(config.decode.fps, reader.fps) if config.decode.fps and reader.fps else (
             config.decode.fps or reader.fps),
         "frames": counts["frames"],
-        "flow_pairs": pairs,
+        "flow_pairs": pairs,  # in each direction
         "rgb_frames": counts["frames"] if store.rgb else 0,
         "output_size": list(size),
         "decoder": reader.name,
@@ -238,5 +250,7 @@ def _extract(
         "seconds": round(time.perf_counter() - started, 4),
         "timing": {k: round(v, 4) for k, v in timing.items()},
     }
+    if warper is not None:
+        meta["warp"] = warper.meta()
     writer.commit(meta)
     return meta

@@ -15,7 +15,7 @@ import uuid
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, LAYOUTS, StoreConfig
+from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, DIRECTIONS, LAYOUTS, StoreConfig
 from .errors import OutputError
 
 META_NAME = "meta.json"
@@ -61,10 +61,9 @@ class Naming:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Naming:
-        s = meta["settings"]
         # Trees written before backward flow existed have no backward_template: they hold forward flow only.
-        backward = s.get("backward_template") or DEFAULT_BACKWARD_TEMPLATES[s["layout"]]
-        return cls(s["layout"], s["flow_template"], s["img_template"], s["start_index"], backward)
+        s = recorded_settings(meta["settings"])
+        return cls(s["layout"], s["flow_template"], s["img_template"], s["start_index"], s["backward_template"])
 
     def template(self, direction: str = "forward") -> str:
         """The flow file template of `direction`."""
@@ -441,14 +440,24 @@ def meta_field(fields: dict[str, Any], key: str, kind: type | tuple[type, ...], 
     return value
 
 
-def read_flow_pair(reader: OutputReader, naming: Naming, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """The stored uint8 HxW x and y codes of pair `index` (0-based), from either layout; OutputError naming the
-    y file when its size differs from the x file's."""
+def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """meta.json['settings'] as pipeline.settings_of gives them today: trees written before backward and warped
+    flow existed lack those fields, and hold unwarped forward flow only."""
+    filled = {"directions": ["forward"], "warp": False, **settings}
+    if not filled.get("backward_template") and filled.get("layout") in DEFAULT_BACKWARD_TEMPLATES:
+        filled["backward_template"] = DEFAULT_BACKWARD_TEMPLATES[filled["layout"]]
+    return filled
+
+
+def read_flow_pair(reader: OutputReader, naming: Naming, index: int, direction: str = "forward"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The stored uint8 HxW x and y codes of pair `index` (0-based) in `direction`, from either layout;
+    OutputError naming the y file when its size differs from the x file's."""
     if naming.layout == "xy0":
         # Written from an (x, y, 0) array as RGB: x is the red channel, y the green one.
-        xy = reader.read_image(naming.xy(index), rgb=True)
+        xy = reader.read_image(naming.xy(index, direction), rgb=True)
         return xy[..., 0], xy[..., 1]
-    x_name, y_name = naming.flow("x", index), naming.flow("y", index)
+    x_name, y_name = naming.flow("x", index, direction), naming.flow("y", index, direction)
     x, y = reader.read_image(x_name), reader.read_image(y_name)
     if x.shape != y.shape:
         raise OutputError(f"{os.path.join(reader.path, y_name)}: {y.shape[1]}x{y.shape[0]} pixels but {x_name} "
@@ -456,9 +465,9 @@ def read_flow_pair(reader: OutputReader, naming: Naming, index: int) -> tuple[np
     return x, y
 
 
-def read_flow_codes(reader: OutputReader, naming: Naming, index: int) -> np.ndarray:
-    """The stored uint8 codes of pair `index` (0-based) as HxWx2 (x, y), from either layout."""
-    return np.dstack(read_flow_pair(reader, naming, index))
+def read_flow_codes(reader: OutputReader, naming: Naming, index: int, direction: str = "forward") -> np.ndarray:
+    """The stored uint8 codes of pair `index` (0-based) in `direction` as HxWx2 (x, y), from either layout."""
+    return np.dstack(read_flow_pair(reader, naming, index, direction))
 
 
 def open_output(path: str | os.PathLike) -> OutputReader:
@@ -510,12 +519,12 @@ def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator
     """Walk `root` (a directory, or itself one output) and yield its video outputs and leftovers, parents before
     their subfolders, names sorted.
 
-    The one rule: a directory or .zip holding meta.json is a finished output; one holding flow or RGB frame
-    files named by `naming` but no meta.json is unfinished (or another tool's); an output holds no further
+    The one rule: a directory or .zip holding meta.json is a finished output; one holding flow (either
+    direction) or RGB frame files named by `naming` but no meta.json is unfinished (or another tool's); an output holds no further
     outputs. Hidden names are skipped, except flowprep's temporaries (``.name.flowprep-tmp-…``), yielded as
     TEMPORARY. A .zip is opened once, here: its reader comes with it and closes when the walk moves on.
     """
-    patterns = (naming.flow_pattern(), naming.img_pattern())
+    patterns = (*(naming.flow_pattern(d) for d in DIRECTIONS), naming.img_pattern())
 
     def kind_of(names: list[str]) -> str | None:
         if META_NAME in names:

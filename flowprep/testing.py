@@ -4,12 +4,16 @@
     assert_roundtrip(my_flow, bound=20, jpeg_quality=95)   # my settings keep my flow within the bound
     assert_output_valid("flow/")                           # every video of my tree is complete
 
+camera_motion_scene builds a pair with a known camera homography and a moving object, to test warped flow.
+
 Failures raise AssertionError with the numbers and paths, so they read well under pytest or unittest.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .config import LAYOUTS
@@ -68,3 +72,50 @@ def assert_flow_close(flow: np.ndarray, expected: np.ndarray, epe: float) -> flo
     error = endpoint_error(flow, expected, valid=np.ones(flow.shape[:2], bool))
     assert error <= epe, f"mean end-point error {error:.4f} px exceeds {epe:g} px"
     return error
+
+
+def homography_flow(h: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The float32 HxWx2 displacement H x - x (pixels) of every pixel x of an image of `shape` (height, width)
+    under the 3x3 homography `h`: the flow a camera motion h gives the static background."""
+    height, width = shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    points = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ np.asarray(h, np.float64).T
+    return np.dstack([points[..., 0] / points[..., 2] - xs, points[..., 1] / points[..., 2] - ys]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CameraMotionScene:
+    """Two frames of a background moved by a camera homography and an object moving across it (warp tests)."""
+
+    first: np.ndarray  # gray uint8 HxW
+    second: np.ndarray
+    object_mask: np.ndarray  # bool HxW: the object's pixels in `first`
+    camera_flow: np.ndarray  # float32 HxWx2: the background's flow, H x - x
+    object_flow: np.ndarray  # float32 HxWx2: the object's flow (its shift) where object_mask, 0 elsewhere
+    relative_flow: np.ndarray  # float32 HxWx2: the object's flow with the camera's motion removed, H^-1(x + s) - x
+
+
+def camera_motion_scene(background: np.ndarray, h: np.ndarray, patch: np.ndarray | None = None,
+                        position: tuple[int, int] = (0, 0), shift: tuple[int, int] = (0, 0)) -> CameraMotionScene:
+    """`background` (gray uint8 HxW) as the first frame and moved by homography `h` (first-frame points to
+    second-frame points; bilinear, reflected border) as the second; `patch` (gray uint8), when given, pasted at
+    `position` (x, y of its top-left corner) in the first frame and at position + `shift` (whole pixels) in the
+    second, over the moved background."""
+    height, width = background.shape
+    second = cv2.warpPerspective(background, h, (width, height), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REFLECT)
+    first = background.copy()
+    mask = np.zeros((height, width), bool)
+    object_flow = np.zeros((height, width, 2), np.float32)
+    relative = np.zeros((height, width, 2), np.float32)
+    if patch is not None:
+        (x, y), (dx, dy), (ph, pw) = position, shift, patch.shape
+        first[y:y + ph, x:x + pw] = patch
+        second[y + dy:y + dy + ph, x + dx:x + dx + pw] = patch
+        mask[y:y + ph, x:x + pw] = True
+        object_flow[mask] = (dx, dy)
+        # Where the object lands in the warped second frame W(y) = second(H y): H y = x + shift.
+        ys, xs = np.nonzero(mask)
+        moved = np.stack([xs + dx, ys + dy, np.ones_like(xs)], axis=-1).astype(np.float64) @ np.linalg.inv(h).T
+        relative[mask] = np.stack([moved[:, 0] / moved[:, 2] - xs, moved[:, 1] / moved[:, 2] - ys], axis=-1)
+    return CameraMotionScene(first, second, mask, homography_flow(h, (height, width)), object_flow, relative)

@@ -11,20 +11,23 @@ import os
 import random
 import re
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import DecodeConfig, FlowConfig
+from .config import DIRECTIONS, DecodeConfig, FlowConfig
 from .decode import flow_frames, open_reader
 from .errors import FlowprepError, OutputError
 from .flow import create_backend
 from .flow.base import FlowBackend
+from .flow.pairs import flow_stream
+from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
 from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, Naming, OutputReader, codes_from_images,
-                    meta_field, open_output, read_flow_codes)
+                    meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -33,16 +36,19 @@ _LISTED = 10  # missing or unexpected files listed one by one per video; the res
 
 @dataclass
 class RoundTrip:
-    """Stored JPEGs against recomputed float flow for `pairs` (0-based indices), errors in pixels."""
+    """Stored JPEGs against recomputed float flow for `pairs` (0-based indices) in every stored direction,
+    errors in pixels: over all of them, and (mean, max) per direction."""
 
     pairs: list[int]
     mean: float
     max: float
     bound: RoundTripBound
+    per_direction: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.mean <= self.bound.mean and self.max <= self.bound.max
+        errors = list(self.per_direction.values()) or [(self.mean, self.max)]
+        return all(mean <= self.bound.mean and worst <= self.bound.max for mean, worst in errors)
 
 
 @dataclass
@@ -52,7 +58,9 @@ class VideoCheck:
     path: Path
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    pairs: int = 0
+    pairs: int = 0  # per direction
+    directions: tuple[str, ...] = ("forward",)
+    warp: bool = False  # TSN's warped flow (settings.warp)
     rgb_frames: int = 0
     bound: float = 0.0
     values: int = 0  # flow values (pixels x 2 components) read
@@ -105,7 +113,8 @@ class VerifyReport:
 
     def summary(self) -> str:
         """Human-readable report: every problem and warning with its path, per-video and overall statistics."""
-        lines = [f"{'PROBLEM' if v.problems else 'ok':7s} {v.path}: {v.pairs} pairs, {v.rgb_frames} rgb, "
+        lines = [f"{'PROBLEM' if v.problems else 'ok':7s} {v.path}: {v.pairs} pairs{_kind_text(v)}, "
+                 f"{v.rgb_frames} rgb, "
                  f"mean |flow| {v.mean_magnitude:.3f} px, clipped {100 * v.clipped_fraction:.3f}% at bound "
                  f"{v.bound:g}" + _roundtrip_text(v.roundtrip) for v in self.videos]
         lines += [f"PROBLEM {p}" for p in self.all_problems()]
@@ -118,11 +127,21 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _kind_text(check: VideoCheck) -> str:
+    """' (forward and backward, warped)' and the like; '' for plain forward flow."""
+    kinds = [" and ".join(check.directions)] if check.directions != ("forward",) else []
+    kinds += ["warped"] if check.warp else []
+    return f" ({', '.join(kinds)})" if kinds else ""
+
+
 def _roundtrip_text(rt: RoundTrip | None) -> str:
     if rt is None:
         return ""
-    return (f"; round trip of {len(rt.pairs)} pairs: mean {rt.mean:.4f} px (bound {rt.bound.mean:.4f}), "
+    text = (f"; round trip of {len(rt.pairs)} pairs: mean {rt.mean:.4f} px (bound {rt.bound.mean:.4f}), "
             f"max {rt.max:.4f} px (bound {rt.bound.max:.4f})")
+    if len(rt.per_direction) > 1:
+        text += "".join(f", {d} mean {mean:.4f} max {worst:.4f}" for d, (mean, worst) in rt.per_direction.items())
+    return text
 
 
 def find_outputs(root: str | os.PathLike) -> tuple[list[Path], list[str]]:
@@ -201,6 +220,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
             check.problems.append(str(exc))
             return check
         check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
+        check.directions, check.warp = layout.directions, recorded_settings(meta["settings"])["warp"] is True
         names = set(reader.names())
         _check_names(reader, names, layout, check)
         _check_images(reader, names, layout, check)
@@ -227,6 +247,7 @@ class _Layout:
     """What meta.json promises about a video's files."""
 
     naming: Naming
+    directions: tuple[str, ...]  # the flows stored, each with `pairs` pairs
     pairs: int
     frames: int
     rgb_frames: int
@@ -241,13 +262,17 @@ class _Layout:
         size = meta_field(meta, "output_size", list, where)
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
             raise OutputError(f"{where}: missing or invalid field output_size: {size!r} is not [width, height]")
-        return cls(Naming.from_meta(meta), meta["flow_pairs"], meta["frames"],
+        directions = recorded_settings(meta["settings"])["directions"]
+        if not isinstance(directions, list) or not directions or not set(directions) <= set(DIRECTIONS):
+            raise OutputError(f"{where}: invalid field settings.directions: {directions!r} is not a list of "
+                              f"{', '.join(DIRECTIONS)}")
+        return cls(Naming.from_meta(meta), tuple(directions), meta["flow_pairs"], meta["frames"],
                    meta_field(meta, "rgb_frames", int, where), (size[0], size[1]), float(meta["settings"]["bound"]),
                    meta_field(meta["settings"], "jpeg_quality", int, where, "settings."))
 
-    def flow_names(self) -> list[list[str]]:
-        """Per pair, the names of its files: [x, y] or [xy0]."""
-        return [self.naming.pair_names(i) for i in range(self.pairs)]
+    def flow_names(self, direction: str = "forward") -> list[list[str]]:
+        """Per pair, the names of its files in `direction`: [x, y] or [xy0]; none for a direction not stored."""
+        return [self.naming.pair_names(i, direction) for i in range(self.pairs if direction in self.directions else 0)]
 
 
 def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
@@ -259,21 +284,27 @@ def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: 
         check.problems.append(f"{where / META_NAME}: rgb_frames is {layout.rgb_frames}, expected 0 or the "
                               f"{layout.frames} frames")
     n = layout.naming
-    flow_pattern, rgb_pattern = n.flow_pattern(), n.img_pattern()
-    flow_present = {name: m for name in names if (m := flow_pattern.fullmatch(name))}
+    rgb_pattern = n.img_pattern()
     rgb_present = {name for name in names if rgb_pattern.fullmatch(name)}
-    if n.layout == "separate":
-        for axis in ("x", "y"):
-            found = sum(1 for m in flow_present.values() if m.group("axis") == axis)
-            if found != layout.pairs:
-                check.problems.append(f"{where}: {found} flow_{axis} files, meta.json says {layout.pairs} pairs")
-    elif len(flow_present) != layout.pairs:
-        check.problems.append(f"{where}: {len(flow_present)} flow files, meta.json says {layout.pairs} pairs")
+    found_sets = [(rgb_present, {n.img(i) for i in range(layout.rgb_frames)})]
+    # Every direction, stored or not: backward files in a forward-only output are unexpected ones.
+    for direction in DIRECTIONS:
+        flow_pattern = n.flow_pattern(direction)
+        flow_present = {name: m for name in names if (m := flow_pattern.fullmatch(name))}
+        pairs = layout.pairs if direction in layout.directions else 0
+        kind = "" if direction == "forward" else f"{direction} "
+        if n.layout == "separate":
+            for axis in ("x", "y"):
+                found = sum(1 for m in flow_present.values() if m.group("axis") == axis)
+                if found != pairs:
+                    check.problems.append(f"{where}: {found} {kind}flow_{axis} files, meta.json says {pairs} "
+                                          f"{kind}pairs")
+        elif len(flow_present) != pairs:
+            check.problems.append(f"{where}: {len(flow_present)} {kind}flow files, meta.json says {pairs} {kind}pairs")
+        found_sets.append((set(flow_present), {name for pair in layout.flow_names(direction) for name in pair}))
     if len(rgb_present) != layout.rgb_frames:
         check.problems.append(f"{where}: {len(rgb_present)} RGB frames, meta.json says {layout.rgb_frames}")
-    flow_expected = {name for pair in layout.flow_names() for name in pair}
-    rgb_expected = {n.img(i) for i in range(layout.rgb_frames)}
-    for present, expected in ((set(flow_present), flow_expected), (rgb_present, rgb_expected)):
+    for present, expected in found_sets:
         _list(check, where, sorted(expected - names, key=_natural), "missing")
         _list(check, where, sorted(present - expected, key=_natural), "unexpected (beyond the count in meta.json)")
 
@@ -291,7 +322,7 @@ def _list(check: VideoCheck, where: Path, names: list[str], what: str) -> None:
 
 def _check_images(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
     """Decode every flow and RGB JPEG; count clipped values and sum magnitudes of complete pairs."""
-    for pair in layout.flow_names():
+    for pair in (pair for direction in layout.directions for pair in layout.flow_names(direction)):
         images = [_decode(reader, name, layout, check, rgb=layout.naming.layout == "xy0")
                   for name in pair if name in names]
         if len(images) != len(pair) or any(image is None for image in images):
@@ -328,18 +359,28 @@ def _roundtrip(reader: OutputReader, meta: dict[str, Any], layout: _Layout, coun
                                                                        min(count, layout.pairs)))
     backend = create_backend(FlowConfig(algo=settings["algorithm"], device=settings["device"],
                                         params=tuple(settings["params"].items())))
-    errors = []
-    for index, flow in _recompute(meta, wanted, backend):
-        errors.append(roundtrip_error(read_flow_codes(reader, layout.naming, index), flow, layout.bound))
-    if len(errors) != len(wanted):
+    errors: dict[str, list[tuple[float, float]]] = {d: [] for d in layout.directions}
+    recomputed = 0
+    for index, flows in _recompute(meta, wanted, backend, layout.directions):
+        recomputed += 1
+        for direction, flow in zip(layout.directions, flows):
+            codes = read_flow_codes(reader, layout.naming, index, direction)
+            errors[direction].append(roundtrip_error(codes, flow, layout.bound))
+    if recomputed != len(wanted):
         raise OutputError(f"{meta['source']} now gives fewer sampled frames than the {layout.frames} recorded")
     bound = jpeg_roundtrip_bound(layout.bound, layout.jpeg_quality, layout.naming.layout)
-    return RoundTrip(wanted, float(np.mean([e[0] for e in errors])), float(max(e[1] for e in errors)), bound)
+    every = [e for found in errors.values() for e in found]
+    return RoundTrip(wanted, float(np.mean([e[0] for e in every])), float(max(e[1] for e in every)), bound,
+                     {d: (float(np.mean([e[0] for e in found])), float(max(e[1] for e in found)))
+                      for d, found in errors.items()})
 
 
-def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, float32 HxWx2 flow) for each wanted pair, decoding the source the way the pipeline did."""
-    settings = meta["settings"]
+def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend, directions: tuple[str, ...]
+               ) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    """(index, float32 HxWx2 flows in `directions` order) for each wanted pair, decoding the source and
+    computing the flows (warped when recorded so) the way the pipeline did."""
+    settings = recorded_settings(meta["settings"])
+    warper = Warper() if settings["warp"] else None
     decode = DecodeConfig(decoder=meta["decoder"], fps=settings["fps"],
                           size=tuple(settings["size"]) if settings["size"] else None,
                           short_side=settings["short_side"])
@@ -348,7 +389,8 @@ def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend) ->
         prev = None
         for index, (_, gray) in enumerate(flow_frames(video, decode)):
             if index - 1 in todo:
-                yield index - 1, backend.compute(prev, gray)
+                with closing(flow_stream(backend, [prev, gray], directions, warper)) as flows:
+                    yield index - 1, next(flows)
                 todo.discard(index - 1)
                 if not todo:
                     return

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ConfigError, OutputError
 from .quantize import dequantize
-from .store import Naming, OutputReader, open_output, read_flow_codes
+from .store import Naming, OutputReader, open_output, read_flow_codes, recorded_settings
 
 # Hue segments of the wheel, in colours per segment: red-yellow, yellow-green, green-cyan, cyan-blue,
 # blue-magenta, magenta-red (Middlebury color.cpp).
@@ -106,51 +106,60 @@ def _hstack(panels: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def preview_sheet(reader: OutputReader, index: int, max_flow: float | None = None,
-                  meta: dict[str, Any] | None = None) -> np.ndarray:
-    """RGB uint8 sheet for pair `index` (0-based): RGB frame (if stored), x and y images, colour code, legend.
-
-    `meta`: the output's meta.json when the caller has read it already.
-    """
+                  meta: dict[str, Any] | None = None, direction: str = "forward") -> np.ndarray:
+    """RGB uint8 sheet for pair `index` (0-based) in `direction`: RGB frame (if stored), x and y images, colour
+    code, legend. `meta`: the output's meta.json when the caller has read it already."""
     meta = reader.meta() if meta is None else meta
+    _check_direction(reader, meta, direction)
     if not 0 <= index < meta["flow_pairs"]:
         raise ConfigError(f"{reader.path}: pair {index + 1} out of range: it has pairs 1..{meta['flow_pairs']}")
-    return _sheet(reader, meta, index, read_flow_codes(reader, Naming.from_meta(meta), index), max_flow)
+    codes = read_flow_codes(reader, Naming.from_meta(meta), index, direction)
+    return _sheet(reader, meta, index, codes, max_flow, direction)
 
 
-def _sheet(reader: OutputReader, meta: dict[str, Any], index: int, codes: np.ndarray, max_flow: float | None
-           ) -> np.ndarray:
+def _check_direction(reader: OutputReader, meta: dict[str, Any], direction: str) -> None:
+    stored = recorded_settings(meta["settings"])["directions"]
+    if direction not in stored:
+        raise ConfigError(f"{reader.path}: no {direction} flow stored (it has {', '.join(stored)})")
+
+
+def _sheet(reader: OutputReader, meta: dict[str, Any], index: int, codes: np.ndarray, max_flow: float | None,
+           direction: str = "forward") -> np.ndarray:
     """preview_sheet of pair `index` whose uint8 HxWx2 `codes` are read already."""
     flow = dequantize(codes, float(meta["settings"]["bound"]))
     scale = max_flow if max_flow is not None else float(magnitude(flow).max())
     panels = []
     if meta.get("rgb_frames"):
         panels.append(_caption(reader.read_image(Naming.from_meta(meta).img(index), rgb=True), "rgb"))
-    panels += [_caption(_codes_to_image(codes[..., 0]), "flow x"), _caption(_codes_to_image(codes[..., 1]), "flow y"),
-               _caption(flow_to_color(flow, scale), f"flow, rim {scale:.1f} px")]
+    name = "flow" if direction == "forward" else f"{direction} flow"
+    panels += [_caption(_codes_to_image(codes[..., 0]), f"{name} x"),
+               _caption(_codes_to_image(codes[..., 1]), f"{name} y"),
+               _caption(flow_to_color(flow, scale), f"{name}, rim {scale:.1f} px")]
     legend = color_wheel_legend(min(codes.shape[0], 128))
     panels.append(_caption(legend, "legend"))
     return _hstack(panels)
 
 
-def preview_frames(reader: OutputReader, indices: Sequence[int], meta: dict[str, Any] | None = None
-                   ) -> Iterator[np.ndarray]:
+def preview_frames(reader: OutputReader, indices: Sequence[int], meta: dict[str, Any] | None = None,
+                   direction: str = "forward") -> Iterator[np.ndarray]:
     """Sheets for `indices`, one at a time, all colour-coded against the largest magnitude among them.
 
     Each pair is decoded once: the uint8 codes of all `indices` (H x W x 2 bytes each) are held until their
     sheets are made, so callers bound `indices` (write_preview's max_pairs). `meta` as in preview_sheet.
     """
     meta = reader.meta() if meta is None else meta
+    _check_direction(reader, meta, direction)
     naming, bound = Naming.from_meta(meta), float(meta["settings"]["bound"])
-    codes = [read_flow_codes(reader, naming, i) for i in indices]
+    codes = [read_flow_codes(reader, naming, i, direction) for i in indices]
     scale = max(float(magnitude(dequantize(c, bound)).max()) for c in codes)
     for i, c in zip(indices, codes):
-        yield _sheet(reader, meta, i, c, scale)
+        yield _sheet(reader, meta, i, c, scale, direction)
 
 
 def write_preview(output: str | os.PathLike, target: str | os.PathLike, *, index: int | None = None,
-                  max_pairs: int = 100) -> Path:
-    """Render a video's flow output to `target`: a PNG of pair `index` (0-based; default the middle pair), or
-    for .gif / .mp4 an animation of up to `max_pairs` pairs from `index` (default the first)."""
+                  max_pairs: int = 100, direction: str = "forward") -> Path:
+    """Render a video's flow output in `direction` to `target`: a PNG of pair `index` (0-based; default the
+    middle pair), or for .gif / .mp4 an animation of up to `max_pairs` pairs from `index` (default the first)."""
     target = Path(target)
     suffix = target.suffix.lower()
     if suffix not in (".png", ".jpg", *SEQUENCE_SUFFIXES):
@@ -164,10 +173,10 @@ def write_preview(output: str | os.PathLike, target: str | os.PathLike, *, index
             if not indices:
                 raise ConfigError(f"{reader.path}: pair {start + 1} out of range: it has pairs 1..{pairs}")
             fps = float(meta.get("sampled_fps") or 10.0)
-            frames = preview_frames(reader, indices, meta)
+            frames = preview_frames(reader, indices, meta, direction)
             (_write_gif if suffix == ".gif" else _write_mp4)(target, frames, fps)
         else:
-            sheet = preview_sheet(reader, pairs // 2 if index is None else index, meta=meta)
+            sheet = preview_sheet(reader, pairs // 2 if index is None else index, meta=meta, direction=direction)
             if not cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
                 raise OutputError(f"{target}: OpenCV could not write the preview")
     return target

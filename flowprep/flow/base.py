@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +21,8 @@ class FlowBackend(ABC):
     defaults: ClassVar[Mapping[str, Any]]  # every tunable parameter and its default; the types are enforced
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}  # named parameter sets, applied before overrides
     description: ClassVar[str] = ""
+    # Whether compute_batch runs many pairs in one launch: streams then gather batch_size pairs per call.
+    batched: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -65,6 +67,13 @@ class FlowBackend(ABC):
     @abstractmethod
     def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Flow from gray uint8 HxW `prev` to `nxt`, as float32 HxWx2 pixels."""
+
+    def compute_batch(self, firsts: Sequence[np.ndarray], seconds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Flows from each firsts[i] to seconds[i] (gray uint8 HxW), as float32 HxWx2 pixels, in order.
+
+        Batched backends compute them all in one launch; the others one pair at a time.
+        """
+        return [self.compute(first, second) for first, second in zip(firsts, seconds)]
 
     def compute_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Flows of consecutive frames: N frames give N-1 flows, yielded as soon as each is known."""

@@ -4,7 +4,8 @@ torch is an optional extra, so it is imported only when a flow is computed or th
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from ..errors import MissingDependencyError, require
 from .base import FlowBackend
 from .opencv import OpenCVTVL1
-from .prefetch import prefetch
+from .pairs import flow_stream
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +55,7 @@ class TorchTVL1(FlowBackend):
     defaults: ClassVar[Mapping[str, Any]] = OpenCVTVL1.defaults
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = OpenCVTVL1.presets  # same names and values on CPU and GPU
     check_params = OpenCVTVL1.check_params  # and the same checks
+    batched = True
 
     @classmethod
     def availability(cls, device: str) -> str | None:
@@ -99,7 +101,7 @@ class TorchTVL1(FlowBackend):
         super().__init__(*args, **kwargs)
         if self.device == "torch-cpu":
             # One thread per process, whatever --jobs says: a pair's tensors are too small for torch's threads
-            # to pay (they spin-wait, and on busy cores a 176x144 clip took 8x the CPU time with 2 threads);
+            # to pay (they spin-wait: on busy cores a clip took many times the CPU time with 2 threads);
             # --jobs N workers use N cores instead.
             self.limit_threads()
 
@@ -112,29 +114,24 @@ class TorchTVL1(FlowBackend):
     def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         if prev.shape != nxt.shape or prev.ndim != 2:
             raise ValueError(f"frames must be gray HxW of the same size, got {prev.shape} and {nxt.shape}")
-        return self._flows(np.stack([prev, nxt]))[0]
+        return self.compute_batch([prev], [nxt])[0]
+
+    def compute_batch(self, firsts: Sequence[np.ndarray], seconds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """All the pairs (firsts[i] -> seconds[i]) in one launch: the caller bounds how many."""
+        return list(tvl1_flow(self._tensor(firsts), self._tensor(seconds), self.params).cpu().numpy())
 
     def compute_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Flows of consecutive frames, batch_size pairs per launch.
+        """Flows of consecutive frames, batch_size pairs per launch, decoding and computing on threads of their
+        own (pairs.flow_stream)."""
+        with closing(flow_stream(self, frames)) as flows:
+            for (flow,) in flows:
+                yield flow
 
-        One thread gathers the next windows of frames (decoding them) while another computes, so the caller's work
-        on the flows it receives (quantize, encode, write) overlaps both.
-        """
-        windows = prefetch(frame_windows(frames, self.batch_size), depth=2)
-        flows = prefetch((self._flows(window) for window in windows), depth=1)
-        try:
-            for batch in flows:
-                yield from batch
-        finally:
-            flows.close()
-            windows.close()
-
-    def _flows(self, frames: np.ndarray) -> np.ndarray:
-        """(n+1)xHxW uint8 consecutive frames -> nxHxWx2 float32 flows."""
+    def _tensor(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+        """Gray uint8 HxW frames -> float BxHxW on this backend's device."""
         import torch
 
-        stack = torch.from_numpy(np.ascontiguousarray(frames)).to(torch_device(self.device)).float()
-        return tvl1_flow(stack[:-1], stack[1:], self.params).cpu().numpy()
+        return torch.from_numpy(np.ascontiguousarray(np.stack(frames))).to(torch_device(self.device)).float()
 
     def versions(self) -> dict[str, str]:
         import torch
@@ -145,14 +142,3 @@ class TorchTVL1(FlowBackend):
             found["gpu"] = torch.cuda.get_device_name(torch_device(self.device))
         return found
 
-
-def frame_windows(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Stacks (n+1)xHxW of consecutive frames holding n <= batch_size pairs; each starts with the last one's end."""
-    window: list[np.ndarray] = []
-    for frame in frames:
-        window.append(frame)
-        if len(window) == batch_size + 1:
-            yield np.stack(window)
-            window = [frame]
-    if len(window) > 1:
-        yield np.stack(window)
