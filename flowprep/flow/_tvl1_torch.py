@@ -221,108 +221,107 @@ def _solve_level(
         # |u_new - u|^2 fell to epsilon; between checks (GPU) its updates are discarded by a mask, so its result
         # is what OpenCV would give it alone, whichever pairs share its batch.
         state = _WarpState(u, p, data_grad, rho_c, neg_inv_grad)
-        flags = None  # (B,1,1,1) on the device, known since the last check; None: every pair is active
+        flags = None  # (B,) on the device: still iterating, known since the last check; None: every pair
         for it in range(outer * inner):
             if it and it % check_every == 0:
-                state.keep(flags)
-                flags = None
-                if state.empty:
+                if not state.keep(flags.tolist()):
                     break
+                flags = None
+            mask = None if flags is None else flags.view(-1, 1, 1, 1)
             if it % inner == 0 and median > 1:
-                filtered = median_filter(state.u[:, :2], median)
-                state.u[:, :2] = filtered if flags is None else torch.where(flags, filtered, state.u[:, :2])
-            frozen = None if flags is None else flags.to(u.dtype)
-            change = _iterate(state.u, state.p, *state.terms, *state.buffers, frozen, l_t, tau, taut)
-            now = (change > scaled_epsilon).view(-1, 1, 1, 1)
+                flow = state.work.u[:, :2]
+                filtered = median_filter(flow, median)
+                flow.copy_(filtered if mask is None else torch.where(mask, filtered, flow))
+            change = _iterate(state.work, None if mask is None else mask.to(u.dtype), l_t, tau, taut)
+            now = change > scaled_epsilon
             flags = now if flags is None else flags & now
         state.finish()
 
 
 class _WarpState:
-    """The pairs of a batch still iterating in one warp, their inputs and buffers; writes finished pairs back."""
+    """The pairs of a batch still iterating in one warp; writes finished pairs back into u and p."""
 
     def __init__(self, u: torch.Tensor, p: torch.Tensor, data_grad: torch.Tensor, rho_c: torch.Tensor,
                  neg_inv_grad: torch.Tensor):
         self._u_all, self._p_all = u, p
         self.index = torch.arange(u.shape[0], device=u.device)
-        self.u, self.p = u.clone(), p.clone()
-        self.terms = [data_grad, rho_c, neg_inv_grad]
-        self.buffers = _buffers(self.u)
+        self.work = _WorkingSet(u, p, data_grad, rho_c, neg_inv_grad)  # in u and p themselves until a pair leaves
+        self._gathered = False
 
-    @property
-    def empty(self) -> bool:
-        return self.index.numel() == 0
-
-    def keep(self, active: torch.Tensor | None) -> None:
-        """Write back the pairs whose flag is off and drop them from the working set (a host sync)."""
-        if active is None:
-            return
-        flags = active.view(-1)
-        if bool(flags.all()):
-            return
-        done = ~flags
-        self._u_all[self.index[done]] = self.u[done]
-        self._p_all[self.index[done]] = self.p[done]
-        self.index, self.u, self.p = self.index[flags], self.u[flags], self.p[flags]
-        self.terms = [term[flags] for term in self.terms]
-        self.buffers = _buffers(self.u)
+    def keep(self, still: list[bool]) -> bool:
+        """Write back the pairs whose flag is off and drop them from the working set; False when none is left."""
+        if all(still):
+            return True
+        flags = torch.tensor(still, device=self.index.device)
+        done, w = ~flags, self.work
+        if self._gathered:
+            self._u_all[self.index[done]] = w.u[done]
+            self._p_all[self.index[done]] = w.q[done]
+        self.index, self._gathered = self.index[flags], True
+        self.work = _WorkingSet(w.u[flags], w.q[flags], w.data_grad[flags], w.rho_c[flags], w.neg_inv_grad[flags])
+        return any(still)
 
     def finish(self) -> None:
-        self._u_all[self.index] = self.u
-        self._p_all[self.index] = self.p
+        if self._gathered:
+            self._u_all[self.index] = self.work.u
+            self._p_all[self.index] = self.work.q
 
 
-def _buffers(u: torch.Tensor) -> list[torch.Tensor]:
-    """Scratch tensors of one working set, allocated once: rho, the update of u, the flow gradient, its magnitude."""
-    grad = torch.zeros(u.shape[0], 2, *u.shape[1:], dtype=u.dtype, device=u.device)
-    return [torch.empty_like(u[:, :1]), torch.empty_like(u), grad, torch.empty_like(u)]
+class _WorkingSet:
+    """The tensors one inner iteration reads and updates, its scratch buffers, and the views it takes of them,
+    made once per working set (slicing a tensor costs microseconds, which add up at the coarse levels).
+
+    u (B,C,H,W) flow (+ u3); q = theta * OpenCV's dual variables (B,2,C,H,W: x then y component); data_grad
+    (B,C,H,W) d rho / d u; rho_c, neg_inv_grad (B,1,H,W) the warp's constant part of rho and -1 / |grad I1w|^2.
+    """
+
+    def __init__(self, u: torch.Tensor, q: torch.Tensor, data_grad: torch.Tensor, rho_c: torch.Tensor,
+                 neg_inv_grad: torch.Tensor):
+        self.u, self.q, self.data_grad, self.rho_c, self.neg_inv_grad = u, q, data_grad, rho_c, neg_inv_grad
+        channels = u.shape[1]
+        self.rho = torch.empty_like(rho_c)
+        self.delta = torch.empty_like(u)
+        self.du = torch.zeros_like(q)  # the flow gradient; its last column (x) and last row (y) stay 0
+        self.magnitude = torch.empty_like(u)
+        self.products = [(data_grad[:, c : c + 1], u[:, c : c + 1]) for c in range(channels)]
+        self.qx, self.qy = q.unbind(1)
+        self.delta_flat = self.delta.flatten(1)
+        self.gx, self.gy = self.du.unbind(1)
+        # (out, minuend, subtrahend) of the differences: backward ones for div q, forward ones for grad u.
+        self.divergence = ((self.delta[..., 1:], self.qx[..., :-1]), (self.delta[..., 1:, :], self.qy[..., :-1, :]))
+        self.gradient = ((self.gx[..., :-1], u[..., 1:], u[..., :-1]), (self.gy[..., :-1, :], u[..., 1:, :], u[..., :-1, :]))
+        self.magnitude_b = self.magnitude.unsqueeze(1)
 
 
-def _iterate(
-    u: torch.Tensor,
-    q: torch.Tensor,
-    data_grad: torch.Tensor,
-    rho_c: torch.Tensor,
-    neg_inv_grad: torch.Tensor,
-    rho: torch.Tensor,
-    delta: torch.Tensor,
-    du: torch.Tensor,
-    magnitude: torch.Tensor,
-    active: torch.Tensor | None,
-    l_t: float,
-    tau: float,
-    taut: float,
-) -> torch.Tensor:
+def _iterate(w: _WorkingSet, active: torch.Tensor | None, l_t: float, tau: float, taut: float) -> torch.Tensor:
     """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables), in place.
 
-    u (B,C,H,W) and q = theta * p (B,2,C,H,W: x then y component), OpenCV's dual variables scaled by theta, are updated; rho, delta,
-    du, magnitude are scratch buffers. Returns sum |u_new - u|^2 per pair (B,). active: None, or (B,1,1,1) ones
-    and zeros; a pair with 0 keeps its u and q exactly (its steps are multiplied by 0).
+    Updates w.u and w.q; returns sum |u_new - u|^2 per pair (B,). active: None, or (B,1,1,1) ones and zeros; a
+    pair with 0 keeps its u and q exactly (its steps are multiplied by 0).
     """
     # Thresholding step TH of the data term: OpenCV's three cases are the clamp of -rho / |grad I1w|^2.
-    torch.addcmul(rho_c, data_grad[:, :1], u[:, :1], out=rho)
-    for c in range(1, u.shape[1]):
-        rho.addcmul_(data_grad[:, c : c + 1], u[:, c : c + 1])
-    step = rho.mul_(neg_inv_grad).clamp_(-l_t, l_t)
+    (dg0, u0), *others = w.products
+    rho = torch.addcmul(w.rho_c, dg0, u0, out=w.rho)
+    for dg, uc in others:
+        rho.addcmul_(dg, uc)
+    step = rho.mul_(w.neg_inv_grad).clamp_(-l_t, l_t)
 
     # u_new - u = step * d(rho)/du + theta * div p, with div p by backward differences (p = 0 outside).
-    qx, qy = q.unbind(1)
-    torch.add(qx, qy, out=delta)
-    delta[..., 1:].sub_(qx[..., :-1])
-    delta[..., 1:, :].sub_(qy[..., :-1, :])
-    delta.addcmul_(data_grad, step)
+    delta = torch.add(w.qx, w.qy, out=w.delta)
+    for out, neighbour in w.divergence:
+        out.sub_(neighbour)
+    delta.addcmul_(w.data_grad, step)
     if active is not None:
         delta.mul_(active)
-    change = torch.linalg.vector_norm(delta.view(delta.shape[0], -1), dim=1).square_()
-    u.add_(delta)
+    change = torch.linalg.vector_norm(w.delta_flat, dim=1).square_()
+    w.u.add_(delta)
 
     # Dual step: p = (p + taut grad u) / (1 + taut |grad u|), forward differences, 0 on the last column/row;
     # times theta: q = (q + tau grad u) / (1 + taut |grad u|).
-    gx, gy = du.unbind(1)
-    torch.sub(u[..., 1:], u[..., :-1], out=gx[..., :-1])
-    torch.sub(u[..., 1:, :], u[..., :-1, :], out=gy[..., :-1, :])
+    for out, ahead, here in w.gradient:
+        torch.sub(ahead, here, out=out)
     if active is not None:
-        du.mul_(active.unsqueeze(1))
-    torch.mul(gx, gx, out=magnitude).addcmul_(gy, gy).sqrt_().mul_(taut).add_(1)
-    q.add_(du, alpha=tau).div_(magnitude.unsqueeze(1))
+        w.du.mul_(active.unsqueeze(1))
+    torch.mul(w.gx, w.gx, out=w.magnitude).addcmul_(w.gy, w.gy).sqrt_().mul_(taut).add_(1)
+    w.q.add_(w.du, alpha=tau).div_(w.magnitude_b)
     return change
