@@ -190,6 +190,11 @@ def test_parameters_are_opencvs():
 def test_listed_as_usable_on_torch_cpu_and_explains_cuda():
     infos = {(b.algo, b.device): b for b in list_backends()}
     assert infos[("tvl1", "torch-cpu")].usable
+    assert infos[("tvl1", "torch-cpu")].implementation == {
+        "median": "cv2.medianBlur", "iteration": "eager, in place", "batch_size": 1,
+        "torch_threads": torch.get_num_threads()}
+    result = run_cli("backends")
+    assert "median: cv2.medianBlur, iteration: eager, in place, batch_size: 1" in result.stdout
     cuda = infos[("tvl1", "cuda")]
     if torch.cuda.is_available():
         assert cuda.usable
