@@ -24,7 +24,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
-from .store import finished_meta, other_pack, output_path, remove_stale_temps, remove_temps_of, temp_path
+from .store import inspect_output, other_pack, output_path, remove_stale_temps, remove_temps_of, temp_path
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -32,6 +32,7 @@ FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
 LOCK_NAME = ".flowprep.lock"
 DASK_IN_FLIGHT = 64  # videos submitted to a Dask cluster at a time, at least
+SUMMARY_LISTED = 20  # videos not processed named one by one in the summary on stderr
 # Local worker processes: one thread for the native libraries too (the processes give the parallelism).
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
@@ -53,6 +54,7 @@ class VideoResult:
     frames: int = 0
     seconds: float = 0.0
     reason: str = ""  # why it failed, or how a skipped video's settings differ from this run's
+    warning: str = ""  # a done video's source stream ended early, or what the recomputed output replaced
 
 
 def discover(
@@ -118,8 +120,8 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
         if single_thread:
             backend_class(config.flow.algo, config.flow.device).limit_threads()
         pack = config.store.pack
-        existing = None if overwrite else finished_meta(job.output, pack)
-        other = None if overwrite or existing is not None else finished_meta(job.output, other_pack(pack))
+        existing, broken = (None, "") if overwrite else inspect_output(job.output, pack)
+        other = None if overwrite or existing is not None else inspect_output(job.output, other_pack(pack))[0]
         if other is not None:
             return VideoResult(job.source, job.output, "skipped", other.get("flow_pairs", 0), other.get("frames", 0),
                                0.0, f"finished as {output_path(job.output, other_pack(pack)).name} (pack: "
@@ -132,8 +134,11 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
                                _settings_difference(existing.get("settings", {}), settings_of(config, params)))
         flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
         meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
+        warnings = [meta["stream_problem"]] if meta["stream_problem"] else []
+        if broken:
+            warnings.append(f"recomputed {output_path(job.output, pack)}, which was there but not finished: {broken}")
         return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, warning="; ".join(warnings))
     except FlowprepError as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the batch
@@ -185,6 +190,8 @@ class BatchReport:
     interrupted: bool = False
     mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings differ
     failures: list[VideoResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # of done videos: source cut short, broken output replaced
+    not_processed: list[str] = field(default_factory=list)  # sources of the jobs that got no result
 
     @property
     def pairs_per_second(self) -> float:
@@ -194,19 +201,32 @@ class BatchReport:
         setattr(self, result.status, getattr(self, result.status) + 1)
         if result.status == "done":
             self.pairs += result.pairs
+            if result.warning:
+                self.warnings.append(result.warning)
         elif result.status == "failed":
             self.failures.append(result)
         elif result.reason:
             self.mismatched.append(f"{result.output}: {result.reason}")
 
     def summary(self) -> str:
-        left = self.total - self.done - self.skipped - self.failed
+        """Counts, then every settings difference, failure and warning, and the videos not processed (the first
+        SUMMARY_LISTED of them: report.json lists them all)."""
+        left = len(self.not_processed)
+        why = "interrupted" if self.interrupted else "the engine returned no result for them: rerun to process them"
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
-                 + (f", {left} not processed (interrupted)" if self.interrupted else "")
+                 + (f", {left} not processed ({why})" if left else "")
                  + f"; {self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
         lines += [f"  settings differ: {m}" for m in self.mismatched]
         lines += [f"  FAILED {f.reason}" for f in self.failures]
+        lines += [f"  WARNING {w}" for w in self.warnings]
+        lines += [f"  NOT PROCESSED {source}" for source in self.not_processed[:SUMMARY_LISTED]]
+        if left > SUMMARY_LISTED:
+            lines.append(f"  ... and {left - SUMMARY_LISTED} more not processed (all are listed in {REPORT_NAME})")
         return "\n".join(lines)
+
+    def note_unprocessed(self, jobs: Sequence[VideoJob], reported: set[str]) -> None:
+        """Record the jobs whose output is not in `reported` (the outputs that got a result) as not processed."""
+        self.not_processed = [job.source for job in jobs if job.output not in reported]
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -227,10 +247,12 @@ def run_batch(
     address: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    dask_in_flight: int = DASK_IN_FLIGHT,
 ) -> BatchReport:
     """Process `jobs` and write failures.jsonl and report.json (last) under `out_root`.
 
-    Finished videos are skipped unless `overwrite`. Temporaries of killed runs are removed first. On Ctrl-C
+    Finished videos are skipped unless `overwrite`. Temporaries of killed runs are removed first. Dask gets at
+    least `dask_in_flight` videos at a time (more as they finish). On Ctrl-C
     the temporaries of this run are removed, the report is written with interrupted=true and BatchInterrupted
     is raised. Raises ConfigError for a bad engine, jobs count or address, or when another run holds
     `out_root`.
@@ -249,17 +271,21 @@ def run_batch(
         (out_root / REPORT_NAME).unlink(missing_ok=True)
         remove_stale_temps(out_root)
         report = BatchReport(total=len(jobs))
+        reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
         runnable, collisions = _split_collisions(jobs, config.store.pack)
         for result in collisions:
             report.add(result)
+            reported.add(result.output)
         try:
             # closing(): on Ctrl-C the engine must stop its workers before the temporaries are removed.
             with _progress_bar(len(jobs), progress) as bar, \
-                    closing(_run_on_engine(runnable, config, engine, n_jobs, address, overwrite)) as results:
+                    closing(_run_on_engine(runnable, config, engine, n_jobs, address, overwrite,
+                                           dask_in_flight)) as results:
                 bar.update(len(collisions))
                 for result in results:
                     report.add(result)
+                    reported.add(result.output)
                     report.seconds = time.perf_counter() - started
                     bar.set_postfix_str(f"{report.pairs_per_second:.2f} pairs/s, {report.failed} failed",
                                         refresh=False)
@@ -270,6 +296,7 @@ def run_batch(
             if not isinstance(exc, KeyboardInterrupt):
                 raise
             report.interrupted = True
+            report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
             _write_report(out_root, report, config, engine, n_jobs)
             raise BatchInterrupted(report) from None
@@ -277,6 +304,7 @@ def run_batch(
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
             # task elsewhere). Local runs remove a dead worker's temporary at once, and need no second walk.
             remove_stale_temps(out_root)
+        report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
         _write_report(out_root, report, config, engine, n_jobs)
     return report
@@ -316,7 +344,7 @@ def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJo
 
 
 def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, n_jobs: int,
-                   address: str | None, overwrite: bool) -> Iterator[VideoResult]:
+                   address: str | None, overwrite: bool, dask_in_flight: int) -> Iterator[VideoResult]:
     """Results in completion order, so the progress bar moves as each video finishes, on every engine."""
     if not jobs:
         return
@@ -332,7 +360,7 @@ def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str,
         yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
                                address, _uses_cuda(config))
         return
-    yield from _run_on_dask(jobs, config, overwrite, address)
+    yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight)
 
 
 def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
@@ -408,11 +436,11 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
 
 
 def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                 address: str | None) -> Iterator[VideoResult]:
+                 address: str | None, window: int) -> Iterator[VideoResult]:
     """One task per video on a Dask cluster (a local one without `address`), results in completion order.
 
-    At most DASK_IN_FLIGHT tasks (or two per worker thread, if more) are submitted at a time, so a million
-    videos are not a million futures. Dask reruns the task of a worker that died; a video whose task killed
+    At most `window` tasks (or two per worker thread, if more) are submitted at a time, each finished one
+    replaced by the next video, so a million videos are not a million futures. Dask reruns the task of a worker that died; a video whose task killed
     workers until the scheduler gave up on it (KilledWorker, after distributed.scheduler.allowed-failures
     deaths) fails alone, named, like a dead local worker's.
     """
@@ -425,7 +453,7 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
     resources = {"GPU": 1} if _uses_cuda(config) else None
     waiting = deque(jobs)
     with client:
-        in_flight = max(DASK_IN_FLIGHT, 2 * sum(client.nthreads().values()))
+        in_flight = max(window, 2 * sum(client.nthreads().values()))
         completed = distributed.as_completed()
         job_of: dict[str, VideoJob] = {}
 
@@ -506,6 +534,7 @@ def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, en
         "total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
         "interrupted": report.interrupted, "pairs": report.pairs, "seconds": round(report.seconds, 3),
         "pairs_per_second": round(report.pairs_per_second, 3), "settings_mismatch": report.mismatched,
+        "warnings": report.warnings, "not_processed": report.not_processed,
         "engine": engine, "jobs": n_jobs, "config": asdict(config),
     }
     _write_atomic(out_root / REPORT_NAME, json.dumps(data, indent=1))

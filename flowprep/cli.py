@@ -1,4 +1,5 @@
-"""Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed, 2 usage."""
+"""Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed or were not
+processed, 2 usage."""
 from __future__ import annotations
 
 import sys
@@ -110,7 +111,7 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
         click.echo("interrupted: finished videos are kept; rerun the same command to resume", err=True)
         sys.exit(130)
     click.echo(report.summary(), err=True)
-    sys.exit(1 if report.failed else 0)
+    sys.exit(1 if report.failed or report.not_processed else 0)
 
 
 @main.command()

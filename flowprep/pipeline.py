@@ -225,6 +225,8 @@ def _extract(
         "output_size": list(size),
         "decoder": reader.name,
         "decoder_problems": problems,
+        # Not an error: the flow of what decoded is right; but the video is shorter than its file says.
+        "stream_problem": reader.stream_end_problem(),
         "settings": settings_of(config, backend.params),
         "versions": {
             "flowprep": __version__,

@@ -477,14 +477,23 @@ def open_output(path: str | os.PathLike) -> OutputReader:
 def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] | None:
     """meta.json of the finished output of form `pack` at `base`, or None if there is none. The form is checked:
     for video `a.zip.mp4` the directory `a.zip` is its output, and the file `a.zip` is video `a.mp4`'s pack."""
+    return inspect_output(base, pack)[0]
+
+
+def inspect_output(base: str | os.PathLike, pack: str = "dir") -> tuple[dict[str, Any] | None, str]:
+    """(meta.json of the finished output of form `pack` at `base`, or None; why what is there is not finished).
+
+    The reason is "" when nothing of that form is there; otherwise it names the file and the fault (a corrupt or
+    missing meta.json, a zip that does not open), so that a run recomputing it can say what it replaces.
+    """
     final = output_path(base, pack)
     if not (final.is_dir() if pack == "dir" else final.is_file()):
-        return None
+        return None, ""
     try:
         with open_output(final) as reader:
-            return reader.meta()
-    except OutputError:
-        return None
+            return reader.meta(), ""
+    except OutputError as exc:
+        return None, str(exc)
 
 
 FINISHED, UNFINISHED, TEMPORARY, UNREADABLE = "finished", "unfinished", "temporary", "unreadable"

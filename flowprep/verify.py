@@ -222,6 +222,8 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
             check.problems.append(str(exc))
             return check
         check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
+        if meta.get("stream_problem"):
+            check.warnings.append(f"{reader.path}: its source ended early when extracted: {meta['stream_problem']}")
         names = set(reader.names())
         _check_names(reader, names, layout, check)
         _check_images(reader, names, layout, check)

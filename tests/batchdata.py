@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from fractions import Fraction
 from pathlib import Path
 
 from conftest import REPO, VIDEOS, checkout_env
@@ -46,6 +47,27 @@ def remux(src: Path, dst: Path, *, options: dict[str, str] | None = None, max_pa
             out.mux(packet)
             if max_packets and count >= max_packets:
                 break
+    return dst
+
+
+def sparse_avi(dst: Path, src: Path = CARPHONE) -> Path:
+    """`src` re-encoded (MPEG-4 in AVI) with every third frame dropped: the AVI muxer keeps their time slots as
+    empty chunks, so the container announces 120 frames and 4 s while 80 frames decode, the last at 3.97 s."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = inp.streams.video[0].width, inp.streams.video[0].height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30)
+        for index, frame in enumerate(inp.decode(video=0)):
+            if index % 3 == 1:
+                continue
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, 30)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
     return dst
 
 

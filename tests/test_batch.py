@@ -6,10 +6,10 @@ import json
 import shutil
 
 import pytest
-from batchdata import CARPHONE, broken_videos, output_digest, temporaries
+from batchdata import CARPHONE, broken_videos, output_digest, sparse_avi, temporaries
 from conftest import VIDEOS, run_cli
 
-from flowprep.batch import discover
+from flowprep.batch import BatchReport, VideoJob, VideoResult, discover
 from flowprep.errors import ConfigError, OutputError
 from flowprep.store import finished_meta, open_output
 
@@ -36,6 +36,20 @@ def test_discover_mirrors_class_folders_and_reads_list_files(tmp_path):
     ]
     with pytest.raises(ConfigError, match="nowhere"):
         discover(tmp_path / "nowhere", tmp_path / "flow")
+
+
+def test_videos_without_a_result_are_counted_and_named(tmp_path):
+    """However a run ends, a job that got no result is not silently dropped: counted, named, in report.json."""
+    jobs = [VideoJob(f"videos/v{i}.mp4", f"flow/v{i}") for i in range(25)]
+    report = BatchReport(total=25)
+    report.add(VideoResult("videos/v3.mp4", "flow/v3", "done", pairs=7, frames=8))
+    report.note_unprocessed(jobs, {"flow/v3"})
+    assert report.not_processed == [j.source for j in jobs if j.source != "videos/v3.mp4"]
+    summary = report.summary()
+    assert "25 videos: 1 done, 0 skipped, 0 failed, 24 not processed (the engine returned no result" in summary
+    assert "NOT PROCESSED videos/v0.mp4" in summary and "NOT PROCESSED videos/v20.mp4" in summary
+    assert "NOT PROCESSED videos/v21.mp4" not in summary
+    assert "... and 4 more not processed (all are listed in report.json)" in summary
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +104,27 @@ def test_good_videos_complete_beside_bad_ones(mixed_run):
     with open_output(out / "bad" / "lying") as reader:
         meta = reader.meta()
     assert meta["decoder"] == "pyav" and meta["flow_pairs"] == 32 and meta["decoder_problems"] == []
+    # ... and that is no clean end: meta.json, the report, the summary and verify say the stream was cut short.
+    problem = f"{bad['lying_header']}: pyav decoding ended at 1.07 s, but the container announces 4.00 s"
+    assert meta["stream_problem"].startswith(problem)
+    assert json.loads((out / "report.json").read_text())["warnings"] == [meta["stream_problem"]]
+    assert f"WARNING {problem}" in result.stderr
+    verified = run_cli("verify", str(out / "bad" / "lying"))
+    assert verified.returncode == 0 and f"its source ended early when extracted: {problem}" in verified.stdout
+    for good in ("carphone", "whale"):
+        assert open_output(out / "good" / good).meta()["stream_problem"] == ""
+
+
+def test_sparse_timestamps_are_no_stream_problem(tmp_path):
+    """AVI drop frames: the container announces 120 frames, 80 decode, spread over the whole 4 s."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    sparse_avi(videos / "sparse.avi")
+    out = tmp_path / "flow"
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--short-side", "72", "-q")
+    assert result.returncode == 0, result.stderr
+    meta = open_output(out / "sparse").meta()
+    assert (meta["frames"], meta["stream_problem"]) == (80, "") and "WARNING" not in result.stderr
 
 
 def test_report_counts_the_run(mixed_run):
@@ -138,6 +173,19 @@ def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(whale_
     assert result.returncode == 0 and "settings differ" not in result.stderr
     assert open_output(out / "whale").meta()["settings"]["bound"] == 40.0
     assert temporaries(out) == []
+
+
+def test_a_finished_video_with_a_corrupt_meta_json_is_recomputed_and_reported(whale_run):
+    videos, out, before = whale_run
+    (out / "whale" / "meta.json").write_text('{"format": "flowprep/1", "frames": ')  # cut short on disk
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0, result.stderr
+    warning = f"recomputed {out / 'whale'}, which was there but not finished: {out / 'whale' / 'meta.json'}: not " \
+              "valid JSON"
+    assert f"WARNING {warning}" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["done"] == 1 and report["warnings"][0].startswith(warning)
+    assert output_digest(out) == before
 
 
 def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leaves_one_form(whale_run):
