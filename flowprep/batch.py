@@ -5,6 +5,7 @@ exception) -> writer (failures.jsonl, then report.json last as the run's done ma
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import VIDEO_EXTENSIONS, ExtractConfig
-from .errors import ConfigError, FlowprepError, require
+from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
 from .store import inspect_output, other_pack, output_path, remove_stale_temps, remove_temps_of, temp_path
@@ -32,6 +33,10 @@ FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
 LOCK_NAME = ".flowprep.lock"
 DASK_IN_FLIGHT = 64  # videos submitted to a Dask cluster at a time, at least
+# Write errors that are the file system's, not the video's: every later video would fail the same way.
+STOPPING_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO", "ESTALE", "ENOTCONN",
+                                                              "ENODEV", "ENXIO") if hasattr(errno, name))
+EXIT_STOPPED = 3  # the CLI's exit code when the run stopped because the output storage failed
 SUMMARY_LISTED = 20  # videos not processed named one by one in the summary on stderr
 # Local worker processes: one thread for the native libraries too (the processes give the parallelism).
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -39,17 +44,22 @@ SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THR
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One video to process: its path and its output base path (a directory, or base + '.zip')."""
+    """One video to process: its path, its output base path (a directory, or base + '.zip') and the output root.
+
+    A worker checks that `root` still exists before each video: a vanished mount then stops the run instead of
+    having the video written beneath the bare mount point. "" skips the check.
+    """
 
     source: str
     output: str
+    root: str = ""
 
 
 @dataclass(frozen=True)
 class VideoResult:
     source: str
     output: str
-    status: str  # "done", "skipped" or "failed"
+    status: str  # "done", "skipped", "failed", or "stopped": the output storage failed (full, read-only, gone)
     pairs: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -87,7 +97,7 @@ def discover(
             relative = video.relative_to(root)
         except ValueError:
             relative = Path(video.name)
-        jobs.append(VideoJob(str(video), str(out_root / relative.with_suffix(""))))
+        jobs.append(VideoJob(str(video), str(out_root / relative.with_suffix("")), str(out_root)))
     return jobs
 
 
@@ -115,6 +125,9 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
     """
     started = time.perf_counter()
     try:
+        if job.root and not os.path.isdir(job.root):
+            return VideoResult(job.source, job.output, "stopped",
+                               reason=f"{job.root}: the output folder is gone (an unmounted or lost file system?)")
         if parent_pid is not None:
             _exit_with_parent(parent_pid)
         if single_thread:
@@ -139,6 +152,11 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
             warnings.append(f"recomputed {output_path(job.output, pack)}, which was there but not finished: {broken}")
         return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
                            time.perf_counter() - started, warning="; ".join(warnings))
+    except StorageError as exc:
+        if exc.errno in STOPPING_ERRNOS or job.root and not os.path.isdir(job.root):
+            return VideoResult(job.source, job.output, "stopped", seconds=time.perf_counter() - started,
+                               reason=str(exc))
+        reason = str(exc)
     except FlowprepError as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the batch
@@ -188,6 +206,8 @@ class BatchReport:
     pairs: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    stopped: str = ""  # why the run stopped early: the output storage failed (see BatchStopped)
+    unwritten: str = ""  # why failures.jsonl or report.json could not be written; "" when they were
     mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings differ
     failures: list[VideoResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # of done videos: source cut short, broken output replaced
@@ -198,6 +218,9 @@ class BatchReport:
         return self.pairs / self.seconds if self.seconds > 0 else 0.0
 
     def add(self, result: VideoResult) -> None:
+        if result.status == "stopped":  # not the video's fault: it counts as not processed
+            self.stopped = self.stopped or result.reason
+            return
         setattr(self, result.status, getattr(self, result.status) + 1)
         if result.status == "done":
             self.pairs += result.pairs
@@ -212,7 +235,8 @@ class BatchReport:
         """Counts, then every settings difference, failure and warning, and the videos not processed (the first
         SUMMARY_LISTED of them: report.json lists them all)."""
         left = len(self.not_processed)
-        why = "interrupted" if self.interrupted else "the engine returned no result for them: rerun to process them"
+        why = ("interrupted" if self.interrupted else "stopped: the output storage failed" if self.stopped
+               else "the engine returned no result for them: rerun to process them")
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
                  + (f", {left} not processed ({why})" if left else "")
                  + f"; {self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
@@ -222,11 +246,45 @@ class BatchReport:
         lines += [f"  NOT PROCESSED {source}" for source in self.not_processed[:SUMMARY_LISTED]]
         if left > SUMMARY_LISTED:
             lines.append(f"  ... and {left - SUMMARY_LISTED} more not processed (all are listed in {REPORT_NAME})")
+        if self.unwritten:
+            lines.append(f"  NOT WRITTEN {self.unwritten}")
         return "\n".join(lines)
 
     def note_unprocessed(self, jobs: Sequence[VideoJob], reported: set[str]) -> None:
         """Record the jobs whose output is not in `reported` (the outputs that got a result) as not processed."""
         self.not_processed = [job.source for job in jobs if job.output not in reported]
+
+
+class BatchStopped(StorageError):
+    """The output storage failed (full, over quota, read-only, gone): run_batch stopped, after cleanup.
+
+    `report` holds what was finished until then; the message says where, how many videos are finished and that
+    a rerun resumes.
+    """
+
+    def __init__(self, report: BatchReport, out_root: Path, problem: str):
+        finished = report.done + report.skipped
+        message = (f"stopped, the output file system refused a write: {problem}. File system: {_file_system(out_root)}. "
+                   f"{finished} of {report.total} videos are finished ({report.done} by this run), "
+                   f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; "
+                   "free space (or fix the mount) and rerun the same command to resume.")
+        super().__init__(message, None)
+        self.report = report
+
+
+def _file_system(path: Path) -> str:
+    """The mount point holding `path` (its nearest existing ancestor) and its free space, for messages."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        device = path.stat().st_dev
+        while path != path.parent and path.parent.stat().st_dev == device:
+            path = path.parent
+        fs = os.statvfs(path)
+    except OSError as exc:
+        return f"{path} (unreadable: {exc.strerror or exc})"
+    return f"{path} ({fs.f_bavail * fs.f_frsize / 1e6:.1f} MB free of {fs.f_blocks * fs.f_frsize / 1e6:.1f} MB)"
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -254,8 +312,9 @@ def run_batch(
     Finished videos are skipped unless `overwrite`. Temporaries of killed runs are removed first. Dask gets at
     least `dask_in_flight` videos at a time (more as they finish). On Ctrl-C
     the temporaries of this run are removed, the report is written with interrupted=true and BatchInterrupted
-    is raised. Raises ConfigError for a bad engine, jobs count or address, or when another run holds
-    `out_root`.
+    is raised. When the output storage fails (full, over quota, read-only, gone) the run stops the same way and
+    raises BatchStopped (the report is written if there is room). Raises ConfigError for a bad engine, jobs
+    count or address, an output root that cannot be created or written, or when another run holds `out_root`.
     """
     config = config or ExtractConfig()
     if engine not in ENGINES:
@@ -265,7 +324,10 @@ def run_batch(
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
     out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
     with _exclusive(out_root):
         # report.json says "this run finished"; a stale one must not vouch for a run that gets killed.
         (out_root / REPORT_NAME).unlink(missing_ok=True)
@@ -273,6 +335,7 @@ def run_batch(
         report = BatchReport(total=len(jobs))
         reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
+        stop = threading.Event()  # set when the storage fails: start no more videos, collect those running
         runnable, collisions = _split_collisions(jobs, config.store.pack)
         for result in collisions:
             report.add(result)
@@ -281,11 +344,16 @@ def run_batch(
             # closing(): on Ctrl-C the engine must stop its workers before the temporaries are removed.
             with _progress_bar(len(jobs), progress) as bar, \
                     closing(_run_on_engine(runnable, config, engine, n_jobs, address, overwrite,
-                                           dask_in_flight)) as results:
+                                           dask_in_flight, stop)) as results:
                 bar.update(len(collisions))
                 for result in results:
                     report.add(result)
-                    reported.add(result.output)
+                    if result.status != "stopped":
+                        reported.add(result.output)
+                    if report.stopped:
+                        stop.set()
+                        if engine == "ray":
+                            break
                     report.seconds = time.perf_counter() - started
                     bar.set_postfix_str(f"{report.pairs_per_second:.2f} pairs/s, {report.failed} failed",
                                         refresh=False)
@@ -304,9 +372,13 @@ def run_batch(
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
             # task elsewhere). Local runs remove a dead worker's temporary at once, and need no second walk.
             remove_stale_temps(out_root)
+        if report.stopped:
+            remove_stale_temps(out_root)  # of the workers stopped mid-video
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
         _write_report(out_root, report, config, engine, n_jobs)
+        if report.stopped or report.unwritten:
+            raise BatchStopped(report, out_root, report.stopped or report.unwritten)
     return report
 
 
@@ -321,7 +393,11 @@ def _exclusive(out_root: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock, one run at a time is the user's job
         yield
         return
-    with open(out_root / LOCK_NAME, "a+") as lock:
+    try:
+        lock = open(out_root / LOCK_NAME, "a+")
+    except OSError as exc:
+        raise ConfigError(f"cannot write into the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -344,27 +420,31 @@ def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJo
 
 
 def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, n_jobs: int,
-                   address: str | None, overwrite: bool, dask_in_flight: int) -> Iterator[VideoResult]:
-    """Results in completion order, so the progress bar moves as each video finishes, on every engine."""
+                   address: str | None, overwrite: bool, dask_in_flight: int,
+                   stop: threading.Event) -> Iterator[VideoResult]:
+    """Results in completion order, so the progress bar moves as each video finishes, on every engine.
+
+    Once `stop` is set no further video starts (Ray's pool excepted: it has them all); those running finish.
+    """
     if not jobs:
         return
     # Workers that run side by side get one OpenCV thread each (single_thread=True): processes, not threads, give
     # the parallelism. (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
     if engine == "local" and n_jobs == 1:
-        yield from (process_video(job, config, overwrite) for job in jobs)
+        yield from (process_video(job, config, overwrite) for job in jobs if not stop.is_set())
         return
     if engine == "local":
-        yield from _run_on_local_processes(jobs, config, overwrite, n_jobs)
+        yield from _run_on_local_processes(jobs, config, overwrite, n_jobs, stop)
         return
     if engine == "ray":
         yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
                                address, _uses_cuda(config))
         return
-    yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight)
+    yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight, stop)
 
 
 def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                            n_jobs: int) -> Iterator[VideoResult]:
+                            n_jobs: int, stop: threading.Event) -> Iterator[VideoResult]:
     """Jobs on `n_jobs` worker processes, each its own one-worker loky pool running one video at a time.
 
     A worker that dies (a decoder's segfault, the out-of-memory killer) therefore takes exactly one video with
@@ -421,7 +501,7 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                         found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
                         result = _worker_died(job, f"exit {found.group(1) if found else 'unknown'}, in both of "
                                                    "its tries")
-                if waiting:
+                if waiting and not stop.is_set():
                     start(slot)
                 if result is not None:
                     yield result
@@ -436,7 +516,7 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
 
 
 def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                 address: str | None, window: int) -> Iterator[VideoResult]:
+                 address: str | None, window: int, stop: threading.Event) -> Iterator[VideoResult]:
     """One task per video on a Dask cluster (a local one without `address`), results in completion order.
 
     At most `window` tasks (or two per worker thread, if more) are submitted at a time, each finished one
@@ -473,7 +553,7 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
                 # Dask says on how many workers the task ran before it gave up, in its first sentence.
                 result = _worker_died(job, f"{type(exc).__name__}: {str(exc).split('. ')[0]}")
             future.release()
-            if waiting:
+            if waiting and not stop.is_set():
                 submit()
             yield result
 
@@ -526,10 +606,10 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 
 
 def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int) -> None:
-    """failures.jsonl (one JSON object per failed video), then report.json, each replaced atomically."""
+    """failures.jsonl (one JSON object per failed video), then report.json, each replaced atomically; when the file
+    system refuses, report.unwritten says so and no temporary is left."""
     lines = [json.dumps({"source": f.source, "output": f.output, "reason": f.reason}) + "\n"
              for f in report.failures]
-    _write_atomic(out_root / FAILURES_NAME, "".join(lines))
     data = {
         "total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
         "interrupted": report.interrupted, "pairs": report.pairs, "seconds": round(report.seconds, 3),
@@ -537,10 +617,19 @@ def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, en
         "warnings": report.warnings, "not_processed": report.not_processed,
         "engine": engine, "jobs": n_jobs, "config": asdict(config),
     }
-    _write_atomic(out_root / REPORT_NAME, json.dumps(data, indent=1))
+    try:
+        _write_atomic(out_root / FAILURES_NAME, "".join(lines))
+        _write_atomic(out_root / REPORT_NAME, json.dumps(data, indent=1))
+    except OSError as exc:
+        report.unwritten = (f"{FAILURES_NAME} and {REPORT_NAME} could not be written in {out_root} "
+                            f"({exc.strerror or exc}): the summary above is this run's only record")
 
 
 def _write_atomic(path: Path, text: str) -> None:
     temp = temp_path(path)
-    temp.write_text(text)
-    os.replace(temp, path)
+    try:
+        temp.write_text(text)
+        os.replace(temp, path)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise

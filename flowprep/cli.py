@@ -1,5 +1,5 @@
 """Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed or were not
-processed, 2 usage."""
+processed, 2 usage, 3 the output storage failed (full, over quota, read-only, gone), 130 interrupted."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from . import __version__, annotations
-from .batch import ENGINES, BatchInterrupted, discover, run_batch
+from .batch import ENGINES, EXIT_STOPPED, BatchInterrupted, BatchStopped, discover, run_batch
 from .config import LAYOUTS, VIDEO_EXTENSIONS, PACKS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, parse_size
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, list_backends
@@ -105,6 +105,10 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
                            overwrite=overwrite, progress=not quiet)
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None
+    except BatchStopped as exc:
+        click.echo(exc.report.summary(), err=True)
+        click.echo(f"flowprep: {exc}", err=True)
+        sys.exit(EXIT_STOPPED)
     except KeyboardInterrupt as exc:
         if isinstance(exc, BatchInterrupted):
             click.echo(exc.report.summary(), err=True)

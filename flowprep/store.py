@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 
 from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, LAYOUTS, StoreConfig
-from .errors import OutputError
+from .errors import OutputError, StorageError
 
 META_NAME = "meta.json"
 META_FORMAT = "flowprep/1"
@@ -200,11 +201,22 @@ class OutputWriter(ABC):
         self.base = base
         self.final = output_path(base, self.pack)
         self.temp = temp_path(self.final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self._done = False
+        with _storage(self.temp):
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+
+    def write(self, name: str, data: bytes) -> None:
+        """Add file `name`; StorageError naming it when the file system refuses (full, read-only, gone)."""
+        with _storage(self.temp / name):
+            self._write(name, data)
 
     @abstractmethod
-    def write(self, name: str, data: bytes) -> None: ...
+    def _open(self) -> None:
+        """Create the temporary."""
+
+    @abstractmethod
+    def _write(self, name: str, data: bytes) -> None: ...
 
     @abstractmethod
     def _close(self) -> None: ...
@@ -216,7 +228,8 @@ class OutputWriter(ABC):
         directory), and a crash between the two steps leaves no finished output rather than two.
         """
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
-        self._close()
+        with _storage(self.temp):
+            self._close()
         self._check_complete()
         other = other_pack(self.pack)
         if finished_meta(self.base, other) is not None:
@@ -226,7 +239,8 @@ class OutputWriter(ABC):
             except OSError as exc:
                 raise OutputError(f"{other_final}: cannot remove this video's {other!r} output before writing its "
                                   f"{self.pack!r} one ({exc.strerror or exc})") from None
-        _replace(self.temp, self.final)
+        with _storage(self.final):
+            _replace(self.temp, self.final)
         self._done = True
         return self.final
 
@@ -236,7 +250,10 @@ class OutputWriter(ABC):
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._close()
+            try:
+                self._close()
+            except OSError:  # a zip's central directory on a full disk: the temporary goes anyway
+                pass
             _remove(self.temp)
 
     def __enter__(self) -> OutputWriter:
@@ -249,12 +266,11 @@ class OutputWriter(ABC):
 class DirectoryWriter(OutputWriter):
     pack = "dir"
 
-    def __init__(self, base: Path):
-        super().__init__(base)
+    def _open(self) -> None:
         self.temp.mkdir()
         self._written: set[str] = set()
 
-    def write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes) -> None:
         with open(self.temp / name, "wb") as f:
             f.write(data)
         self._written.add(name)
@@ -276,11 +292,12 @@ class ZipWriter(OutputWriter):
 
     pack = "zip"
 
-    def __init__(self, base: Path):
-        super().__init__(base)
-        self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED)
+    _zip: zipfile.ZipFile | None = None
 
-    def write(self, name: str, data: bytes) -> None:
+    def _open(self) -> None:
+        self._zip = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED)
+
+    def _write(self, name: str, data: bytes) -> None:
         # A fixed timestamp keeps packs of identical content byte-identical across runs.
         self._zip.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
@@ -293,6 +310,15 @@ class ZipWriter(OutputWriter):
 def open_writer(base: str | os.PathLike, pack: str = "dir") -> OutputWriter:
     """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place."""
     return ZipWriter(Path(base)) if pack == "zip" else DirectoryWriter(Path(base))
+
+
+@contextmanager
+def _storage(path: Path) -> Iterator[None]:
+    """OSError -> StorageError naming `path` (the write's target) and keeping the errno."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write ({exc.strerror or exc})", exc.errno) from None
 
 
 def _replace(temp: Path, final: Path) -> None:
