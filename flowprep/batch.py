@@ -6,6 +6,7 @@ exception) -> writer (failures.jsonl, then report.json last as the run's done ma
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -13,9 +14,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
-from .store import inspect_output, other_pack, output_path, remove_stale_temps, remove_temps_of, temp_path
+from .store import inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs, temp_path
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -99,6 +100,85 @@ def discover(
             relative = Path(video.name)
         jobs.append(VideoJob(str(video), str(out_root / relative.with_suffix("")), str(out_root)))
     return jobs
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` (1-based) of `count` disjoint parts of a video list, for N jobs sharing one output tree."""
+
+    index: int = 1
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and isinstance(self.index, int) and 1 <= self.index <= self.count):
+            raise ConfigError(f"shard must be K/N with 1 <= K <= N, got {self.index!r}/{self.count!r}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def tag(self) -> str:
+        """'' for the whole list, else 'shard-K-of-N': in the names of this shard's report, failures and lock."""
+        return "" if self.count == 1 else f"shard-{self.index}-of-{self.count}"
+
+    def owns(self, relative_output: str) -> bool:
+        """Whether the video whose output is `relative_output` (relative to the output root, '/'-separated) is in
+        this part: by a hash of that path alone, so a video keeps its part when others are added or removed
+        (for the same N), and every machine agrees without sharing anything."""
+        digest = hashlib.blake2b(relative_output.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index - 1
+
+
+def parse_shard(text: str, environ: Mapping[str, str] = os.environ) -> Shard:
+    """'K/N' (1-based K), or 'slurm': this SLURM array task's part, from SLURM_ARRAY_TASK_ID and
+    SLURM_ARRAY_TASK_COUNT (or _MIN/_MAX; _MIN, default 0, is part 1; a _STEP is honoured). ConfigError quoting
+    the text or naming the variables that are missing."""
+    if text.strip().lower() == "slurm":
+        return _slurm_shard(environ)
+    index, sep, count = text.partition("/")
+    try:
+        numbers = int(index), int(count)
+    except ValueError:
+        numbers = None
+    if not sep or numbers is None:
+        raise ConfigError(f"shard must be K/N (e.g. 2/8, K from 1) or 'slurm', got {text!r}")
+    return Shard(*numbers)
+
+
+def _slurm_shard(environ: Mapping[str, str]) -> Shard:
+    def number(name: str, default: int | None = None) -> int:
+        value = environ.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise ConfigError(f"--shard slurm: {name} is not set; is this a SLURM array job (sbatch --array)?")
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"--shard slurm: {name} is {value!r}, not a whole number") from None
+
+    task, first, step = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_MIN", 0), \
+        number("SLURM_ARRAY_TASK_STEP", 1)
+    if "SLURM_ARRAY_TASK_COUNT" in environ:
+        count = number("SLURM_ARRAY_TASK_COUNT")
+    else:
+        count = (number("SLURM_ARRAY_TASK_MAX") - first) // step + 1
+    return Shard((task - first) // step + 1, count)
+
+
+def select_shard(jobs: Sequence[VideoJob], out_root: str | os.PathLike, shard: Shard) -> list[VideoJob]:
+    """The jobs of `shard`, in their order; the parts of all K for one N are disjoint and cover `jobs`."""
+    if shard.count == 1:
+        return list(jobs)
+    out_root = Path(out_root)
+    return [job for job in jobs if shard.owns(_relative(job.output, out_root))]
+
+
+def _relative(output: str, out_root: Path) -> str:
+    try:
+        return Path(output).relative_to(out_root).as_posix()
+    except ValueError:  # an output outside the root (a hand-made job): its own path decides
+        return Path(output).as_posix()
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -212,6 +292,7 @@ class BatchReport:
     failures: list[VideoResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # of done videos: source cut short, broken output replaced
     not_processed: list[str] = field(default_factory=list)  # sources of the jobs that got no result
+    record: str = REPORT_NAME  # the name of this run's report file
 
     @property
     def pairs_per_second(self) -> float:
@@ -245,7 +326,7 @@ class BatchReport:
         lines += [f"  WARNING {w}" for w in self.warnings]
         lines += [f"  NOT PROCESSED {source}" for source in self.not_processed[:SUMMARY_LISTED]]
         if left > SUMMARY_LISTED:
-            lines.append(f"  ... and {left - SUMMARY_LISTED} more not processed (all are listed in {REPORT_NAME})")
+            lines.append(f"  ... and {left - SUMMARY_LISTED} more not processed (all are listed in {self.record})")
         if self.unwritten:
             lines.append(f"  NOT WRITTEN {self.unwritten}")
         return "\n".join(lines)
@@ -306,10 +387,13 @@ def run_batch(
     overwrite: bool = False,
     progress: bool = False,
     dask_in_flight: int = DASK_IN_FLIGHT,
+    shard: Shard = Shard(),
 ) -> BatchReport:
-    """Process `jobs` and write failures.jsonl and report.json (last) under `out_root`.
+    """Process `jobs` (those of `shard`) and write failures.jsonl and report.json (last) under `out_root`; a
+    shard K/N writes failures.shard-K-of-N.jsonl and report.shard-K-of-N.json (see merge_reports).
 
-    Finished videos are skipped unless `overwrite`. Temporaries of killed runs are removed first. Dask gets at
+    Finished videos are skipped unless `overwrite`. Temporaries that killed runs left of these videos (and of
+    no others: other shards may be writing theirs) are removed first. Dask gets at
     least `dask_in_flight` videos at a time (more as they finish). On Ctrl-C
     the temporaries of this run are removed, the report is written with interrupted=true and BatchInterrupted
     is raised. When the output storage fails (full, over quota, read-only, gone) the run stops the same way and
@@ -328,11 +412,21 @@ def run_batch(
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
-    with _exclusive(out_root):
-        # report.json says "this run finished"; a stale one must not vouch for a run that gets killed.
+    jobs = select_shard(jobs, out_root, shard)
+    failures_name, report_name = record_names(shard)
+    # Temporaries of this run's videos, of its own records, and nothing else.
+    own = [output_path(job.output, config.store.pack) for job in jobs] + [out_root / failures_name,
+                                                                          out_root / report_name]
+    with _exclusive(out_root, shard):
+        # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
+        # tree's, which no shard can vouch for: no run of the whole list runs beside shards, see _exclusive).
+        (out_root / report_name).unlink(missing_ok=True)
         (out_root / REPORT_NAME).unlink(missing_ok=True)
-        remove_stale_temps(out_root)
-        report = BatchReport(total=len(jobs))
+        if shard.count == 1:  # no shard runs beside a run of the whole list: their records are stale now
+            for stale in (*out_root.glob("report.shard-*.json"), *out_root.glob("failures.shard-*.jsonl")):
+                stale.unlink(missing_ok=True)
+        remove_temps_of_outputs(own)
+        report = BatchReport(total=len(jobs), record=report_name)
         reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
         stop = threading.Event()  # set when the storage fails: start no more videos, collect those running
@@ -360,49 +454,67 @@ def run_batch(
                     bar.update(1)
         except BaseException as exc:
             # Ctrl-C or a lost cluster: workers may have left temporaries behind; none of them looks finished.
-            remove_stale_temps(out_root)
+            remove_temps_of_outputs(own)
             if not isinstance(exc, KeyboardInterrupt):
                 raise
             report.interrupted = True
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
-            _write_report(out_root, report, config, engine, n_jobs)
+            _write_report(out_root, report, config, engine, n_jobs, shard)
             raise BatchInterrupted(report) from None
-        if engine != "local":
+        if engine != "local" or report.stopped:
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
-            # task elsewhere). Local runs remove a dead worker's temporary at once, and need no second walk.
-            remove_stale_temps(out_root)
-        if report.stopped:
-            remove_stale_temps(out_root)  # of the workers stopped mid-video
+            # task elsewhere), or one a stopped worker could not remove. Local runs remove a dead worker's
+            # temporary at once.
+            remove_temps_of_outputs(own)
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
-        _write_report(out_root, report, config, engine, n_jobs)
+        _write_report(out_root, report, config, engine, n_jobs, shard)
         if report.stopped or report.unwritten:
             raise BatchStopped(report, out_root, report.stopped or report.unwritten)
     return report
 
 
-@contextmanager
-def _exclusive(out_root: Path) -> Iterator[None]:
-    """Hold an advisory lock on `out_root` so that two runs never remove each other's temporaries.
+def record_names(shard: Shard) -> tuple[str, str]:
+    """(failures file, report file) names of a run of `shard`: failures.jsonl and report.json for the whole
+    list, failures.shard-K-of-N.jsonl and report.shard-K-of-N.json for a shard."""
+    if shard.count == 1:
+        return FAILURES_NAME, REPORT_NAME
+    return f"failures.{shard.tag}.jsonl", f"report.{shard.tag}.json"
 
-    flock locks die with their process, so a killed run never blocks the next one.
+
+@contextmanager
+def _exclusive(out_root: Path, shard: Shard) -> Iterator[None]:
+    """Hold advisory locks on `out_root` so that two runs never process the same videos at once.
+
+    A run of the whole list holds .flowprep.lock exclusively; a shard holds it shared (shards run side by side)
+    and its own .flowprep.shard-K-of-N.lock exclusively (the same shard never runs twice). flock locks die
+    with their process, so a killed run never blocks the next one. Shards do not rely on these locks to keep
+    off each other's work (they share no video, no temporary and no record file): on file systems whose flock
+    is local to each machine, only running the same shard twice at once goes unnoticed.
     """
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, one run at a time is the user's job
         yield
         return
-    try:
-        lock = open(out_root / LOCK_NAME, "a+")
-    except OSError as exc:
-        raise ConfigError(f"cannot write into the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another flowprep run is writing into {str(out_root)!r} (it holds "
-                              f"{out_root / LOCK_NAME}); wait for it or stop it first") from None
+    names = [(LOCK_NAME, fcntl.LOCK_EX if shard.count == 1 else fcntl.LOCK_SH)]
+    if shard.count > 1:
+        names.append((f".flowprep.{shard.tag}.lock", fcntl.LOCK_EX))
+    with ExitStack() as locks:
+        for name, mode in names:
+            try:
+                lock = locks.enter_context(open(out_root / name, "a+"))
+            except OSError as exc:
+                raise ConfigError(f"cannot write into the output folder {str(out_root)!r}: "
+                                  f"{exc.strerror or exc}") from None
+            try:
+                fcntl.flock(lock, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = ("a run of this shard" if mode == fcntl.LOCK_EX and shard.count > 1
+                          else "a run of the whole list" if shard.count > 1 else "another flowprep run")
+                raise ConfigError(f"{holder} is writing into {str(out_root)!r} (it holds {out_root / name}); "
+                                  "wait for it or stop it first") from None
         yield
 
 
@@ -605,23 +717,107 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
         yield bar
 
 
-def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int) -> None:
-    """failures.jsonl (one JSON object per failed video), then report.json, each replaced atomically; when the file
-    system refuses, report.unwritten says so and no temporary is left."""
+@dataclass
+class MergedReport:
+    """The report files of one output tree added up: a run of the whole list, or the shards of one N.
+
+    `parts` names the report files read; `missing` the shards of an N that have none (running, killed, or never
+    started); `counts` sums total, done, skipped, failed and pairs; the lists are the parts' lists, joined.
+    """
+
+    root: Path
+    parts: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    not_processed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ended_early: list[str] = field(default_factory=list)  # parts that were interrupted or stopped
+
+    @property
+    def complete(self) -> bool:
+        """Every part reported, every video done or skipped."""
+        return bool(self.parts) and not (self.missing or self.failures or self.not_processed or self.ended_early)
+
+    def summary(self) -> str:
+        c = self.counts
+        lines = [f"{self.root}: {len(self.parts)} report(s) ({', '.join(self.parts) or 'none'}): {c['total']} "
+                 f"videos: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed, "
+                 f"{len(self.not_processed)} not processed; {c['pairs']} flow pairs"]
+        lines += [f"  MISSING {name}: no report (still running, killed, or never started; rerun that shard)"
+                  for name in self.missing]
+        lines += [f"  ENDED EARLY {name}" for name in self.ended_early]
+        lines += [f"  settings differ: {m}" for m in self.mismatched]
+        lines += [f"  FAILED {f['reason']}" for f in self.failures]
+        lines += [f"  WARNING {w}" for w in self.warnings]
+        lines += [f"  NOT PROCESSED {source}" for source in self.not_processed]
+        lines.append("complete" if self.complete else "INCOMPLETE")
+        return "\n".join(lines)
+
+
+def merge_reports(out_root: str | os.PathLike) -> MergedReport:
+    """Add up the reports under `out_root`: report.json, or report.shard-K-of-N.json of the largest N found
+    (each run of the whole list removes the shards' records, each shard run removes report.json). ConfigError
+    when there is no report at all."""
+    out_root = Path(out_root)
+    merged = MergedReport(out_root)
+    shards: dict[int, dict[int, Path]] = {}
+    for path in out_root.glob("report.shard-*-of-*.json"):
+        found = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", path.name)
+        if found:
+            shards.setdefault(int(found.group(2)), {})[int(found.group(1))] = path
+    if shards:
+        count = max(shards)
+        parts = [(Shard(k, count), shards[count].get(k)) for k in range(1, count + 1)]
+    elif (out_root / REPORT_NAME).is_file():
+        parts = [(Shard(), out_root / REPORT_NAME)]
+    else:
+        raise ConfigError(f"{str(out_root)!r} holds no {REPORT_NAME} nor report.shard-K-of-N.json: no run finished "
+                          "there yet")
+    for shard, path in parts:
+        if path is None:
+            merged.missing.append(record_names(shard)[1])
+            continue
+        try:
+            data = json.loads(path.read_text())
+            failures = [json.loads(line) for line in (out_root / record_names(shard)[0]).read_text().splitlines()
+                        if line.strip()]
+        except (OSError, ValueError) as exc:
+            merged.missing.append(f"{path.name} (unreadable: {exc})")
+            continue
+        merged.parts.append(path.name)
+        merged.counts.update({key: data.get(key, 0) for key in ("total", "done", "skipped", "failed", "pairs")})
+        merged.failures += failures
+        merged.not_processed += data.get("not_processed", [])
+        merged.warnings += data.get("warnings", [])
+        merged.mismatched += data.get("settings_mismatch", [])
+        if data.get("interrupted") or data.get("stopped"):
+            merged.ended_early.append(f"{path.name}: " + ("interrupted" if data.get("interrupted") else
+                                                          f"stopped ({data['stopped']})"))
+    return merged
+
+
+def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
+                  shard: Shard) -> None:
+    """failures.jsonl (one JSON object per failed video), then report.json (record_names(shard)), each replaced
+    atomically; when the file system refuses, report.unwritten says so and no temporary is left."""
     lines = [json.dumps({"source": f.source, "output": f.output, "reason": f.reason}) + "\n"
              for f in report.failures]
     data = {
         "total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
-        "interrupted": report.interrupted, "pairs": report.pairs, "seconds": round(report.seconds, 3),
+        "interrupted": report.interrupted, "stopped": report.stopped, "pairs": report.pairs,
+        "seconds": round(report.seconds, 3),
         "pairs_per_second": round(report.pairs_per_second, 3), "settings_mismatch": report.mismatched,
         "warnings": report.warnings, "not_processed": report.not_processed,
-        "engine": engine, "jobs": n_jobs, "config": asdict(config),
+        "engine": engine, "jobs": n_jobs, "shard": str(shard) if shard.count > 1 else None, "config": asdict(config),
     }
+    failures_name, report_name = record_names(shard)
     try:
-        _write_atomic(out_root / FAILURES_NAME, "".join(lines))
-        _write_atomic(out_root / REPORT_NAME, json.dumps(data, indent=1))
+        _write_atomic(out_root / failures_name, "".join(lines))
+        _write_atomic(out_root / report_name, json.dumps(data, indent=1))
     except OSError as exc:
-        report.unwritten = (f"{FAILURES_NAME} and {REPORT_NAME} could not be written in {out_root} "
+        report.unwritten = (f"{failures_name} and {report_name} could not be written in {out_root} "
                             f"({exc.strerror or exc}): the summary above is this run's only record")
 
 

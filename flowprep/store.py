@@ -10,12 +10,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import uuid
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,12 @@ def other_pack(pack: str) -> str:
 
 
 def temp_path(final: Path) -> Path:
-    """A fresh hidden sibling name for `final`'s temporary: ``.NAME.flowprep-tmp-XXXXXXXXXXXX``."""
-    return final.with_name(f".{final.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+    """A fresh hidden sibling name for `final`'s temporary, naming its owner (host and process id), so that
+    a look at a shared tree says who is writing what: ``.NAME.flowprep-tmp-HOST-PID-XXXXXXXX``."""
+    return final.with_name(f".{final.name}{TEMP_MARKER}{_OWNER}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_OWNER = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
 
 
 def is_temporary(name: str) -> bool:
@@ -179,6 +184,25 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
             if is_temporary(name):
                 removed.append(_remove(Path(dirpath) / name))
         dirnames[:] = [d for d in dirnames if not is_temporary(d)]
+    return removed
+
+
+def remove_temps_of_outputs(finals: Iterable[Path]) -> list[Path]:
+    """Delete the temporaries of these outputs (directory or .zip paths) and of nothing else; returns what was
+    removed. Each parent folder is listed once, whatever the number of outputs in it, and outputs are not
+    entered: the cost grows with the folders' entries, not with the files inside the outputs."""
+    by_folder: dict[Path, set[str]] = {}
+    for final in finals:
+        by_folder.setdefault(final.parent, set()).add(final.name)
+    removed = []
+    for folder, names in by_folder.items():
+        try:
+            entries = [entry.name for entry in os.scandir(folder)]
+        except OSError:  # not created yet, or gone: nothing of ours in it
+            continue
+        for entry in entries:
+            if is_temporary(entry) and entry[1:entry.index(TEMP_MARKER)] in names:
+                removed.append(_remove(folder / entry))
     return removed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 176x144, 120 frames: 119 pairs, ~
 # meta.json fields that describe the run rather than the output: time taken (SPEC: "seconds taken"), and the
 # errors of readers that were tried and abandoned (decord stops at a varying frame and stamps its clock time).
 RUN_SPECIFIC_META = ("seconds", "timing", "decoder_problems")
+RUN_RECORD = re.compile(r"(report|failures)(\.shard-\d+-of-\d+)?\.jsonl?|\.flowprep(\.shard-\d+-of-\d+)?\.lock")
 
 
 def class_tree(root: Path, classes: int, per_class: int, clip: Path = CARPHONE) -> Path:
@@ -97,13 +99,13 @@ def output_digest(root: Path) -> dict[str, str]:
     """{video file path relative to root: sha256} over every video output under `root`.
 
     Zip packs are expanded (`A/v.zip` member `flow_x_00001.jpg` -> key `A/v/flow_x_00001.jpg`) so both forms
-    compare equal. meta.json is hashed without RUN_SPECIFIC_META; report.json, failures.jsonl and the lock
-    file describe the run, not the outputs, and are left out.
+    compare equal. meta.json is hashed without RUN_SPECIFIC_META; the reports, failures and lock files at the
+    root (a shard's too) describe the run, not the outputs, and are left out.
     """
     digest = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.is_dir() or len(rel.parts) == 1 and rel.name in ("report.json", "failures.jsonl", ".flowprep.lock"):
+        if path.is_dir() or len(rel.parts) == 1 and RUN_RECORD.fullmatch(rel.name):
             continue
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as pack:

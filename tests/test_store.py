@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 
@@ -27,6 +28,8 @@ from flowprep.store import (
     output_path,
     remove_stale_temps,
     remove_temps_of,
+    remove_temps_of_outputs,
+    temp_path,
 )
 
 META = {"format": META_FORMAT, "frames": 3, "flow_pairs": 2,
@@ -247,6 +250,22 @@ def test_remove_temps_of_removes_only_that_outputs_temporaries(tmp_path):
     mine[1].write_bytes(b"PK")
     assert remove_temps_of(tmp_path / "v1") == [mine[0]]
     assert remove_temps_of(tmp_path / "v1.zip") == [mine[1]]
+    assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
+
+
+def test_remove_temps_of_outputs_removes_only_those_outputs_temporaries(tmp_path):
+    """Other shards' work in progress sits beside ours: only the temporaries of the outputs named go."""
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+    temp = temp_path(tmp_path / "A" / "v1")
+    assert temp.name.startswith(f".v1{TEMP_MARKER}") and f"-{os.getpid()}-" in temp.name  # names its owner
+    mine = [temp, tmp_path / "B" / f".v2.zip{TEMP_MARKER}host-1-0123abcd"]
+    others = [tmp_path / "A" / f".v10{TEMP_MARKER}host-2-0123abcd", tmp_path / "A" / f".v2.zip{TEMP_MARKER}h-3-01",
+              tmp_path / "B" / f".v1{TEMP_MARKER}host-4-0123abcd", tmp_path / "A" / "v1"]
+    for path in mine + others:
+        path.mkdir()
+    removed = remove_temps_of_outputs([tmp_path / "A" / "v1", tmp_path / "B" / "v2.zip", tmp_path / "C" / "v3"])
+    assert sorted(removed) == sorted(mine)
     assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
 
 
