@@ -26,7 +26,8 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of
-from .store import inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs, temp_path
+from .store import (inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs,
+                    write_file_atomic)
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -814,18 +815,8 @@ def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, en
     }
     failures_name, report_name = record_names(shard)
     try:
-        _write_atomic(out_root / failures_name, "".join(lines))
-        _write_atomic(out_root / report_name, json.dumps(data, indent=1))
+        write_file_atomic(out_root / failures_name, "".join(lines).encode(), config.store.fsync)
+        write_file_atomic(out_root / report_name, json.dumps(data, indent=1).encode(), config.store.fsync)
     except OSError as exc:
         report.unwritten = (f"{failures_name} and {report_name} could not be written in {out_root} "
                             f"({exc.strerror or exc}): the summary above is this run's only record")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = temp_path(path)
-    try:
-        temp.write_text(text)
-        os.replace(temp, path)
-    except OSError:
-        temp.unlink(missing_ok=True)
-        raise

@@ -217,12 +217,17 @@ def _remove(path: Path) -> Path:
 
 
 class OutputWriter(ABC):
-    """Writes one video's files into a temporary and commits them atomically; aborts on error."""
+    """Writes one video's files into a temporary and commits them atomically; aborts on error.
+
+    `durable`: every file (or the zip) is fsync'ed, then the temporary directory, and after the rename the
+    parent directory, so that a committed output survives a power cut, not only a killed process.
+    """
 
     pack: str  # the form this writer writes: "dir" or "zip"
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, durable: bool = True):
         self.base = base
+        self.durable = durable
         self.final = output_path(base, self.pack)
         self.temp = temp_path(self.final)
         self._done = False
@@ -254,6 +259,8 @@ class OutputWriter(ABC):
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
         with _storage(self.temp):
             self._close()
+            if self.durable and self.pack == "dir":
+                _fsync_directory(self.temp)
         self._check_complete()
         other = other_pack(self.pack)
         if finished_meta(self.base, other) is not None:
@@ -265,6 +272,8 @@ class OutputWriter(ABC):
                                   f"{self.pack!r} one ({exc.strerror or exc})") from None
         with _storage(self.final):
             _replace(self.temp, self.final)
+            if self.durable:
+                _fsync_directory(self.final.parent)
         self._done = True
         return self.final
 
@@ -297,6 +306,9 @@ class DirectoryWriter(OutputWriter):
     def _write(self, name: str, data: bytes) -> None:
         with open(self.temp / name, "wb") as f:
             f.write(data)
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
         self._written.add(name)
 
     def _check_complete(self) -> None:
@@ -319,7 +331,12 @@ class ZipWriter(OutputWriter):
     _zip: zipfile.ZipFile | None = None
 
     def _open(self) -> None:
-        self._zip = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED)
+        self._file = open(self.temp, "wb")
+        try:
+            self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED)
+        except BaseException:
+            self._file.close()
+            raise
 
     def _write(self, name: str, data: bytes) -> None:
         # A fixed timestamp keeps packs of identical content byte-identical across runs.
@@ -327,13 +344,20 @@ class ZipWriter(OutputWriter):
 
     def _close(self) -> None:
         if self._zip is not None:
-            self._zip.close()
-            self._zip = None
+            zip_file, self._zip = self._zip, None
+            try:
+                zip_file.close()  # the central directory
+                if self.durable:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
 
 
-def open_writer(base: str | os.PathLike, pack: str = "dir") -> OutputWriter:
-    """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place."""
-    return ZipWriter(Path(base)) if pack == "zip" else DirectoryWriter(Path(base))
+def open_writer(base: str | os.PathLike, pack: str = "dir", durable: bool = True) -> OutputWriter:
+    """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place, fsync'ed
+    to the disk first unless not `durable` (see OutputWriter)."""
+    return ZipWriter(Path(base), durable) if pack == "zip" else DirectoryWriter(Path(base), durable)
 
 
 @contextmanager
@@ -343,6 +367,37 @@ def _storage(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise StorageError(f"{path}: cannot write ({exc.strerror or exc})", exc.errno) from None
+
+
+def write_file_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace file `path` by `data` through a temporary sibling, never leaving a partial file under its name nor
+    the temporary (OSError as raised). `durable`: fsync the file, and the folder after the rename."""
+    temp = temp_path(path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a directory's entries (files created or renamed in it) durable; a no-op where directories cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace(temp: Path, final: Path) -> None:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from batchdata import CARPHONE, broken_videos, output_digest, sparse_avi, temporaries
-from conftest import VIDEOS, run_cli
+from conftest import REPO, VIDEOS, checkout_env, run_cli
 
 from flowprep.batch import BatchReport, VideoJob, VideoResult, discover
 from flowprep.errors import ConfigError, OutputError
@@ -253,3 +256,53 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
         result = run_cli("extract", str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "-q")
     assert result.returncode == 2 and "another flowprep run is writing into" in result.stderr
     assert not (out / "rubber-whale").exists()
+
+
+def _fsynced_paths(log: str) -> tuple[list[str], list[str]]:
+    """From an strace log of openat, fsync and rename: (paths fsync'ed, in order; renames 'old -> new')."""
+    import re as regex
+
+    open_fds: dict[str, str] = {}
+    events, synced = [], []
+    for line in log.splitlines():
+        if opened := regex.search(r'openat\(AT_FDCWD, "([^"]+)".* = (\d+)$', line):
+            open_fds[opened.group(2)] = opened.group(1)
+        elif synced_fd := regex.search(r"fsync\((\d+)\)\s+= 0", line):
+            synced.append(open_fds.get(synced_fd.group(1), "?"))
+            events.append(("fsync", synced[-1]))
+        elif renamed := regex.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line):
+            events.append(("rename", f"{renamed.group(1)} -> {renamed.group(2)}"))
+    return synced, [f"{kind} {what}" for kind, what in events]
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_a_committed_video_is_fsynced_before_and_after_its_rename(tmp_path, pack):
+    """Under strace: every file (or the zip), then the temporary folder, is fsync'ed before the rename into place,
+    the parent folder after it; --no-fsync skips all of it."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    out = tmp_path / "flow"
+    for extra in ((), ("--no-fsync",)):
+        log = tmp_path / "strace.log"
+        result = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o",
+                                 str(log), sys.executable, "-m", "flowprep", "extract", str(VIDEOS / "rubber-whale.mp4"),
+                                 str(out), "--algo", "dis", "--pack", pack, "--overwrite", "-q", *extra],
+                                cwd=REPO, env=checkout_env(), capture_output=True, text=True)
+        if result.returncode != 0 and "ptrace" in result.stderr:
+            pytest.skip(f"strace cannot trace here: {result.stderr.strip()}")
+        assert result.returncode == 0, result.stderr
+        synced, events = _fsynced_paths(log.read_text())
+        final = str(out / ("rubber-whale.zip" if pack == "zip" else "rubber-whale"))
+        commit = next(i for i, e in enumerate(events) if e.startswith("rename ") and e.endswith(f" -> {final}"))
+        temp = events[commit].split()[1]
+        before = [e.split(" ", 1)[1] for e in events[:commit] if e.startswith("fsync ")]
+        if extra:
+            assert not any(path.startswith(temp) or path == str(out) for path in synced)
+            continue
+        if pack == "dir":
+            files = {f"{temp}/{name}" for name in os.listdir(final)}
+            assert len(files) == 15 and files <= set(before)  # 7 x/y pairs and meta.json
+            assert before[-1] == temp  # the folder's entries, after its files
+        else:
+            assert before[-1] == temp  # the whole pack, central directory included
+        assert f"fsync {out}" in events[commit + 1:commit + 2]  # the rename itself
