@@ -25,7 +25,7 @@ from typing import Any
 from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
-from .pipeline import extract_video, settings_of
+from .pipeline import extract_video, settings_of, source_stamp
 from .store import (inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs,
                     write_file_atomic)
 
@@ -223,9 +223,10 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
                                     f"it as {pack!r}, which removes the other form)")
         if existing is not None:
             params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
+            differences = [_settings_difference(existing.get("settings", {}), settings_of(config, params)),
+                           _source_change(existing.get("source_file"), job.source)]
             return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),
-                               existing.get("frames", 0), 0.0,
-                               _settings_difference(existing.get("settings", {}), settings_of(config, params)))
+                               existing.get("frames", 0), 0.0, "; ".join(d for d in differences if d))
         flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
         meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
         warnings = [meta["stream_problem"]] if meta["stream_problem"] else []
@@ -276,6 +277,33 @@ def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> st
     return "settings differ from this run (use --overwrite to recompute): " + "; ".join(diffs) if diffs else ""
 
 
+def _source_change(recorded: Any, source: str) -> str:
+    """How the source differs from the size and modification time meta.json recorded, or "" (also when nothing
+    was recorded: trees from before flowprep recorded it). Times within a second count as equal: copies made
+    with `cp -p` or rsync, and file systems that keep whole seconds (or two, FAT), round them."""
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        now = source_stamp(source)
+    except OSError:
+        return ""  # a source that is gone: the finished output is all there is; nothing to compare
+    changes = []
+    if recorded.get("bytes") != now["bytes"]:
+        changes.append(f"{recorded.get('bytes')} bytes recorded, {now['bytes']} bytes now")
+    mtime = recorded.get("mtime_ns")
+    if not isinstance(mtime, int) or abs(mtime - now["mtime_ns"]) > 1_000_000_000:
+        changes.append(f"modified {_when(mtime)} recorded, {_when(now['mtime_ns'])} now")
+    if not changes:
+        return ""
+    return f"its source {source} changed since it was extracted (use --overwrite to recompute): " + "; ".join(changes)
+
+
+def _when(mtime_ns: Any) -> str:
+    if not isinstance(mtime_ns, int):
+        return repr(mtime_ns)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(mtime_ns / 1e9)) + " UTC"
+
+
 @dataclass
 class BatchReport:
     """What one run did; `seconds` is wall time, `pairs` counts the flow pairs this run computed."""
@@ -289,7 +317,7 @@ class BatchReport:
     interrupted: bool = False
     stopped: str = ""  # why the run stopped early: the output storage failed (see BatchStopped)
     unwritten: str = ""  # why failures.jsonl or report.json could not be written; "" when they were
-    mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings differ
+    mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings or source differ
     failures: list[VideoResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # of done videos: source cut short, broken output replaced
     not_processed: list[str] = field(default_factory=list)  # sources of the jobs that got no result
@@ -322,7 +350,7 @@ class BatchReport:
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
                  + (f", {left} not processed ({why})" if left else "")
                  + f"; {self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
-        lines += [f"  settings differ: {m}" for m in self.mismatched]
+        lines += [f"  KEPT {m}" for m in self.mismatched]
         lines += [f"  FAILED {f.reason}" for f in self.failures]
         lines += [f"  WARNING {w}" for w in self.warnings]
         lines += [f"  NOT PROCESSED {source}" for source in self.not_processed[:SUMMARY_LISTED]]
@@ -749,7 +777,7 @@ class MergedReport:
         lines += [f"  MISSING {name}: no report (still running, killed, or never started; rerun that shard)"
                   for name in self.missing]
         lines += [f"  ENDED EARLY {name}" for name in self.ended_early]
-        lines += [f"  settings differ: {m}" for m in self.mismatched]
+        lines += [f"  KEPT {m}" for m in self.mismatched]
         lines += [f"  FAILED {f['reason']}" for f in self.failures]
         lines += [f"  WARNING {w}" for w in self.warnings]
         lines += [f"  NOT PROCESSED {source}" for source in self.not_processed]

@@ -58,6 +58,12 @@ def settings_of(config: ExtractConfig, params: Mapping[str, Any]) -> dict[str, A
     }
 
 
+def source_stamp(path: str | os.PathLike) -> dict[str, int]:
+    """What meta.json records of the source file to notice a change later: {"bytes": size, "mtime_ns": ...}."""
+    stat = os.stat(path)
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def extract_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -214,6 +220,7 @@ def _extract(
     meta = {
         "format": META_FORMAT,
         "source": str(reader.path.resolve()),
+        "source_file": source_stamp(reader.path),
         "source_fps": reader.fps,
         "source_size": list(reader.size),
         # Sampling above the source rate keeps the source frames: the rate of what was kept is the lower one.

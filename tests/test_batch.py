@@ -178,6 +178,28 @@ def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(whale_
     assert temporaries(out) == []
 
 
+def test_a_finished_video_whose_source_changed_is_reported_not_silently_kept(whale_run):
+    videos, out, before = whale_run
+    source = videos / "whale.mp4"
+    meta = open_output(out / "whale").meta()
+    assert meta["source_file"] == {"bytes": source.stat().st_size, "mtime_ns": source.stat().st_mtime_ns}
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 500_000_000))  # rounded: the same
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0 and "KEPT" not in result.stderr, result.stderr
+
+    shutil.copyfile(CARPHONE, source)  # replaced by another video
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0, result.stderr
+    change = (f"{out / 'whale'}: its source {source} changed since it was extracted (use --overwrite to recompute): "
+              f"{meta['source_file']['bytes']} bytes recorded, {CARPHONE.stat().st_size} bytes now; modified ")
+    assert f"KEPT {change}" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == 1 and report["settings_mismatch"][0].startswith(change)
+    assert output_digest(out) == before  # reported, not recomputed behind the user's back
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--overwrite", "-q")
+    assert result.returncode == 0 and open_output(out / "whale").meta()["flow_pairs"] == 119
+
+
 def test_a_finished_video_with_a_corrupt_meta_json_is_recomputed_and_reported(whale_run):
     videos, out, before = whale_run
     (out / "whale" / "meta.json").write_text('{"format": "flowprep/1", "frames": ')  # cut short on disk
