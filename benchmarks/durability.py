@@ -58,9 +58,11 @@ def main() -> None:
         for fsync in (True, False):
             wall = statistics.median(t[0] for t in times[fsync]) / args.videos
             cpu = statistics.median(t[1] for t in times[fsync]) / args.videos
-            print(f"  fsync {'on ' if fsync else 'off'}: {1000 * wall:7.1f} ms wall, {1000 * cpu:7.1f} ms CPU per video")
+            print(f"  fsync {'on ' if fsync else 'off'}: {1000 * wall:7.1f} ms wall, {1000 * cpu:7.1f} ms CPU "
+                  "per video")
         on, off = (statistics.median(t[0] for t in times[f]) for f in (True, False))
-        print(f"  fsync costs {100 * (on - off) / off:+.1f}% wall time ({1000 * (on - off) / args.videos:.1f} ms a video)")
+        print(f"  fsync costs {100 * (on - off) / off:+.1f}% wall time "
+              f"({1000 * (on - off) / args.videos:.1f} ms a video)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of, source_stamp
-from .store import (inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs,
+from .store import (PACK_SUFFIX, inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs,
                     write_file_atomic)
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -65,7 +65,7 @@ class VideoResult:
     pairs: int = 0
     frames: int = 0
     seconds: float = 0.0
-    reason: str = ""  # why it failed, or how a skipped video's settings differ from this run's
+    reason: str = ""  # why it failed or stopped, or how a skipped video's settings or source differ
     warning: str = ""  # a done video's source stream ended early, or what the recomputed output replaced
 
 
@@ -80,12 +80,13 @@ def discover(
     source, out_root = Path(source), Path(out_root)
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if source.is_dir():
-        videos = sorted(
-            Path(dirpath) / name
-            for dirpath, dirnames, filenames in os.walk(source)
-            for name in filenames
-            if name.lower().endswith(exts) and not name.startswith(".")
-        )
+        # Strings sorted by their parts, as paths sort: a million Path objects would hold ~0.4 GB.
+        videos: list[str | Path] = sorted(
+            (os.path.join(dirpath, name)
+             for dirpath, dirnames, filenames in os.walk(source)
+             for name in filenames
+             if name.lower().endswith(exts) and not name.startswith(".")),
+            key=lambda path: path.split(os.sep))
         root = source
     elif source.is_file() and source.suffix.lower() in LIST_EXTENSIONS:
         videos, root = _read_list(source), source.parent
@@ -94,7 +95,7 @@ def discover(
     else:
         raise ConfigError(f"input {str(source)!r} does not exist")
     jobs = []
-    for video in videos:
+    for video in map(Path, videos):
         try:
             relative = video.relative_to(root)
         except ValueError:
@@ -374,7 +375,8 @@ class BatchStopped(StorageError):
 
     def __init__(self, report: BatchReport, out_root: Path, problem: str):
         finished = report.done + report.skipped
-        message = (f"stopped, the output file system refused a write: {problem}. File system: {_file_system(out_root)}. "
+        message = (f"stopped, the output file system refused a write: {problem}. "
+                   f"File system: {_file_system(out_root)}. "
                    f"{finished} of {report.total} videos are finished ({report.done} by this run), "
                    f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; "
                    "free space (or fix the mount) and rerun the same command to resume.")
@@ -443,9 +445,12 @@ def run_batch(
         raise ConfigError(f"cannot create the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
     jobs = select_shard(jobs, out_root, shard)
     failures_name, report_name = record_names(shard)
-    # Temporaries of this run's videos, of its own records, and nothing else.
-    own = [output_path(job.output, config.store.pack) for job in jobs] + [out_root / failures_name,
-                                                                          out_root / report_name]
+    suffix = PACK_SUFFIX if config.store.pack == "zip" else ""
+
+    def own() -> Iterator[str]:
+        """The outputs whose temporaries this run may remove: its videos' (in its pack form) and its records."""
+        yield from (job.output + suffix for job in jobs)
+        yield from (str(out_root / failures_name), str(out_root / report_name))
     with _exclusive(out_root, shard):
         # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
         # tree's, which no shard can vouch for: no run of the whole list runs beside shards, see _exclusive).
@@ -454,7 +459,7 @@ def run_batch(
         if shard.count == 1:  # no shard runs beside a run of the whole list: their records are stale now
             for stale in (*out_root.glob("report.shard-*.json"), *out_root.glob("failures.shard-*.jsonl")):
                 stale.unlink(missing_ok=True)
-        remove_temps_of_outputs(own)
+        remove_temps_of_outputs(own())
         report = BatchReport(total=len(jobs), record=report_name)
         reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
@@ -483,7 +488,7 @@ def run_batch(
                     bar.update(1)
         except BaseException as exc:
             # Ctrl-C or a lost cluster: workers may have left temporaries behind; none of them looks finished.
-            remove_temps_of_outputs(own)
+            remove_temps_of_outputs(own())
             if not isinstance(exc, KeyboardInterrupt):
                 raise
             report.interrupted = True
@@ -495,7 +500,7 @@ def run_batch(
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
             # task elsewhere), or one a stopped worker could not remove. Local runs remove a dead worker's
             # temporary at once.
-            remove_temps_of_outputs(own)
+            remove_temps_of_outputs(own())
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
         _write_report(out_root, report, config, engine, n_jobs, shard)
@@ -549,10 +554,11 @@ def _exclusive(out_root: Path, shard: Shard) -> Iterator[None]:
 
 def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJob], list[VideoResult]]:
     """Videos whose outputs would land on the same path (a.mp4 and a.avi) fail instead of overwriting."""
-    counts = Counter(output_path(j.output, pack) for j in jobs)
+    suffix = PACK_SUFFIX if pack == "zip" else ""
+    counts = Counter(job.output + suffix for job in jobs)
     runnable, failed = [], []
     for job in jobs:
-        if counts[output_path(job.output, pack)] > 1:
+        if counts[job.output + suffix] > 1:
             failed.append(VideoResult(job.source, job.output, "failed",
                                       reason=f"{job.source}: another input video maps to the same output {job.output}"))
         else:
@@ -661,7 +667,8 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
     """One task per video on a Dask cluster (a local one without `address`), results in completion order.
 
     At most `window` tasks (or two per worker thread, if more) are submitted at a time, each finished one
-    replaced by the next video, so a million videos are not a million futures. Dask reruns the task of a worker that died; a video whose task killed
+    replaced by the next video, so a million videos are not a million futures. Dask reruns the task of a worker
+    that died; a video whose task killed
     workers until the scheduler gave up on it (KilledWorker, after distributed.scheduler.allowed-failures
     deaths) fails alone, named, like a dead local worker's.
     """

@@ -84,7 +84,8 @@ def extract_video(
     problems = []
     for decoder in config.decode.readers:
         try:
-            with open_reader(source, decoder) as reader, open_writer(output, config.store.pack, config.store.fsync) as writer:
+            with open_reader(source, decoder) as reader, \
+                    open_writer(output, config.store.pack, config.store.fsync) as writer:
                 return _extract(reader, writer, config, backend, problems)
         except VideoTooShortError:
             raise

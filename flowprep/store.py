@@ -187,22 +187,23 @@ def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def remove_temps_of_outputs(finals: Iterable[Path]) -> list[Path]:
+def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
     """Delete the temporaries of these outputs (directory or .zip paths) and of nothing else; returns what was
     removed. Each parent folder is listed once, whatever the number of outputs in it, and outputs are not
     entered: the cost grows with the folders' entries, not with the files inside the outputs."""
-    by_folder: dict[Path, set[str]] = {}
+    by_folder: dict[str, set[str]] = {}
     for final in finals:
-        by_folder.setdefault(final.parent, set()).add(final.name)
+        folder, name = os.path.split(os.fspath(final))
+        by_folder.setdefault(folder, set()).add(name)
     removed = []
     for folder, names in by_folder.items():
         try:
-            entries = [entry.name for entry in os.scandir(folder)]
+            entries = [entry.name for entry in os.scandir(folder or ".")]
         except OSError:  # not created yet, or gone: nothing of ours in it
             continue
         for entry in entries:
             if is_temporary(entry) and entry[1:entry.index(TEMP_MARKER)] in names:
-                removed.append(_remove(folder / entry))
+                removed.append(_remove(Path(folder) / entry))
     return removed
 
 

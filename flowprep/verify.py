@@ -244,7 +244,8 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
                     check.problems.append(
                         f"{reader.path}: round-trip error above the documented bound in pair {pair + 1} "
                         f"({', '.join(layout.naming.pair_names(pair))}): mean {mean:.4f} px (bound "
-                        f"{check.roundtrip.bound.mean:.4f}), max {worst:.4f} px (bound {check.roundtrip.bound.max:.4f})")
+                        f"{check.roundtrip.bound.mean:.4f}), max {worst:.4f} px "
+                        f"(bound {check.roundtrip.bound.max:.4f})")
     return check
 
 

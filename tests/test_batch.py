@@ -307,8 +307,9 @@ def test_a_committed_video_is_fsynced_before_and_after_its_rename(tmp_path, pack
     for extra in ((), ("--no-fsync",)):
         log = tmp_path / "strace.log"
         result = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o",
-                                 str(log), sys.executable, "-m", "flowprep", "extract", str(VIDEOS / "rubber-whale.mp4"),
-                                 str(out), "--algo", "dis", "--pack", pack, "--overwrite", "-q", *extra],
+                                 str(log), sys.executable, "-m", "flowprep", "extract",
+                                 str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "--pack", pack,
+                                 "--overwrite", "-q", *extra],
                                 cwd=REPO, env=checkout_env(), capture_output=True, text=True)
         if result.returncode != 0 and "ptrace" in result.stderr:
             pytest.skip(f"strace cannot trace here: {result.stderr.strip()}")
