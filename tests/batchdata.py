@@ -15,7 +15,7 @@ import zipfile
 from fractions import Fraction
 from pathlib import Path
 
-from conftest import REPO, VIDEOS, checkout_env
+from conftest import REPO, VIDEOS, checkout_env, run_cli
 
 from flowprep.store import finished_meta
 
@@ -123,6 +123,13 @@ def _file_hash(name: str, data: bytes) -> str:
             meta.pop(key)
         data = json.dumps(meta, sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()
+
+
+def clean_digest(videos: Path, out: Path, *args: str) -> dict[str, str]:
+    """output_digest of an uninterrupted `flowprep extract VIDEOS OUT ARGS` (which must exit 0)."""
+    result = run_cli("extract", str(videos), str(out), *args)
+    assert result.returncode == 0, result.stderr
+    return output_digest(out)
 
 
 def temporaries(root: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from batchdata import class_tree, output_digest, start_cli, temporaries, wait_for
+from batchdata import class_tree, clean_digest, output_digest, start_cli, temporaries, wait_for
 from conftest import run_cli
 
 from flowprep.store import finished_meta
@@ -44,9 +44,7 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean(videos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean")
-    assert run_cli("extract", str(videos), str(out), *ARGS).returncode == 0
-    return output_digest(out)
+    return clean_digest(videos, tmp_path_factory.mktemp("clean"), *ARGS)
 
 
 @pytest.mark.parametrize("small_disk, extra", [("dir", ()), ("zip", ("--jobs", "2", "--pack", "zip"))],

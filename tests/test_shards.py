@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from batchdata import class_tree, kill_group, output_digest, start_cli, temporaries, wait_for
+from batchdata import class_tree, clean_digest, kill_group, output_digest, start_cli, temporaries, wait_for
 from conftest import REPO, checkout_env, run_cli
 
 from flowprep.batch import Shard, discover, parse_shard, select_shard
@@ -83,9 +83,7 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean(videos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean")
-    assert run_cli("extract", str(videos), str(out), *ARGS).returncode == 0
-    return output_digest(out)
+    return clean_digest(videos, tmp_path_factory.mktemp("clean"), *ARGS)
 
 
 @pytest.mark.slow
