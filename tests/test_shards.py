@@ -150,3 +150,8 @@ def test_the_same_shard_twice_is_refused_and_a_whole_run_excludes_shards(tmp_pat
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running whole-list run holds it
         result = run_cli("extract", str(video), str(out), *ARGS, "--shard", "1/3")
         assert result.returncode == 2 and "a run of the whole list is writing into" in result.stderr
+
+
+def test_report_without_any_run_is_a_usage_error(tmp_path):
+    result = run_cli("report", str(tmp_path))
+    assert result.returncode == 2 and "holds no report.json nor report.shard-K-of-N.json" in result.stderr
