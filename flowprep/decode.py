@@ -146,7 +146,8 @@ class PyAVReader(VideoReader):
         self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
         if self._stream.duration and self._stream.time_base:
             self.duration = float(self._stream.duration * self._stream.time_base)
-        elif self._container.duration:
+        elif self._container.duration and len(self._container.streams) == 1:
+            # The container's duration is its longest stream's: an audio track may outlast the video.
             self.duration = self._container.duration / av.time_base
 
     def frames(self) -> Iterator[Frame]:
