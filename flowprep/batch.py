@@ -26,8 +26,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of, source_stamp
-from .store import (PACK_SUFFIX, inspect_output, other_pack, output_path, remove_temps_of, remove_temps_of_outputs,
-                    write_file_atomic)
+from .store import PACK_SUFFIX, inspect_output, other_pack, output_path, remove_temps_of_outputs, write_file_atomic
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -639,7 +638,7 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                     result = future.result()
                 except BrokenProcessPool as exc:
                     discard(slot)
-                    remove_temps_of(output_path(job.output, pack))
+                    remove_temps_of_outputs([output_path(job.output, pack)])
                     deaths[job] += 1
                     if deaths[job] < 2:
                         waiting.appendleft(job)

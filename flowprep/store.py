@@ -5,7 +5,6 @@ with meta.json as the last file written: a directory or zip without a valid meta
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -176,17 +175,6 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
 
-def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
-    """Delete temporaries that killed runs left under `root`; returns what was removed."""
-    removed = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in list(dirnames) + filenames:
-            if is_temporary(name):
-                removed.append(_remove(Path(dirpath) / name))
-        dirnames[:] = [d for d in dirnames if not is_temporary(d)]
-    return removed
-
-
 def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
     """Delete the temporaries of these outputs (directory or .zip paths) and of nothing else; returns what was
     removed. Each parent folder is listed once, whatever the number of outputs in it, and outputs are not
@@ -205,11 +193,6 @@ def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
             if is_temporary(entry) and entry[1:entry.index(TEMP_MARKER)] in names:
                 removed.append(_remove(Path(folder) / entry))
     return removed
-
-
-def remove_temps_of(final: Path) -> list[Path]:
-    """Delete the temporaries of one output (`final`: a directory or .zip path); returns what was removed."""
-    return [_remove(path) for path in final.parent.glob(f".{glob.escape(final.name)}{TEMP_MARKER}*")]
 
 
 def _remove(path: Path) -> Path:
@@ -313,7 +296,7 @@ class DirectoryWriter(OutputWriter):
         self._written.add(name)
 
     def _check_complete(self) -> None:
-        # A worker orphaned by a killed run can race the next run's remove_stale_temps: never rename a
+        # A worker orphaned by a killed run can race the next run's clean-up of temporaries: never rename a
         # directory whose files were deleted under it into a place where it looks finished.
         missing = self._written - set(os.listdir(self.temp))
         if missing:
