@@ -5,6 +5,8 @@ exception) -> writer (failures.jsonl, then report.json last as the run's done ma
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -12,20 +14,20 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .config import VIDEO_EXTENSIONS, ExtractConfig
-from .errors import ConfigError, FlowprepError, require
+from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
-from .pipeline import extract_video, settings_of
-from .store import (finished_meta, other_pack, output_path, recorded_settings, remove_stale_temps, remove_temps_of,
-                    temp_path)
+from .pipeline import extract_video, settings_of, source_stamp
+from .store import (PACK_SUFFIX, inspect_output, other_pack, output_path, recorded_settings, remove_temps_of_outputs,
+                    write_file_atomic)
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -33,27 +35,38 @@ FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
 LOCK_NAME = ".flowprep.lock"
 DASK_IN_FLIGHT = 64  # videos submitted to a Dask cluster at a time, at least
+# Write errors that are the file system's, not the video's: every later video would fail the same way.
+STOPPING_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO", "ESTALE", "ENOTCONN",
+                                                              "ENODEV", "ENXIO") if hasattr(errno, name))
+EXIT_STOPPED = 3  # the CLI's exit code when the run stopped because the output storage failed
+SUMMARY_LISTED = 20  # videos not processed named one by one in the summary on stderr
 # Local worker processes: one thread for the native libraries too (the processes give the parallelism).
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One video to process: its path and its output base path (a directory, or base + '.zip')."""
+    """One video to process: its path, its output base path (a directory, or base + '.zip') and the output root.
+
+    A worker checks that `root` still exists before each video: a vanished mount then stops the run instead of
+    having the video written beneath the bare mount point. "" skips the check.
+    """
 
     source: str
     output: str
+    root: str = ""
 
 
 @dataclass(frozen=True)
 class VideoResult:
     source: str
     output: str
-    status: str  # "done", "skipped" or "failed"
+    status: str  # "done", "skipped", "failed", or "stopped": the output storage failed (full, read-only, gone)
     pairs: int = 0
     frames: int = 0
     seconds: float = 0.0
-    reason: str = ""  # why it failed, or how a skipped video's settings differ from this run's
+    reason: str = ""  # why it failed or stopped, or how a skipped video's settings or source differ
+    warning: str = ""  # a done video's source stream ended early, or what the recomputed output replaced
 
 
 def discover(
@@ -67,12 +80,13 @@ def discover(
     source, out_root = Path(source), Path(out_root)
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if source.is_dir():
-        videos = sorted(
-            Path(dirpath) / name
-            for dirpath, dirnames, filenames in os.walk(source)
-            for name in filenames
-            if name.lower().endswith(exts) and not name.startswith(".")
-        )
+        # Strings sorted by their parts, as paths sort: a million Path objects would hold ~0.4 GB.
+        videos: list[str | Path] = sorted(
+            (os.path.join(dirpath, name)
+             for dirpath, dirnames, filenames in os.walk(source)
+             for name in filenames
+             if name.lower().endswith(exts) and not name.startswith(".")),
+            key=lambda path: path.split(os.sep))
         root = source
     elif source.is_file() and source.suffix.lower() in LIST_EXTENSIONS:
         videos, root = _read_list(source), source.parent
@@ -81,13 +95,92 @@ def discover(
     else:
         raise ConfigError(f"input {str(source)!r} does not exist")
     jobs = []
-    for video in videos:
+    for video in map(Path, videos):
         try:
             relative = video.relative_to(root)
         except ValueError:
             relative = Path(video.name)
-        jobs.append(VideoJob(str(video), str(out_root / relative.with_suffix(""))))
+        jobs.append(VideoJob(str(video), str(out_root / relative.with_suffix("")), str(out_root)))
     return jobs
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` (1-based) of `count` disjoint parts of a video list, for N jobs sharing one output tree."""
+
+    index: int = 1
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and isinstance(self.index, int) and 1 <= self.index <= self.count):
+            raise ConfigError(f"shard must be K/N with 1 <= K <= N, got {self.index!r}/{self.count!r}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def tag(self) -> str:
+        """'' for the whole list, else 'shard-K-of-N': in the names of this shard's report, failures and lock."""
+        return "" if self.count == 1 else f"shard-{self.index}-of-{self.count}"
+
+    def owns(self, relative_output: str) -> bool:
+        """Whether the video whose output is `relative_output` (relative to the output root, '/'-separated) is in
+        this part: by a hash of that path alone, so a video keeps its part when others are added or removed
+        (for the same N), and every machine agrees without sharing anything."""
+        digest = hashlib.blake2b(relative_output.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index - 1
+
+
+def parse_shard(text: str, environ: Mapping[str, str] = os.environ) -> Shard:
+    """'K/N' (1-based K), or 'slurm': this SLURM array task's part, from SLURM_ARRAY_TASK_ID and
+    SLURM_ARRAY_TASK_COUNT (or _MIN/_MAX; _MIN, default 0, is part 1; a _STEP is honoured). ConfigError quoting
+    the text or naming the variables that are missing."""
+    if text.strip().lower() == "slurm":
+        return _slurm_shard(environ)
+    index, sep, count = text.partition("/")
+    try:
+        numbers = int(index), int(count)
+    except ValueError:
+        numbers = None
+    if not sep or numbers is None:
+        raise ConfigError(f"shard must be K/N (e.g. 2/8, K from 1) or 'slurm', got {text!r}")
+    return Shard(*numbers)
+
+
+def _slurm_shard(environ: Mapping[str, str]) -> Shard:
+    def number(name: str, default: int | None = None) -> int:
+        value = environ.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise ConfigError(f"--shard slurm: {name} is not set; is this a SLURM array job (sbatch --array)?")
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"--shard slurm: {name} is {value!r}, not a whole number") from None
+
+    task, first, step = number("SLURM_ARRAY_TASK_ID"), number("SLURM_ARRAY_TASK_MIN", 0), \
+        number("SLURM_ARRAY_TASK_STEP", 1)
+    if "SLURM_ARRAY_TASK_COUNT" in environ:
+        count = number("SLURM_ARRAY_TASK_COUNT")
+    else:
+        count = (number("SLURM_ARRAY_TASK_MAX") - first) // step + 1
+    return Shard((task - first) // step + 1, count)
+
+
+def select_shard(jobs: Sequence[VideoJob], out_root: str | os.PathLike, shard: Shard) -> list[VideoJob]:
+    """The jobs of `shard`, in their order; the parts of all K for one N are disjoint and cover `jobs`."""
+    if shard.count == 1:
+        return list(jobs)
+    out_root = Path(out_root)
+    return [job for job in jobs if shard.owns(_relative(job.output, out_root))]
+
+
+def _relative(output: str, out_root: Path) -> str:
+    try:
+        return Path(output).relative_to(out_root).as_posix()
+    except ValueError:  # an output outside the root (a hand-made job): its own path decides
+        return Path(output).as_posix()
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -114,13 +207,16 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
     """
     started = time.perf_counter()
     try:
+        if job.root and not os.path.isdir(job.root):
+            return VideoResult(job.source, job.output, "stopped",
+                               reason=f"{job.root}: the output folder is gone (an unmounted or lost file system?)")
         if parent_pid is not None:
             _exit_with_parent(parent_pid)
         if single_thread:
             backend_class(config.flow.algo, config.flow.device).limit_threads()
         pack = config.store.pack
-        existing = None if overwrite else finished_meta(job.output, pack)
-        other = None if overwrite or existing is not None else finished_meta(job.output, other_pack(pack))
+        existing, broken = (None, "") if overwrite else inspect_output(job.output, pack)
+        other = None if overwrite or existing is not None else inspect_output(job.output, other_pack(pack))[0]
         if other is not None:
             return VideoResult(job.source, job.output, "skipped", other.get("flow_pairs", 0), other.get("frames", 0),
                                0.0, f"finished as {output_path(job.output, other_pack(pack)).name} (pack: "
@@ -128,14 +224,23 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
                                     f"it as {pack!r}, which removes the other form)")
         if existing is not None:
             params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
+            differences = [_settings_difference(recorded_settings(existing.get("settings", {})),
+                                                settings_of(config, params)),
+                           _source_change(existing.get("source_file"), job.source)]
             return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),
-                               existing.get("frames", 0), 0.0,
-                               _settings_difference(recorded_settings(existing.get("settings", {})),
-                                                    settings_of(config, params)))
+                               existing.get("frames", 0), 0.0, "; ".join(d for d in differences if d))
         flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
         meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
+        warnings = [meta["stream_problem"]] if meta["stream_problem"] else []
+        if broken:
+            warnings.append(f"recomputed {output_path(job.output, pack)}, which was there but not finished: {broken}")
         return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, warning="; ".join(warnings))
+    except StorageError as exc:
+        if exc.errno in STOPPING_ERRNOS or job.root and not os.path.isdir(job.root):
+            return VideoResult(job.source, job.output, "stopped", seconds=time.perf_counter() - started,
+                               reason=str(exc))
+        reason = str(exc)
     except FlowprepError as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the batch
@@ -174,6 +279,33 @@ def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> st
     return "settings differ from this run (use --overwrite to recompute): " + "; ".join(diffs) if diffs else ""
 
 
+def _source_change(recorded: Any, source: str) -> str:
+    """How the source differs from the size and modification time meta.json recorded, or "" (also when nothing
+    was recorded: trees from before flowprep recorded it). Times within a second count as equal: copies made
+    with `cp -p` or rsync, and file systems that keep whole seconds (or two, FAT), round them."""
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        now = source_stamp(source)
+    except OSError:
+        return ""  # a source that is gone: the finished output is all there is; nothing to compare
+    changes = []
+    if recorded.get("bytes") != now["bytes"]:
+        changes.append(f"{recorded.get('bytes')} bytes recorded, {now['bytes']} bytes now")
+    mtime = recorded.get("mtime_ns")
+    if not isinstance(mtime, int) or abs(mtime - now["mtime_ns"]) > 1_000_000_000:
+        changes.append(f"modified {_when(mtime)} recorded, {_when(now['mtime_ns'])} now")
+    if not changes:
+        return ""
+    return f"its source {source} changed since it was extracted (use --overwrite to recompute): " + "; ".join(changes)
+
+
+def _when(mtime_ns: Any) -> str:
+    if not isinstance(mtime_ns, int):
+        return repr(mtime_ns)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(mtime_ns / 1e9)) + " UTC"
+
+
 @dataclass
 class BatchReport:
     """What one run did; `seconds` is wall time, `pairs` counts the flow pairs this run computed."""
@@ -185,30 +317,87 @@ class BatchReport:
     pairs: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings differ
+    stopped: str = ""  # why the run stopped early: the output storage failed (see BatchStopped)
+    unwritten: str = ""  # why failures.jsonl or report.json could not be written; "" when they were
+    mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings or source differ
     failures: list[VideoResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # of done videos: source cut short, broken output replaced
+    not_processed: list[str] = field(default_factory=list)  # sources of the jobs that got no result
+    record: str = REPORT_NAME  # the name of this run's report file
 
     @property
     def pairs_per_second(self) -> float:
         return self.pairs / self.seconds if self.seconds > 0 else 0.0
 
     def add(self, result: VideoResult) -> None:
+        if result.status == "stopped":  # not the video's fault: it counts as not processed
+            self.stopped = self.stopped or result.reason
+            return
         setattr(self, result.status, getattr(self, result.status) + 1)
         if result.status == "done":
             self.pairs += result.pairs
+            if result.warning:
+                self.warnings.append(result.warning)
         elif result.status == "failed":
             self.failures.append(result)
         elif result.reason:
             self.mismatched.append(f"{result.output}: {result.reason}")
 
     def summary(self) -> str:
-        left = self.total - self.done - self.skipped - self.failed
+        """Counts, then every settings difference, failure and warning, and the videos not processed (the first
+        SUMMARY_LISTED of them: report.json lists them all)."""
+        left = len(self.not_processed)
+        why = ("interrupted" if self.interrupted else "stopped: the output storage failed" if self.stopped
+               else "the engine returned no result for them: rerun to process them")
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
-                 + (f", {left} not processed (interrupted)" if self.interrupted else "")
+                 + (f", {left} not processed ({why})" if left else "")
                  + f"; {self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
-        lines += [f"  settings differ: {m}" for m in self.mismatched]
+        lines += [f"  KEPT {m}" for m in self.mismatched]
         lines += [f"  FAILED {f.reason}" for f in self.failures]
+        lines += [f"  WARNING {w}" for w in self.warnings]
+        lines += [f"  NOT PROCESSED {source}" for source in self.not_processed[:SUMMARY_LISTED]]
+        if left > SUMMARY_LISTED:
+            lines.append(f"  ... and {left - SUMMARY_LISTED} more not processed (all are listed in {self.record})")
+        if self.unwritten:
+            lines.append(f"  NOT WRITTEN {self.unwritten}")
         return "\n".join(lines)
+
+    def note_unprocessed(self, jobs: Sequence[VideoJob], reported: set[str]) -> None:
+        """Record the jobs whose output is not in `reported` (the outputs that got a result) as not processed."""
+        self.not_processed = [job.source for job in jobs if job.output not in reported]
+
+
+class BatchStopped(StorageError):
+    """The output storage failed (full, over quota, read-only, gone): run_batch stopped, after cleanup.
+
+    `report` holds what was finished until then; the message says where, how many videos are finished and that
+    a rerun resumes.
+    """
+
+    def __init__(self, report: BatchReport, out_root: Path, problem: str):
+        finished = report.done + report.skipped
+        message = (f"stopped, the output file system refused a write: {problem}. "
+                   f"File system: {_file_system(out_root)}. "
+                   f"{finished} of {report.total} videos are finished ({report.done} by this run), "
+                   f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; "
+                   "free space (or fix the mount) and rerun the same command to resume.")
+        super().__init__(message, None)
+        self.report = report
+
+
+def _file_system(path: Path) -> str:
+    """The mount point holding `path` (its nearest existing ancestor) and its free space, for messages."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        device = path.stat().st_dev
+        while path != path.parent and path.parent.stat().st_dev == device:
+            path = path.parent
+        fs = os.statvfs(path)
+    except OSError as exc:
+        return f"{path} (unreadable: {exc.strerror or exc})"
+    return f"{path} ({fs.f_bavail * fs.f_frsize / 1e6:.1f} MB free of {fs.f_blocks * fs.f_frsize / 1e6:.1f} MB)"
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -229,13 +418,19 @@ def run_batch(
     address: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    dask_in_flight: int = DASK_IN_FLIGHT,
+    shard: Shard = Shard(),
 ) -> BatchReport:
-    """Process `jobs` and write failures.jsonl and report.json (last) under `out_root`.
+    """Process `jobs` (those of `shard`) and write failures.jsonl and report.json (last) under `out_root`; a
+    shard K/N writes failures.shard-K-of-N.jsonl and report.shard-K-of-N.json (see merge_reports).
 
-    Finished videos are skipped unless `overwrite`. Temporaries of killed runs are removed first. On Ctrl-C
+    Finished videos are skipped unless `overwrite`. Temporaries that killed runs left of these videos (and of
+    no others: other shards may be writing theirs) are removed first. Dask gets at
+    least `dask_in_flight` videos at a time (more as they finish). On Ctrl-C
     the temporaries of this run are removed, the report is written with interrupted=true and BatchInterrupted
-    is raised. Raises ConfigError for a bad engine, jobs count or address, or when another run holds
-    `out_root`.
+    is raised. When the output storage fails (full, over quota, read-only, gone) the run stops the same way and
+    raises BatchStopped (the report is written if there is room). Raises ConfigError for a bad engine, jobs
+    count or address, an output root that cannot be created or written, or when another run holds `out_root`.
     """
     config = config or ExtractConfig()
     if engine not in ENGINES:
@@ -245,71 +440,126 @@ def run_batch(
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
     out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out_root):
-        # report.json says "this run finished"; a stale one must not vouch for a run that gets killed.
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
+    jobs = select_shard(jobs, out_root, shard)
+    failures_name, report_name = record_names(shard)
+    suffix = PACK_SUFFIX if config.store.pack == "zip" else ""
+
+    def own() -> Iterator[str]:
+        """The outputs whose temporaries this run may remove: its videos' (in its pack form) and its records."""
+        yield from (job.output + suffix for job in jobs)
+        yield from (str(out_root / failures_name), str(out_root / report_name))
+    with _exclusive(out_root, shard):
+        # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
+        # tree's, which no shard can vouch for: no run of the whole list runs beside shards, see _exclusive).
+        (out_root / report_name).unlink(missing_ok=True)
         (out_root / REPORT_NAME).unlink(missing_ok=True)
-        remove_stale_temps(out_root)
-        report = BatchReport(total=len(jobs))
+        if shard.count == 1:  # no shard runs beside a run of the whole list: their records are stale now
+            for stale in (*out_root.glob("report.shard-*.json"), *out_root.glob("failures.shard-*.jsonl")):
+                stale.unlink(missing_ok=True)
+        remove_temps_of_outputs(own())
+        report = BatchReport(total=len(jobs), record=report_name)
+        reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
+        stop = threading.Event()  # set when the storage fails: start no more videos, collect those running
         runnable, collisions = _split_collisions(jobs, config.store.pack)
         for result in collisions:
             report.add(result)
+            reported.add(result.output)
         try:
             # closing(): on Ctrl-C the engine must stop its workers before the temporaries are removed.
             with _progress_bar(len(jobs), progress) as bar, \
-                    closing(_run_on_engine(runnable, config, engine, n_jobs, address, overwrite)) as results:
+                    closing(_run_on_engine(runnable, config, engine, n_jobs, address, overwrite,
+                                           dask_in_flight, stop)) as results:
                 bar.update(len(collisions))
                 for result in results:
                     report.add(result)
+                    if result.status != "stopped":
+                        reported.add(result.output)
+                    if report.stopped:
+                        stop.set()
+                        if engine == "ray":
+                            break
                     report.seconds = time.perf_counter() - started
                     bar.set_postfix_str(f"{report.pairs_per_second:.2f} pairs/s, {report.failed} failed",
                                         refresh=False)
                     bar.update(1)
         except BaseException as exc:
             # Ctrl-C or a lost cluster: workers may have left temporaries behind; none of them looks finished.
-            remove_stale_temps(out_root)
+            remove_temps_of_outputs(own())
             if not isinstance(exc, KeyboardInterrupt):
                 raise
             report.interrupted = True
+            report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
-            _write_report(out_root, report, config, engine, n_jobs)
+            _write_report(out_root, report, config, engine, n_jobs, shard)
             raise BatchInterrupted(report) from None
-        if engine != "local":
+        if engine != "local" or report.stopped:
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
-            # task elsewhere). Local runs remove a dead worker's temporary at once, and need no second walk.
-            remove_stale_temps(out_root)
+            # task elsewhere), or one a stopped worker could not remove. Local runs remove a dead worker's
+            # temporary at once.
+            remove_temps_of_outputs(own())
+        report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
-        _write_report(out_root, report, config, engine, n_jobs)
+        _write_report(out_root, report, config, engine, n_jobs, shard)
+        if report.stopped or report.unwritten:
+            raise BatchStopped(report, out_root, report.stopped or report.unwritten)
     return report
 
 
-@contextmanager
-def _exclusive(out_root: Path) -> Iterator[None]:
-    """Hold an advisory lock on `out_root` so that two runs never remove each other's temporaries.
+def record_names(shard: Shard) -> tuple[str, str]:
+    """(failures file, report file) names of a run of `shard`: failures.jsonl and report.json for the whole
+    list, failures.shard-K-of-N.jsonl and report.shard-K-of-N.json for a shard."""
+    if shard.count == 1:
+        return FAILURES_NAME, REPORT_NAME
+    return f"failures.{shard.tag}.jsonl", f"report.{shard.tag}.json"
 
-    flock locks die with their process, so a killed run never blocks the next one.
+
+@contextmanager
+def _exclusive(out_root: Path, shard: Shard) -> Iterator[None]:
+    """Hold advisory locks on `out_root` so that two runs never process the same videos at once.
+
+    A run of the whole list holds .flowprep.lock exclusively; a shard holds it shared (shards run side by side)
+    and its own .flowprep.shard-K-of-N.lock exclusively (the same shard never runs twice). flock locks die
+    with their process, so a killed run never blocks the next one. Shards do not rely on these locks to keep
+    off each other's work (they share no video, no temporary and no record file): on file systems whose flock
+    is local to each machine, only running the same shard twice at once goes unnoticed.
     """
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, one run at a time is the user's job
         yield
         return
-    with open(out_root / LOCK_NAME, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another flowprep run is writing into {str(out_root)!r} (it holds "
-                              f"{out_root / LOCK_NAME}); wait for it or stop it first") from None
+    names = [(LOCK_NAME, fcntl.LOCK_EX if shard.count == 1 else fcntl.LOCK_SH)]
+    if shard.count > 1:
+        names.append((f".flowprep.{shard.tag}.lock", fcntl.LOCK_EX))
+    with ExitStack() as locks:
+        for name, mode in names:
+            try:
+                lock = locks.enter_context(open(out_root / name, "a+"))
+            except OSError as exc:
+                raise ConfigError(f"cannot write into the output folder {str(out_root)!r}: "
+                                  f"{exc.strerror or exc}") from None
+            try:
+                fcntl.flock(lock, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = ("a run of this shard" if mode == fcntl.LOCK_EX and shard.count > 1
+                          else "a run of the whole list" if shard.count > 1 else "another flowprep run")
+                raise ConfigError(f"{holder} is writing into {str(out_root)!r} (it holds {out_root / name}); "
+                                  "wait for it or stop it first") from None
         yield
 
 
 def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJob], list[VideoResult]]:
     """Videos whose outputs would land on the same path (a.mp4 and a.avi) fail instead of overwriting."""
-    counts = Counter(output_path(j.output, pack) for j in jobs)
+    suffix = PACK_SUFFIX if pack == "zip" else ""
+    counts = Counter(job.output + suffix for job in jobs)
     runnable, failed = [], []
     for job in jobs:
-        if counts[output_path(job.output, pack)] > 1:
+        if counts[job.output + suffix] > 1:
             failed.append(VideoResult(job.source, job.output, "failed",
                                       reason=f"{job.source}: another input video maps to the same output {job.output}"))
         else:
@@ -318,27 +568,31 @@ def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJo
 
 
 def _run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, n_jobs: int,
-                   address: str | None, overwrite: bool) -> Iterator[VideoResult]:
-    """Results in completion order, so the progress bar moves as each video finishes, on every engine."""
+                   address: str | None, overwrite: bool, dask_in_flight: int,
+                   stop: threading.Event) -> Iterator[VideoResult]:
+    """Results in completion order, so the progress bar moves as each video finishes, on every engine.
+
+    Once `stop` is set no further video starts (Ray's pool excepted: it has them all); those running finish.
+    """
     if not jobs:
         return
     # Workers that run side by side get one OpenCV thread each (single_thread=True): processes, not threads, give
     # the parallelism. (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
     if engine == "local" and n_jobs == 1:
-        yield from (process_video(job, config, overwrite) for job in jobs)
+        yield from (process_video(job, config, overwrite) for job in jobs if not stop.is_set())
         return
     if engine == "local":
-        yield from _run_on_local_processes(jobs, config, overwrite, n_jobs)
+        yield from _run_on_local_processes(jobs, config, overwrite, n_jobs, stop)
         return
     if engine == "ray":
         yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
                                address, _uses_cuda(config))
         return
-    yield from _run_on_dask(jobs, config, overwrite, address)
+    yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight, stop)
 
 
 def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                            n_jobs: int) -> Iterator[VideoResult]:
+                            n_jobs: int, stop: threading.Event) -> Iterator[VideoResult]:
     """Jobs on `n_jobs` worker processes, each its own one-worker loky pool running one video at a time.
 
     A worker that dies (a decoder's segfault, the out-of-memory killer) therefore takes exactly one video with
@@ -386,7 +640,7 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                     result = future.result()
                 except BrokenProcessPool as exc:
                     discard(slot)
-                    remove_temps_of(output_path(job.output, pack))
+                    remove_temps_of_outputs([output_path(job.output, pack)])
                     deaths[job] += 1
                     if deaths[job] < 2:
                         waiting.appendleft(job)
@@ -395,7 +649,7 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                         found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
                         result = _worker_died(job, f"exit {found.group(1) if found else 'unknown'}, in both of "
                                                    "its tries")
-                if waiting:
+                if waiting and not stop.is_set():
                     start(slot)
                 if result is not None:
                     yield result
@@ -410,11 +664,12 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
 
 
 def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                 address: str | None) -> Iterator[VideoResult]:
+                 address: str | None, window: int, stop: threading.Event) -> Iterator[VideoResult]:
     """One task per video on a Dask cluster (a local one without `address`), results in completion order.
 
-    At most DASK_IN_FLIGHT tasks (or two per worker thread, if more) are submitted at a time, so a million
-    videos are not a million futures. Dask reruns the task of a worker that died; a video whose task killed
+    At most `window` tasks (or two per worker thread, if more) are submitted at a time, each finished one
+    replaced by the next video, so a million videos are not a million futures. Dask reruns the task of a worker
+    that died; a video whose task killed
     workers until the scheduler gave up on it (KilledWorker, after distributed.scheduler.allowed-failures
     deaths) fails alone, named, like a dead local worker's.
     """
@@ -427,7 +682,7 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
     resources = {"GPU": 1} if _uses_cuda(config) else None
     waiting = deque(jobs)
     with client:
-        in_flight = max(DASK_IN_FLIGHT, 2 * sum(client.nthreads().values()))
+        in_flight = max(window, 2 * sum(client.nthreads().values()))
         completed = distributed.as_completed()
         job_of: dict[str, VideoJob] = {}
 
@@ -447,7 +702,7 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
                 # Dask says on how many workers the task ran before it gave up, in its first sentence.
                 result = _worker_died(job, f"{type(exc).__name__}: {str(exc).split('. ')[0]}")
             future.release()
-            if waiting:
+            if waiting and not stop.is_set():
                 submit()
             yield result
 
@@ -499,21 +754,105 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
         yield bar
 
 
-def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int) -> None:
-    """failures.jsonl (one JSON object per failed video), then report.json, each replaced atomically."""
+@dataclass
+class MergedReport:
+    """The report files of one output tree added up: a run of the whole list, or the shards of one N.
+
+    `parts` names the report files read; `missing` the shards of an N that have none (running, killed, or never
+    started); `counts` sums total, done, skipped, failed and pairs; the lists are the parts' lists, joined.
+    """
+
+    root: Path
+    parts: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    not_processed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ended_early: list[str] = field(default_factory=list)  # parts that were interrupted or stopped
+
+    @property
+    def complete(self) -> bool:
+        """Every part reported, every video done or skipped."""
+        return bool(self.parts) and not (self.missing or self.failures or self.not_processed or self.ended_early)
+
+    def summary(self) -> str:
+        c = self.counts
+        lines = [f"{self.root}: {len(self.parts)} report(s) ({', '.join(self.parts) or 'none'}): {c['total']} "
+                 f"videos: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed, "
+                 f"{len(self.not_processed)} not processed; {c['pairs']} flow pairs"]
+        lines += [f"  MISSING {name}: no report (still running, killed, or never started; rerun that shard)"
+                  for name in self.missing]
+        lines += [f"  ENDED EARLY {name}" for name in self.ended_early]
+        lines += [f"  KEPT {m}" for m in self.mismatched]
+        lines += [f"  FAILED {f['reason']}" for f in self.failures]
+        lines += [f"  WARNING {w}" for w in self.warnings]
+        lines += [f"  NOT PROCESSED {source}" for source in self.not_processed]
+        lines.append("complete" if self.complete else "INCOMPLETE")
+        return "\n".join(lines)
+
+
+def merge_reports(out_root: str | os.PathLike) -> MergedReport:
+    """Add up the reports under `out_root`: report.json, or report.shard-K-of-N.json of the largest N found
+    (each run of the whole list removes the shards' records, each shard run removes report.json). ConfigError
+    when there is no report at all."""
+    out_root = Path(out_root)
+    merged = MergedReport(out_root)
+    shards: dict[int, dict[int, Path]] = {}
+    for path in out_root.glob("report.shard-*-of-*.json"):
+        found = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", path.name)
+        if found:
+            shards.setdefault(int(found.group(2)), {})[int(found.group(1))] = path
+    if shards:
+        count = max(shards)
+        parts = [(Shard(k, count), shards[count].get(k)) for k in range(1, count + 1)]
+    elif (out_root / REPORT_NAME).is_file():
+        parts = [(Shard(), out_root / REPORT_NAME)]
+    else:
+        raise ConfigError(f"{str(out_root)!r} holds no {REPORT_NAME} nor report.shard-K-of-N.json: no run finished "
+                          "there yet")
+    for shard, path in parts:
+        if path is None:
+            merged.missing.append(record_names(shard)[1])
+            continue
+        try:
+            data = json.loads(path.read_text())
+            failures = [json.loads(line) for line in (out_root / record_names(shard)[0]).read_text().splitlines()
+                        if line.strip()]
+        except (OSError, ValueError) as exc:
+            merged.missing.append(f"{path.name} (unreadable: {exc})")
+            continue
+        merged.parts.append(path.name)
+        merged.counts.update({key: data.get(key, 0) for key in ("total", "done", "skipped", "failed", "pairs")})
+        merged.failures += failures
+        merged.not_processed += data.get("not_processed", [])
+        merged.warnings += data.get("warnings", [])
+        merged.mismatched += data.get("settings_mismatch", [])
+        if data.get("interrupted") or data.get("stopped"):
+            merged.ended_early.append(f"{path.name}: " + ("interrupted" if data.get("interrupted") else
+                                                          f"stopped ({data['stopped']})"))
+    return merged
+
+
+def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
+                  shard: Shard) -> None:
+    """failures.jsonl (one JSON object per failed video), then report.json (record_names(shard)), each replaced
+    atomically; when the file system refuses, report.unwritten says so and no temporary is left."""
     lines = [json.dumps({"source": f.source, "output": f.output, "reason": f.reason}) + "\n"
              for f in report.failures]
-    _write_atomic(out_root / FAILURES_NAME, "".join(lines))
     data = {
         "total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
-        "interrupted": report.interrupted, "pairs": report.pairs, "seconds": round(report.seconds, 3),
+        "interrupted": report.interrupted, "stopped": report.stopped, "pairs": report.pairs,
+        "seconds": round(report.seconds, 3),
         "pairs_per_second": round(report.pairs_per_second, 3), "settings_mismatch": report.mismatched,
-        "engine": engine, "jobs": n_jobs, "config": asdict(config),
+        "warnings": report.warnings, "not_processed": report.not_processed,
+        "engine": engine, "jobs": n_jobs, "shard": str(shard) if shard.count > 1 else None, "config": asdict(config),
     }
-    _write_atomic(out_root / REPORT_NAME, json.dumps(data, indent=1))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temp = temp_path(path)
-    temp.write_text(text)
-    os.replace(temp, path)
+    failures_name, report_name = record_names(shard)
+    try:
+        write_file_atomic(out_root / failures_name, "".join(lines).encode(), config.store.fsync)
+        write_file_atomic(out_root / report_name, json.dumps(data, indent=1).encode(), config.store.fsync)
+    except OSError as exc:
+        report.unwritten = (f"{failures_name} and {report_name} could not be written in {out_root} "
+                            f"({exc.strerror or exc}): the summary above is this run's only record")

@@ -1,4 +1,5 @@
-"""Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed, 2 usage."""
+"""Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed or were not
+processed, 2 usage, 3 the output storage failed (full, over quota, read-only, gone), 130 interrupted."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +8,8 @@ from typing import Any
 import click
 
 from . import __version__, annotations
-from .batch import ENGINES, BatchInterrupted, discover, run_batch
+from .batch import (ENGINES, EXIT_STOPPED, BatchInterrupted, BatchStopped, Shard, discover, merge_reports, parse_shard,
+                    run_batch)
 from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig,
                      parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
@@ -85,6 +87,9 @@ def main() -> None:
 @click.option("--rgb", is_flag=True, help="Also write the sampled RGB frames.")
 @click.option("--pack", type=click.Choice(PACKS), default="dir", show_default=True,
               help="dir: a folder per video; zip: one uncompressed zip per video.")
+@click.option("--no-fsync", "no_fsync", is_flag=True,
+              help="Do not flush each video to the disk before it counts as finished (faster on slow disks; "
+                   "after a power cut, run verify).")
 @click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (local engine).")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
@@ -92,12 +97,16 @@ def main() -> None:
 @click.option("--ext", "extensions", default=",".join(e[1:] for e in VIDEO_EXTENSIONS), show_default=True,
               help="Video file extensions searched in directories.")
 @click.option("--overwrite", is_flag=True, help="Recompute videos that are already finished.")
+@click.option("--shard", "shard_text", default=None, metavar="K/N|slurm",
+              help="Process only part K (1..N) of N disjoint parts of the videos, for N jobs sharing OUTPUT; "
+                   "'slurm': this array task's part (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(source: str, output: str, algo: str, device: str, preset: str | None, params: tuple[str, ...],
             batch_size: int, fps: float | None, size: tuple[int, int] | None, short_side: int | None, decoder: str,
             bound: float, jpeg_quality: int, layout: str, flow_template: str | None, direction: str,
             backward_template: str | None, warp: bool, img_template: str, start_index: int, rgb: bool, pack: str,
-            n_jobs: int, engine: str, address: str | None, extensions: str, overwrite: bool, quiet: bool) -> None:
+            no_fsync: bool, n_jobs: int, engine: str, address: str | None, extensions: str, overwrite: bool,
+            shard_text: str | None, quiet: bool) -> None:
     """Extract flow of SOURCE (a video, a directory tree or a list file) into OUTPUT."""
     try:
         config = ExtractConfig(
@@ -106,25 +115,44 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
                             batch_size=batch_size, warp=warp),
             store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
                               backward_template=backward_template, directions=DIRECTION_CHOICES[direction],
-                              img_template=img_template, start_index=start_index, rgb=rgb, pack=pack),
+                              img_template=img_template, start_index=start_index, rgb=rgb, pack=pack,
+                              fsync=not no_fsync),
         )
         jobs = discover(source, output, [e.strip() for e in extensions.split(",") if e.strip()])
+        shard = parse_shard(shard_text) if shard_text else Shard()
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None
     if not jobs:
         raise click.UsageError(f"no videos with extensions {extensions} found in {source!r}")
     try:
         report = run_batch(jobs, output, config, engine=engine, n_jobs=n_jobs, address=address,
-                           overwrite=overwrite, progress=not quiet)
+                           overwrite=overwrite, progress=not quiet, shard=shard)
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None
+    except BatchStopped as exc:
+        click.echo(exc.report.summary(), err=True)
+        click.echo(f"flowprep: {exc}", err=True)
+        sys.exit(EXIT_STOPPED)
     except KeyboardInterrupt as exc:
         if isinstance(exc, BatchInterrupted):
             click.echo(exc.report.summary(), err=True)
         click.echo("interrupted: finished videos are kept; rerun the same command to resume", err=True)
         sys.exit(130)
     click.echo(report.summary(), err=True)
-    sys.exit(1 if report.failed else 0)
+    sys.exit(1 if report.failed or report.not_processed else 0)
+
+
+@main.command("report")
+@click.argument("root", metavar="OUT", type=click.Path(exists=True, file_okay=False))
+def report_command(root: str) -> None:
+    """Add up the reports of the runs (or of all shards) that wrote into OUT. Exit 0 when every part reported
+    and every video is done or skipped, 1 otherwise."""
+    try:
+        merged = merge_reports(root)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(merged.summary())
+    sys.exit(0 if merged.complete else 1)
 
 
 @main.command()

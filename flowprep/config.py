@@ -101,6 +101,7 @@ class StoreConfig:
     start_index: int = 1
     rgb: bool = False
     pack: str = "dir"
+    fsync: bool = True  # flush each output to the disk before it counts as finished (survives a power cut)
 
     def __post_init__(self) -> None:
         try:

@@ -29,6 +29,8 @@ class VideoReader(ABC):
         self.path = Path(path)
         self.fps: float | None = None  # the container's average rate; None when it does not say
         self.size: tuple[int, int] = (0, 0)  # (width, height)
+        self.duration: float | None = None  # seconds of video the container announces; None when it does not say
+        self.last_time: float | None = None  # timestamp of the last frame flow_frames took, seconds from the first
 
     @abstractmethod
     def frames(self) -> Iterator[Frame]:
@@ -39,6 +41,22 @@ class VideoReader(ABC):
 
     def version(self) -> str:
         return ""
+
+    def stream_end_problem(self) -> str:
+        """Why the stream read by flow_frames ended before the time the container announces, or "" when it did not.
+
+        A stream cut short (a truncated download, a damaged file) ends far from its announced duration; readers
+        stop there, some with an error, some as if it were the end. A container that overstates its frame count
+        (AVI drop frames: sparse timestamps) still reaches its duration and is not flagged. The last frame starts
+        one frame period before the end; two periods and 2% of the duration more are allowed.
+        """
+        if self.duration is None or self.last_time is None:
+            return ""
+        period = 1 / (self.fps or 1.0)
+        if self.last_time + 3 * period + 0.02 * self.duration >= self.duration:
+            return ""
+        return (f"{self.path}: {self.name} decoding ended at {self.last_time:.2f} s, but the container announces "
+                f"{self.duration:.2f} s: the file is cut short or damaged; flow covers only what decoded")
 
     @staticmethod
     def _usable_fps(fps: float | None) -> float | None:
@@ -75,6 +93,7 @@ class DecordReader(VideoReader):
         self.size = (self._first.shape[1], self._first.shape[0])
         fps = self._vr.get_avg_fps()
         self.fps = self._usable_fps(fps)
+        self.duration = len(self._vr) / self.fps if self.fps and len(self._vr) else None
 
     def frames(self) -> Iterator[Frame]:
         claimed = len(self._vr)
@@ -125,6 +144,11 @@ class PyAVReader(VideoReader):
         rate = self._stream.average_rate
         self.fps = float(rate) if rate else None
         self.size = (self._stream.codec_context.width, self._stream.codec_context.height)
+        if self._stream.duration and self._stream.time_base:
+            self.duration = float(self._stream.duration * self._stream.time_base)
+        elif self._container.duration and len(self._container.streams) == 1:
+            # The container's duration is its longest stream's: an audio track may outlast the video.
+            self.duration = self._container.duration / av.time_base
 
     def frames(self) -> Iterator[Frame]:
         start = None
@@ -157,6 +181,8 @@ class OpenCVReader(VideoReader):
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = self._usable_fps(fps)
         self.size = (int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.duration = count / self.fps if self.fps and count > 0 else None
 
     def frames(self) -> Iterator[Frame]:
         index = 0
@@ -244,8 +270,14 @@ def flow_frames(reader: VideoReader, config: DecodeConfig) -> Iterator[tuple[np.
     """The frames flow is computed on: (RGB HxWx3 as decoded, gray uint8 at the output size), sampled at
     config.fps. Gray comes from the decoded frame, then is resized, so --rgb never changes the flow."""
     size = output_size(reader.size, config)
-    for _, rgb in sample_fps(reader.frames(), config.fps):
+    for _, rgb in sample_fps(_noting_last_time(reader), config.fps):
         yield rgb, resize(to_gray(rgb), size)
+
+
+def _noting_last_time(reader: VideoReader) -> Iterator[Frame]:
+    for t, frame in reader.frames():
+        reader.last_time = t
+        yield t, frame
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:

@@ -25,6 +25,14 @@ class OutputError(FlowprepError):
     """An output tree, directory, zip pack or meta.json is missing, incomplete or corrupt."""
 
 
+class StorageError(OutputError):
+    """Writing an output failed in the file system (full, over quota, read-only, gone); `errno` says which."""
+
+    def __init__(self, message: str, errno: int | None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class BackendUnavailableError(FlowprepError):
     """A flow backend cannot run here (missing package, device or hardware)."""
 

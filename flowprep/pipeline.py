@@ -65,6 +65,12 @@ def settings_of(config: ExtractConfig, params: Mapping[str, Any]) -> dict[str, A
     }
 
 
+def source_stamp(path: str | os.PathLike) -> dict[str, int]:
+    """What meta.json records of the source file to notice a change later: {"bytes": size, "mtime_ns": ...}."""
+    stat = os.stat(path)
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def extract_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -85,7 +91,8 @@ def extract_video(
     problems = []
     for decoder in config.decode.readers:
         try:
-            with open_reader(source, decoder) as reader, open_writer(output, config.store.pack) as writer:
+            with open_reader(source, decoder) as reader, \
+                    open_writer(output, config.store.pack, config.store.fsync) as writer:
                 return _extract(reader, writer, config, backend, problems)
         except VideoTooShortError:
             raise
@@ -226,6 +233,7 @@ def _extract(
     meta = {
         "format": META_FORMAT,
         "source": str(reader.path.resolve()),
+        "source_file": source_stamp(reader.path),
         "source_fps": reader.fps,
         "source_size": list(reader.size),
         # Sampling above the source rate keeps the source frames: the rate of what was kept is the lower one.
@@ -237,6 +245,8 @@ def _extract(
         "output_size": list(size),
         "decoder": reader.name,
         "decoder_problems": problems,
+        # Not an error: the flow of what decoded is right; but the video is shorter than its file says.
+        "stream_problem": reader.stream_end_problem(),
         "settings": settings_of(config, backend.params),
         "flow_implementation": backend.implementation(),
         "versions": {

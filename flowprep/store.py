@@ -5,17 +5,18 @@ with meta.json as the last file written: a directory or zip without a valid meta
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import shutil
+import socket
 import struct
 import uuid
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 
 from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, DIRECTIONS, LAYOUTS, StoreConfig
-from .errors import OutputError
+from .errors import OutputError, StorageError
 
 META_NAME = "meta.json"
 META_FORMAT = "flowprep/1"
@@ -160,8 +161,12 @@ def other_pack(pack: str) -> str:
 
 
 def temp_path(final: Path) -> Path:
-    """A fresh hidden sibling name for `final`'s temporary: ``.NAME.flowprep-tmp-XXXXXXXXXXXX``."""
-    return final.with_name(f".{final.name}{TEMP_MARKER}{uuid.uuid4().hex[:12]}")
+    """A fresh hidden sibling name for `final`'s temporary, naming its owner (host and process id), so that
+    a look at a shared tree says who is writing what: ``.NAME.flowprep-tmp-HOST-PID-XXXXXXXX``."""
+    return final.with_name(f".{final.name}{TEMP_MARKER}{_OWNER}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_OWNER = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
 
 
 def is_temporary(name: str) -> bool:
@@ -169,20 +174,24 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") and TEMP_MARKER in name
 
 
-def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
-    """Delete temporaries that killed runs left under `root`; returns what was removed."""
+def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
+    """Delete the temporaries of these outputs (directory or .zip paths) and of nothing else; returns what was
+    removed. Each parent folder is listed once, whatever the number of outputs in it, and outputs are not
+    entered: the cost grows with the folders' entries, not with the files inside the outputs."""
+    by_folder: dict[str, set[str]] = {}
+    for final in finals:
+        folder, name = os.path.split(os.fspath(final))
+        by_folder.setdefault(folder, set()).add(name)
     removed = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in list(dirnames) + filenames:
-            if is_temporary(name):
-                removed.append(_remove(Path(dirpath) / name))
-        dirnames[:] = [d for d in dirnames if not is_temporary(d)]
+    for folder, names in by_folder.items():
+        try:
+            entries = [entry.name for entry in os.scandir(folder or ".")]
+        except OSError:  # not created yet, or gone: nothing of ours in it
+            continue
+        for entry in entries:
+            if is_temporary(entry) and entry[1:entry.index(TEMP_MARKER)] in names:
+                removed.append(_remove(Path(folder) / entry))
     return removed
-
-
-def remove_temps_of(final: Path) -> list[Path]:
-    """Delete the temporaries of one output (`final`: a directory or .zip path); returns what was removed."""
-    return [_remove(path) for path in final.parent.glob(f".{glob.escape(final.name)}{TEMP_MARKER}*")]
 
 
 def _remove(path: Path) -> Path:
@@ -191,19 +200,35 @@ def _remove(path: Path) -> Path:
 
 
 class OutputWriter(ABC):
-    """Writes one video's files into a temporary and commits them atomically; aborts on error."""
+    """Writes one video's files into a temporary and commits them atomically; aborts on error.
+
+    `durable`: every file (or the zip) is fsync'ed, then the temporary directory, and after the rename the
+    parent directory, so that a committed output survives a power cut, not only a killed process.
+    """
 
     pack: str  # the form this writer writes: "dir" or "zip"
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, durable: bool = True):
         self.base = base
+        self.durable = durable
         self.final = output_path(base, self.pack)
         self.temp = temp_path(self.final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         self._done = False
+        with _storage(self.temp):
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+
+    def write(self, name: str, data: bytes) -> None:
+        """Add file `name`; StorageError naming it when the file system refuses (full, read-only, gone)."""
+        with _storage(self.temp / name):
+            self._write(name, data)
 
     @abstractmethod
-    def write(self, name: str, data: bytes) -> None: ...
+    def _open(self) -> None:
+        """Create the temporary."""
+
+    @abstractmethod
+    def _write(self, name: str, data: bytes) -> None: ...
 
     @abstractmethod
     def _close(self) -> None: ...
@@ -215,7 +240,10 @@ class OutputWriter(ABC):
         directory), and a crash between the two steps leaves no finished output rather than two.
         """
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
-        self._close()
+        with _storage(self.temp):
+            self._close()
+            if self.durable and self.pack == "dir":
+                _fsync_directory(self.temp)
         self._check_complete()
         other = other_pack(self.pack)
         if finished_meta(self.base, other) is not None:
@@ -225,7 +253,10 @@ class OutputWriter(ABC):
             except OSError as exc:
                 raise OutputError(f"{other_final}: cannot remove this video's {other!r} output before writing its "
                                   f"{self.pack!r} one ({exc.strerror or exc})") from None
-        _replace(self.temp, self.final)
+        with _storage(self.final):
+            _replace(self.temp, self.final)
+            if self.durable:
+                _fsync_directory(self.final.parent)
         self._done = True
         return self.final
 
@@ -235,7 +266,10 @@ class OutputWriter(ABC):
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._close()
+            try:
+                self._close()
+            except OSError:  # a zip's central directory on a full disk: the temporary goes anyway
+                pass
             _remove(self.temp)
 
     def __enter__(self) -> OutputWriter:
@@ -248,18 +282,20 @@ class OutputWriter(ABC):
 class DirectoryWriter(OutputWriter):
     pack = "dir"
 
-    def __init__(self, base: Path):
-        super().__init__(base)
+    def _open(self) -> None:
         self.temp.mkdir()
         self._written: set[str] = set()
 
-    def write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes) -> None:
         with open(self.temp / name, "wb") as f:
             f.write(data)
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
         self._written.add(name)
 
     def _check_complete(self) -> None:
-        # A worker orphaned by a killed run can race the next run's remove_stale_temps: never rename a
+        # A worker orphaned by a killed run can race the next run's clean-up of temporaries: never rename a
         # directory whose files were deleted under it into a place where it looks finished.
         missing = self._written - set(os.listdir(self.temp))
         if missing:
@@ -275,23 +311,76 @@ class ZipWriter(OutputWriter):
 
     pack = "zip"
 
-    def __init__(self, base: Path):
-        super().__init__(base)
-        self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_STORED)
+    _zip: zipfile.ZipFile | None = None
 
-    def write(self, name: str, data: bytes) -> None:
+    def _open(self) -> None:
+        self._file = open(self.temp, "wb")
+        try:
+            self._zip = zipfile.ZipFile(self._file, "w", zipfile.ZIP_STORED)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _write(self, name: str, data: bytes) -> None:
         # A fixed timestamp keeps packs of identical content byte-identical across runs.
         self._zip.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
 
     def _close(self) -> None:
         if self._zip is not None:
-            self._zip.close()
-            self._zip = None
+            zip_file, self._zip = self._zip, None
+            try:
+                zip_file.close()  # the central directory
+                if self.durable:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
 
 
-def open_writer(base: str | os.PathLike, pack: str = "dir") -> OutputWriter:
-    """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place."""
-    return ZipWriter(Path(base)) if pack == "zip" else DirectoryWriter(Path(base))
+def open_writer(base: str | os.PathLike, pack: str = "dir", durable: bool = True) -> OutputWriter:
+    """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place, fsync'ed
+    to the disk first unless not `durable` (see OutputWriter)."""
+    return ZipWriter(Path(base), durable) if pack == "zip" else DirectoryWriter(Path(base), durable)
+
+
+@contextmanager
+def _storage(path: Path) -> Iterator[None]:
+    """OSError -> StorageError naming `path` (the write's target) and keeping the errno."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write ({exc.strerror or exc})", exc.errno) from None
+
+
+def write_file_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace file `path` by `data` through a temporary sibling, never leaving a partial file under its name nor
+    the temporary (OSError as raised). `durable`: fsync the file, and the folder after the rename."""
+    temp = temp_path(path)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a directory's entries (files created or renamed in it) durable; a no-op where directories cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace(temp: Path, final: Path) -> None:
@@ -486,14 +575,23 @@ def open_output(path: str | os.PathLike) -> OutputReader:
 def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] | None:
     """meta.json of the finished output of form `pack` at `base`, or None if there is none. The form is checked:
     for video `a.zip.mp4` the directory `a.zip` is its output, and the file `a.zip` is video `a.mp4`'s pack."""
+    return inspect_output(base, pack)[0]
+
+
+def inspect_output(base: str | os.PathLike, pack: str = "dir") -> tuple[dict[str, Any] | None, str]:
+    """(meta.json of the finished output of form `pack` at `base`, or None; why what is there is not finished).
+
+    The reason is "" when nothing of that form is there; otherwise it names the file and the fault (a corrupt or
+    missing meta.json, a zip that does not open), so that a run recomputing it can say what it replaces.
+    """
     final = output_path(base, pack)
     if not (final.is_dir() if pack == "dir" else final.is_file()):
-        return None
+        return None, ""
     try:
         with open_output(final) as reader:
-            return reader.meta()
-    except OutputError:
-        return None
+            return reader.meta(), ""
+    except OutputError as exc:
+        return None, str(exc)
 
 
 FINISHED, UNFINISHED, TEMPORARY, UNREADABLE = "finished", "unfinished", "temporary", "unreadable"

@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import zipfile
+from fractions import Fraction
 from pathlib import Path
 
-from conftest import REPO, VIDEOS, checkout_env
+from conftest import REPO, VIDEOS, checkout_env, run_cli
 
 from flowprep.store import finished_meta
 
@@ -21,6 +23,7 @@ CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 176x144, 120 frames: 119 pairs, ~
 # meta.json fields that describe the run rather than the output: time taken (SPEC: "seconds taken"), and the
 # errors of readers that were tried and abandoned (decord stops at a varying frame and stamps its clock time).
 RUN_SPECIFIC_META = ("seconds", "timing", "decoder_problems")
+RUN_RECORD = re.compile(r"(report|failures)(\.shard-\d+-of-\d+)?\.jsonl?|\.flowprep(\.shard-\d+-of-\d+)?\.lock")
 
 
 def class_tree(root: Path, classes: int, per_class: int, clip: Path = CARPHONE) -> Path:
@@ -46,6 +49,27 @@ def remux(src: Path, dst: Path, *, options: dict[str, str] | None = None, max_pa
             out.mux(packet)
             if max_packets and count >= max_packets:
                 break
+    return dst
+
+
+def sparse_avi(dst: Path, src: Path = CARPHONE) -> Path:
+    """`src` re-encoded (MPEG-4 in AVI) with every third frame dropped: the AVI muxer keeps their time slots as
+    empty chunks, so the container announces 120 frames and 4 s while 80 frames decode, the last at 3.97 s."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = inp.streams.video[0].width, inp.streams.video[0].height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30)
+        for index, frame in enumerate(inp.decode(video=0)):
+            if index % 3 == 1:
+                continue
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = index, Fraction(1, 30)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
     return dst
 
 
@@ -75,13 +99,13 @@ def output_digest(root: Path) -> dict[str, str]:
     """{video file path relative to root: sha256} over every video output under `root`.
 
     Zip packs are expanded (`A/v.zip` member `flow_x_00001.jpg` -> key `A/v/flow_x_00001.jpg`) so both forms
-    compare equal. meta.json is hashed without RUN_SPECIFIC_META; report.json, failures.jsonl and the lock
-    file describe the run, not the outputs, and are left out.
+    compare equal. meta.json is hashed without RUN_SPECIFIC_META; the reports, failures and lock files at the
+    root (a shard's too) describe the run, not the outputs, and are left out.
     """
     digest = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.is_dir() or len(rel.parts) == 1 and rel.name in ("report.json", "failures.jsonl", ".flowprep.lock"):
+        if path.is_dir() or len(rel.parts) == 1 and RUN_RECORD.fullmatch(rel.name):
             continue
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as pack:
@@ -99,6 +123,13 @@ def _file_hash(name: str, data: bytes) -> str:
             meta.pop(key)
         data = json.dumps(meta, sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()
+
+
+def clean_digest(videos: Path, out: Path, *args: str) -> dict[str, str]:
+    """output_digest of an uninterrupted `flowprep extract VIDEOS OUT ARGS` (which must exit 0)."""
+    result = run_cli("extract", str(videos), str(out), *args)
+    assert result.returncode == 0, result.stderr
+    return output_digest(out)
 
 
 def temporaries(root: Path) -> list[Path]:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
-from batchdata import CARPHONE, broken_videos, output_digest, temporaries
-from conftest import VIDEOS, run_cli
+from batchdata import CARPHONE, broken_videos, output_digest, sparse_avi, temporaries
+from conftest import REPO, VIDEOS, checkout_env, run_cli
 
-from flowprep.batch import discover
+from flowprep.batch import BatchReport, VideoJob, VideoResult, discover
 from flowprep.errors import ConfigError, OutputError
 from flowprep.store import finished_meta, open_output
 
@@ -36,6 +39,20 @@ def test_discover_mirrors_class_folders_and_reads_list_files(tmp_path):
     ]
     with pytest.raises(ConfigError, match="nowhere"):
         discover(tmp_path / "nowhere", tmp_path / "flow")
+
+
+def test_videos_without_a_result_are_counted_and_named(tmp_path):
+    """However a run ends, a job that got no result is not silently dropped: counted, named, in report.json."""
+    jobs = [VideoJob(f"videos/v{i}.mp4", f"flow/v{i}") for i in range(25)]
+    report = BatchReport(total=25)
+    report.add(VideoResult("videos/v3.mp4", "flow/v3", "done", pairs=7, frames=8))
+    report.note_unprocessed(jobs, {"flow/v3"})
+    assert report.not_processed == [j.source for j in jobs if j.source != "videos/v3.mp4"]
+    summary = report.summary()
+    assert "25 videos: 1 done, 0 skipped, 0 failed, 24 not processed (the engine returned no result" in summary
+    assert "NOT PROCESSED videos/v0.mp4" in summary and "NOT PROCESSED videos/v20.mp4" in summary
+    assert "NOT PROCESSED videos/v21.mp4" not in summary
+    assert "... and 4 more not processed (all are listed in report.json)" in summary
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +107,27 @@ def test_good_videos_complete_beside_bad_ones(mixed_run):
     with open_output(out / "bad" / "lying") as reader:
         meta = reader.meta()
     assert meta["decoder"] == "pyav" and meta["flow_pairs"] == 32 and meta["decoder_problems"] == []
+    # ... and that is no clean end: meta.json, the report, the summary and verify say the stream was cut short.
+    problem = f"{bad['lying_header']}: pyav decoding ended at 1.07 s, but the container announces 4.00 s"
+    assert meta["stream_problem"].startswith(problem)
+    assert json.loads((out / "report.json").read_text())["warnings"] == [meta["stream_problem"]]
+    assert f"WARNING {problem}" in result.stderr
+    verified = run_cli("verify", str(out / "bad" / "lying"))
+    assert verified.returncode == 0 and f"its source ended early when extracted: {problem}" in verified.stdout
+    for good in ("carphone", "whale"):
+        assert open_output(out / "good" / good).meta()["stream_problem"] == ""
+
+
+def test_sparse_timestamps_are_no_stream_problem(tmp_path):
+    """AVI drop frames: the container announces 120 frames, 80 decode, spread over the whole 4 s."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    sparse_avi(videos / "sparse.avi")
+    out = tmp_path / "flow"
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--short-side", "72", "-q")
+    assert result.returncode == 0, result.stderr
+    meta = open_output(out / "sparse").meta()
+    assert (meta["frames"], meta["stream_problem"]) == (80, "") and "WARNING" not in result.stderr
 
 
 def test_report_counts_the_run(mixed_run):
@@ -138,6 +176,41 @@ def test_changed_settings_are_reported_not_mixed_and_overwrite_recomputes(whale_
     assert result.returncode == 0 and "settings differ" not in result.stderr
     assert open_output(out / "whale").meta()["settings"]["bound"] == 40.0
     assert temporaries(out) == []
+
+
+def test_a_finished_video_whose_source_changed_is_reported_not_silently_kept(whale_run):
+    videos, out, before = whale_run
+    source = videos / "whale.mp4"
+    meta = open_output(out / "whale").meta()
+    assert meta["source_file"] == {"bytes": source.stat().st_size, "mtime_ns": source.stat().st_mtime_ns}
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 500_000_000))  # rounded: the same
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0 and "KEPT" not in result.stderr, result.stderr
+
+    shutil.copyfile(CARPHONE, source)  # replaced by another video
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0, result.stderr
+    change = (f"{out / 'whale'}: its source {source} changed since it was extracted (use --overwrite to recompute): "
+              f"{meta['source_file']['bytes']} bytes recorded, {CARPHONE.stat().st_size} bytes now; modified ")
+    assert f"KEPT {change}" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == 1 and report["settings_mismatch"][0].startswith(change)
+    assert output_digest(out) == before  # reported, not recomputed behind the user's back
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--overwrite", "-q")
+    assert result.returncode == 0 and open_output(out / "whale").meta()["flow_pairs"] == 119
+
+
+def test_a_finished_video_with_a_corrupt_meta_json_is_recomputed_and_reported(whale_run):
+    videos, out, before = whale_run
+    (out / "whale" / "meta.json").write_text('{"format": "flowprep/1", "frames": ')  # cut short on disk
+    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0, result.stderr
+    warning = f"recomputed {out / 'whale'}, which was there but not finished: {out / 'whale' / 'meta.json'}: not " \
+              "valid JSON"
+    assert f"WARNING {warning}" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["done"] == 1 and report["warnings"][0].startswith(warning)
+    assert output_digest(out) == before
 
 
 def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leaves_one_form(whale_run):
@@ -205,3 +278,54 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
         result = run_cli("extract", str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "-q")
     assert result.returncode == 2 and "another flowprep run is writing into" in result.stderr
     assert not (out / "rubber-whale").exists()
+
+
+def _fsynced_paths(log: str) -> tuple[list[str], list[str]]:
+    """From an strace log of openat, fsync and rename: (paths fsync'ed, in order; renames 'old -> new')."""
+    import re as regex
+
+    open_fds: dict[str, str] = {}
+    events, synced = [], []
+    for line in log.splitlines():
+        if opened := regex.search(r'openat\(AT_FDCWD, "([^"]+)".* = (\d+)$', line):
+            open_fds[opened.group(2)] = opened.group(1)
+        elif synced_fd := regex.search(r"fsync\((\d+)\)\s+= 0", line):
+            synced.append(open_fds.get(synced_fd.group(1), "?"))
+            events.append(("fsync", synced[-1]))
+        elif renamed := regex.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line):
+            events.append(("rename", f"{renamed.group(1)} -> {renamed.group(2)}"))
+    return synced, [f"{kind} {what}" for kind, what in events]
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_a_committed_video_is_fsynced_before_and_after_its_rename(tmp_path, pack):
+    """Under strace: every file (or the zip), then the temporary folder, is fsync'ed before the rename into place,
+    the parent folder after it; --no-fsync skips all of it."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    out = tmp_path / "flow"
+    for extra in ((), ("--no-fsync",)):
+        log = tmp_path / "strace.log"
+        result = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o",
+                                 str(log), sys.executable, "-m", "flowprep", "extract",
+                                 str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "--pack", pack,
+                                 "--overwrite", "-q", *extra],
+                                cwd=REPO, env=checkout_env(), capture_output=True, text=True)
+        if result.returncode != 0 and "ptrace" in result.stderr:
+            pytest.skip(f"strace cannot trace here: {result.stderr.strip()}")
+        assert result.returncode == 0, result.stderr
+        synced, events = _fsynced_paths(log.read_text())
+        final = str(out / ("rubber-whale.zip" if pack == "zip" else "rubber-whale"))
+        commit = next(i for i, e in enumerate(events) if e.startswith("rename ") and e.endswith(f" -> {final}"))
+        temp = events[commit].split()[1]
+        before = [e.split(" ", 1)[1] for e in events[:commit] if e.startswith("fsync ")]
+        if extra:
+            assert not any(path.startswith(temp) or path == str(out) for path in synced)
+            continue
+        if pack == "dir":
+            files = {f"{temp}/{name}" for name in os.listdir(final)}
+            assert len(files) == 15 and files <= set(before)  # 7 x/y pairs and meta.json
+            assert before[-1] == temp  # the folder's entries, after its files
+        else:
+            assert before[-1] == temp  # the whole pack, central directory included
+        assert f"fsync {out}" in events[commit + 1:commit + 2]  # the rename itself

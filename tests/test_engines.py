@@ -19,6 +19,8 @@ from batchdata import (
 )
 from conftest import VIDEOS, checkout_env, run_cli
 
+from flowprep import DecodeConfig, ExtractConfig, FlowConfig
+from flowprep.batch import discover, run_batch
 from flowprep.store import finished_meta
 
 pytestmark = pytest.mark.slow
@@ -125,6 +127,17 @@ def test_dask_cluster_gives_the_local_tree(videos, local, dask_cluster, tmp_path
     _assert_same(_outcome(tmp_path), local)
     assert "4/4" in result.stderr  # the progress bar reached the end with remote workers
     assert json.loads((tmp_path / "report.json").read_text())["engine"] == "dask"
+
+
+def test_dask_runs_every_video_beyond_its_in_flight_window(tmp_path_factory, tmp_path):
+    """8 videos, 3 in flight: the five others run only if each finished task is replaced by the next video."""
+    videos = class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=4, clip=VIDEOS / "rubber-whale.mp4")
+    config = ExtractConfig(decode=DecodeConfig(short_side=96), flow=FlowConfig(algo="dis"))
+    with _dask_cluster(tmp_path_factory.mktemp("dask")) as (address, _):
+        report = run_batch(discover(videos, tmp_path), tmp_path, config, engine="dask", address=address,
+                           dask_in_flight=3)
+    assert (report.total, report.done, report.not_processed) == (8, 8, [])
+    assert all(finished_meta(tmp_path / f"C{c}" / f"v{v}") for c in range(2) for v in range(4))
 
 
 def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_path):

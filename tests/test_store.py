@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 
@@ -25,8 +26,8 @@ from flowprep.store import (
     open_output,
     open_writer,
     output_path,
-    remove_stale_temps,
-    remove_temps_of,
+    remove_temps_of_outputs,
+    temp_path,
 )
 
 META = {"format": META_FORMAT, "frames": 3, "flow_pairs": 2,
@@ -148,24 +149,6 @@ def test_unfinished_outputs_are_not_finished(tmp_path):
         open_output(tmp_path / "absent")
 
 
-def test_remove_stale_temps_removes_only_temporaries(tmp_path):
-    keep = tmp_path / "A" / "v1"
-    keep.mkdir(parents=True)
-    (keep / "flow_x_00001.jpg").write_bytes(b"x")
-    stale_dir = tmp_path / "A" / f".v2{TEMP_MARKER}0123456789ab"
-    stale_dir.mkdir()
-    (stale_dir / "flow_x_00001.jpg").write_bytes(b"x")
-    stale_zip = tmp_path / "B" / f".v3.zip{TEMP_MARKER}0123456789ab"
-    stale_zip.parent.mkdir()
-    stale_zip.write_bytes(b"PK")
-    visible = tmp_path / "B" / "not.flowprep-tmp-but-visible"  # not hidden: a user's file, kept
-    visible.write_bytes(b"")
-    removed = remove_stale_temps(tmp_path)
-    assert sorted(removed) == sorted([stale_dir, stale_zip])
-    assert not stale_dir.exists() and not stale_zip.exists()
-    assert keep.is_dir() and visible.exists()
-
-
 @pytest.mark.parametrize("pack", ["dir", "zip"])
 def test_meta_without_settings_is_an_error_naming_the_file(tmp_path, pack):
     with open_writer(tmp_path / "video", pack) as writer:
@@ -239,14 +222,31 @@ def test_zip_reader_checks_stored_members_and_reads_other_zips(tmp_path):
             reader.read(name)
 
 
-def test_remove_temps_of_removes_only_that_outputs_temporaries(tmp_path):
+def test_remove_temps_of_outputs_tells_names_and_forms_apart(tmp_path):
     mine = [tmp_path / f".v1{TEMP_MARKER}0123456789ab", tmp_path / f".v1.zip{TEMP_MARKER}0123456789ab"]
-    others = [tmp_path / f".v10{TEMP_MARKER}0123456789ab", tmp_path / "v1"]
+    others = [tmp_path / f".v10{TEMP_MARKER}0123456789ab", tmp_path / "v1",
+              tmp_path / "not.v1.flowprep-tmp-but-visible"]  # not hidden: a user's file, kept
     for path in mine[:1] + others:
         path.mkdir()
     mine[1].write_bytes(b"PK")
-    assert remove_temps_of(tmp_path / "v1") == [mine[0]]
-    assert remove_temps_of(tmp_path / "v1.zip") == [mine[1]]
+    assert remove_temps_of_outputs([tmp_path / "v1"]) == [mine[0]]
+    assert remove_temps_of_outputs([tmp_path / "v1.zip"]) == [mine[1]]
+    assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
+
+
+def test_remove_temps_of_outputs_removes_only_those_outputs_temporaries(tmp_path):
+    """Other shards' work in progress sits beside ours: only the temporaries of the outputs named go."""
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+    temp = temp_path(tmp_path / "A" / "v1")
+    assert temp.name.startswith(f".v1{TEMP_MARKER}") and f"-{os.getpid()}-" in temp.name  # names its owner
+    mine = [temp, tmp_path / "B" / f".v2.zip{TEMP_MARKER}host-1-0123abcd"]
+    others = [tmp_path / "A" / f".v10{TEMP_MARKER}host-2-0123abcd", tmp_path / "A" / f".v2.zip{TEMP_MARKER}h-3-01",
+              tmp_path / "B" / f".v1{TEMP_MARKER}host-4-0123abcd", tmp_path / "A" / "v1"]
+    for path in mine + others:
+        path.mkdir()
+    removed = remove_temps_of_outputs([tmp_path / "A" / "v1", tmp_path / "B" / "v2.zip", tmp_path / "C" / "v3"])
+    assert sorted(removed) == sorted(mine)
     assert not any(path.exists() for path in mine) and all(path.exists() for path in others)
 
 

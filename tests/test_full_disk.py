@@ -1,0 +1,102 @@
+"""Out of space and unwritable outputs, on real small tmpfs mounts: the run stops with one message and exit 3,
+keeps what was finished, and the rerun after freeing space completes the clean run's tree."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from batchdata import class_tree, clean_digest, output_digest, start_cli, temporaries, wait_for
+from conftest import run_cli
+
+from flowprep.store import finished_meta
+from flowprep.verify import verify_tree
+
+pytestmark = pytest.mark.slow
+ARGS = ("--algo", "dis", "-q")
+# One carphone clip's 238 flow JPEGs (DIS) take 0.96 MB on tmpfs as files (a page each), about 0.35 MB as a zip:
+# room for two or three of the eight outputs.
+DISK_SIZE = {"dir": "3m", "zip": "1m"}
+
+
+def _mount(point, *options: str) -> None:
+    point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A real small tmpfs, DISK_SIZE of the pack form the test asks for (default dir); unmounted afterwards."""
+    point = tmp_path / "disk"
+    _mount(point, "size=" + DISK_SIZE[getattr(request, "param", "dir")])
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=4)
+
+
+@pytest.fixture(scope="module")
+def clean(videos, tmp_path_factory):
+    return clean_digest(videos, tmp_path_factory.mktemp("clean"), *ARGS)
+
+
+@pytest.mark.parametrize("small_disk, extra", [("dir", ()), ("zip", ("--jobs", "2", "--pack", "zip"))],
+                         ids=["serial", "jobs2-zip"], indirect=["small_disk"])
+def test_a_full_disk_stops_the_run_and_the_rerun_completes_it(videos, clean, small_disk, extra):
+    out = small_disk / "flow"
+    result = run_cli("extract", str(videos), str(out), *ARGS, *extra)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    message = [line for line in result.stderr.splitlines() if line.startswith("flowprep: stopped")]
+    assert len(message) == 1, result.stderr
+    assert "No space left on device" in message[0] and f"File system: {small_disk} (" in message[0]
+    assert "rerun the same command to resume" in message[0]
+    assert temporaries(out) == []
+    finished = [job for job in (out / f"C{c}" / f"v{v}" for c in range(2) for v in range(4))
+                if finished_meta(job, "zip" if extra else "dir")]
+    assert 0 < len(finished) < 8 and f"{len(finished)} of 8 videos are finished" in message[0]
+    assert verify_tree(out).ok  # what is there is complete
+    if (out / "report.json").exists():  # written when the stop freed enough room, else said on stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["done"] == len(finished) and len(report["not_processed"]) == 8 - len(finished)
+    else:
+        assert "report.json could not be written" in result.stderr
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    result = run_cli("extract", str(videos), str(out), *ARGS, *extra)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean and temporaries(out) == []
+
+
+def test_a_read_only_output_is_a_usage_error_before_any_work(videos, tmp_path):
+    read_only = tmp_path / "ro"
+    _mount(read_only, "size=1m", "ro")
+    try:
+        for out in (read_only, read_only / "flow"):  # existing and unwritable; missing and not creatable
+            result = run_cli("extract", str(videos), str(out), *ARGS)
+            assert result.returncode == 2 and "Read-only file system" in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr and str(out) in result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(read_only)], check=False)
+
+
+def test_a_vanished_mount_stops_the_run(videos, clean, small_disk):
+    """The output's file system is unmounted mid-run (lazily, as a lost NFS server looks): the run stops at
+    once, and writes nothing beneath the bare mount point."""
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    out = small_disk / "flow"
+    process = start_cli("extract", str(videos), str(out), *ARGS)
+    wait_for(lambda: finished_meta(out / "C0" / "v0") or process.poll() is not None, 60, "a first finished video")
+    subprocess.run(["umount", "-l", str(small_disk)], check=True)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr and "flowprep: stopped" in stderr and "rerun the same command" in stderr
+    time.sleep(0.2)
+    assert list(small_disk.iterdir()) == []  # the bare mount point got nothing
