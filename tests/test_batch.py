@@ -187,7 +187,9 @@ def test_a_finished_video_whose_source_changed_is_reported_not_silently_kept(wha
     result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
     assert result.returncode == 0 and "KEPT" not in result.stderr, result.stderr
 
-    shutil.copyfile(CARPHONE, source)  # replaced by another video
+    shutil.copyfile(CARPHONE, source)  # replaced by another video, 5 s later (a fast machine copies within 1 s)
+    later = meta["source_file"]["mtime_ns"] + 5_000_000_000
+    os.utime(source, ns=(later, later))
     result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
     assert result.returncode == 0, result.stderr
     change = (f"{out / 'whale'}: its source {source} changed since it was extracted (use --overwrite to recompute): "

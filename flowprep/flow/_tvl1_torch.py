@@ -19,6 +19,7 @@ elsewhere (compiled into one kernel on CUDA). Pairs that have converged leave th
 """
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -194,7 +195,8 @@ def _solve_level(
     gamma = float(params["gamma"])
     median = int(params["median_filtering"])
     inner, outer = int(params["inner_iterations"]), int(params["outer_iterations"])
-    scaled_epsilon = float(params["epsilon"]) ** 2 * height * width
+    # OpenCV stops when sum |u_new - u|^2 <= epsilon^2 * pixels; compared here as the root of both sides.
+    stop_norm = float(params["epsilon"]) * math.sqrt(height * width)
 
     i1x, i1y = _centred_gradient(i1)
     to_warp = torch.cat([i1, i1x, i1y], 1)
@@ -216,11 +218,13 @@ def _solve_level(
         parts = [i1wx, i1wy] + ([torch.full_like(i1wx, gamma)] if channels == 3 else [])
         data_grad = torch.cat(parts, 1)  # d rho / d u per channel
         neg_inv_grad = torch.where(grad > _FLT_EPSILON, -1 / grad.clamp_min(_FLT_EPSILON), -_FLAT)
+        # -rho / |grad I1w|^2 = step_c + step_grad . u: scaled once per warp, not once per iteration.
+        step_c, step_grad = rho_c.mul_(neg_inv_grad), data_grad * neg_inv_grad
 
         # Per-pair stopping: a pair leaves the working set at the first convergence check after its sum of
         # |u_new - u|^2 fell to epsilon; between checks (GPU) its updates are discarded by a mask, so its result
         # is what OpenCV would give it alone, whichever pairs share its batch.
-        state = _WarpState(u, p, data_grad, rho_c, neg_inv_grad)
+        state = _WarpState(u, p, data_grad, step_c, step_grad)
         flags = None  # (B,) on the device: still iterating, known since the last check; None: every pair
         for it in range(outer * inner):
             if it and it % check_every == 0:
@@ -233,7 +237,7 @@ def _solve_level(
                 filtered = median_filter(flow, median)
                 flow.copy_(filtered if mask is None else torch.where(mask, filtered, flow))
             change = _iterate(state.work, None if mask is None else mask.to(u.dtype), l_t, tau, taut)
-            now = change > scaled_epsilon
+            now = change > stop_norm
             flags = now if flags is None else flags & now
         state.finish()
 
@@ -241,11 +245,11 @@ def _solve_level(
 class _WarpState:
     """The pairs of a batch still iterating in one warp; writes finished pairs back into u and p."""
 
-    def __init__(self, u: torch.Tensor, p: torch.Tensor, data_grad: torch.Tensor, rho_c: torch.Tensor,
-                 neg_inv_grad: torch.Tensor):
+    def __init__(self, u: torch.Tensor, p: torch.Tensor, data_grad: torch.Tensor, step_c: torch.Tensor,
+                 step_grad: torch.Tensor):
         self._u_all, self._p_all = u, p
         self.index = torch.arange(u.shape[0], device=u.device)
-        self.work = _WorkingSet(u, p, data_grad, rho_c, neg_inv_grad)  # in u and p themselves until a pair leaves
+        self.work = _WorkingSet(u, p, data_grad, step_c, step_grad)  # in u and p themselves until a pair leaves
         self._gathered = False
 
     def keep(self, still: list[bool]) -> bool:
@@ -258,7 +262,7 @@ class _WarpState:
             self._u_all[self.index[done]] = w.u[done]
             self._p_all[self.index[done]] = w.q[done]
         self.index, self._gathered = self.index[flags], True
-        self.work = _WorkingSet(w.u[flags], w.q[flags], w.data_grad[flags], w.rho_c[flags], w.neg_inv_grad[flags])
+        self.work = _WorkingSet(w.u[flags], w.q[flags], w.data_grad[flags], w.step_c[flags], w.step_grad[flags])
         return any(still)
 
     def finish(self) -> None:
@@ -272,18 +276,18 @@ class _WorkingSet:
     made once per working set (slicing a tensor costs microseconds, which add up at the coarse levels).
 
     u (B,C,H,W) flow (+ u3); q = theta * OpenCV's dual variables (B,2,C,H,W: x then y component); data_grad
-    (B,C,H,W) d rho / d u; rho_c, neg_inv_grad (B,1,H,W) the warp's constant part of rho and -1 / |grad I1w|^2.
+    (B,C,H,W) d rho / d u; step_c (B,1,H,W) and step_grad (B,C,H,W): -rho / |grad I1w|^2 = step_c + step_grad . u.
     """
 
-    def __init__(self, u: torch.Tensor, q: torch.Tensor, data_grad: torch.Tensor, rho_c: torch.Tensor,
-                 neg_inv_grad: torch.Tensor):
-        self.u, self.q, self.data_grad, self.rho_c, self.neg_inv_grad = u, q, data_grad, rho_c, neg_inv_grad
+    def __init__(self, u: torch.Tensor, q: torch.Tensor, data_grad: torch.Tensor, step_c: torch.Tensor,
+                 step_grad: torch.Tensor):
+        self.u, self.q, self.data_grad, self.step_c, self.step_grad = u, q, data_grad, step_c, step_grad
         channels = u.shape[1]
-        self.rho = torch.empty_like(rho_c)
+        self.step = torch.empty_like(step_c)
         self.delta = torch.empty_like(u)
         self.du = torch.zeros_like(q)  # the flow gradient; its last column (x) and last row (y) stay 0
         self.magnitude = torch.empty_like(u)
-        self.products = [(data_grad[:, c : c + 1], u[:, c : c + 1]) for c in range(channels)]
+        self.products = [(step_grad[:, c : c + 1], u[:, c : c + 1]) for c in range(channels)]
         self.qx, self.qy = q.unbind(1)
         self.delta_flat = self.delta.flatten(1)
         self.gx, self.gy = self.du.unbind(1)
@@ -296,15 +300,15 @@ class _WorkingSet:
 def _iterate(w: _WorkingSet, active: torch.Tensor | None, l_t: float, tau: float, taut: float) -> torch.Tensor:
     """One inner iteration (estimateV, divergence, estimateU, forwardGradient, estimateDualVariables), in place.
 
-    Updates w.u and w.q; returns sum |u_new - u|^2 per pair (B,). active: None, or (B,1,1,1) ones and zeros; a
-    pair with 0 keeps its u and q exactly (its steps are multiplied by 0).
+    Updates w.u and w.q; returns the root of sum |u_new - u|^2 per pair (B,). active: None, or (B,1,1,1) ones
+    and zeros; a pair with 0 keeps its u and q exactly (its steps are multiplied by 0).
     """
     # Thresholding step TH of the data term: OpenCV's three cases are the clamp of -rho / |grad I1w|^2.
-    (dg0, u0), *others = w.products
-    rho = torch.addcmul(w.rho_c, dg0, u0, out=w.rho)
-    for dg, uc in others:
-        rho.addcmul_(dg, uc)
-    step = rho.mul_(w.neg_inv_grad).clamp_(-l_t, l_t)
+    (sg0, u0), *others = w.products
+    step = torch.addcmul(w.step_c, sg0, u0, out=w.step)
+    for sg, uc in others:
+        step.addcmul_(sg, uc)
+    step.clamp_(-l_t, l_t)
 
     # u_new - u = step * d(rho)/du + theta * div p, with div p by backward differences (p = 0 outside).
     delta = torch.add(w.qx, w.qy, out=w.delta)
@@ -313,7 +317,7 @@ def _iterate(w: _WorkingSet, active: torch.Tensor | None, l_t: float, tau: float
     delta.addcmul_(w.data_grad, step)
     if active is not None:
         delta.mul_(active)
-    change = torch.linalg.vector_norm(w.delta_flat, dim=1).square_()
+    change = torch.linalg.vector_norm(w.delta_flat, dim=1)
     w.u.add_(delta)
 
     # Dual step: p = (p + taut grad u) / (1 + taut |grad u|), forward differences, 0 on the last column/row;
