@@ -92,7 +92,7 @@ def test_backward_files_are_named_counted_and_verified(translated_out):
     assert listed.returncode == 0 and listed.stdout == "Shift/moved 2 0\n", listed.stderr
     verified = run_cli("verify", str(translated_out), "--roundtrip", "2")
     assert verified.returncode == 0, verified.stdout
-    assert "2 pairs (forward and backward)" in verified.stdout and "backward mean" in verified.stdout
+    assert "2 pairs (forward and backward)" in verified.stdout and "backward worst pair mean" in verified.stdout
 
 
 def test_verify_counts_each_direction(translated_out, tmp_path):

@@ -215,9 +215,9 @@ def test_roundtrip_holds_each_pair_to_the_bound_not_their_average(tree: Path) ->
     check = check_video(out, roundtrip=4, seed=3)
     rt = check.roundtrip
     assert rt.pairs == [11, 20, 30, 37] and rt.mean < rt.bound.mean  # the average alone would pass
-    assert rt.failing() == [11] and not check.ok
+    assert [(direction, pair) for direction, pair, *_ in rt.failing()] == [("forward", 11)] and not check.ok
     assert check.problems == [f"{out}: round-trip error above the documented bound in pair 12 (flow_x_00012.jpg, "
-                              f"flow_y_00012.jpg): mean {rt.errors[0][0]:.4f} px (bound {rt.bound.mean:.4f}), "
-                              f"max {rt.errors[0][1]:.4f} px (bound {rt.bound.max:.4f})"]
+                              f"flow_y_00012.jpg): mean {rt.errors['forward'][0][0]:.4f} px (bound {rt.bound.mean:.4f}), "
+                              f"max {rt.errors['forward'][0][1]:.4f} px (bound {rt.bound.max:.4f})"]
     result = run_cli("verify", str(tree), "--roundtrip", "4", "--seed", "3")
     assert result.returncode == 1 and "in pair 12 (flow_x_00012.jpg" in result.stdout
