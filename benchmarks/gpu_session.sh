@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issue 10): run from the repository root on a machine with an NVIDIA GPU and a CUDA
-# build of torch, with ../shared/data beside the repository. Prints, in about 8 minutes on an H100-class GPU:
+# build of torch, with ../shared/data beside the repository. Prints, within its steps' time limits (9 minutes):
 #   1. the CUDA tests (CUDA flow against torch-cpu's, NVOF where installed);
 #   2. pairs/s of the torch TV-L1 at 340x256 and 1024x436 by batch size, and the EPE table (benchmarks/gpu.py);
 #   3. the same throughput with the solver as it was before issue 10 (commit 3dd0af4), when git history is here.
