@@ -12,8 +12,8 @@ choices where they differ from the paper:
 - median filter (BORDER_REPLICATE) of u1, u2 at the start of every outer iteration;
 - stop a warp once the sum over pixels of |u_new - u|^2 is at most epsilon^2 * pixels (per pyramid level).
 
-Speed: the inner iteration updates preallocated buffers in place (about 17 passes over memory, no allocation),
-in eager PyTorch: torch.compile of it was measured slower on CPU (docs/benchmarks.md). The median is cv2.medianBlur
+Speed: the inner iteration updates preallocated buffers in place (18 operations, no allocation),
+in eager PyTorch: torch.compile of it was measured slower on CPU (docs/gpu.md). The median is cv2.medianBlur
 on CPU tensors (sizes 3 and 5, the filter OpenCV's TV-L1 calls) and an exact min/max selection over shifted views
 elsewhere (compiled into one kernel on CUDA). Pairs that have converged leave the batch at the next convergence check.
 """
