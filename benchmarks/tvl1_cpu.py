@@ -94,18 +94,14 @@ def batch_rows(args: argparse.Namespace) -> list[str]:
     import cv2
     import torch
 
-    from flowprep.decode import open_reader
+    from flowprep.config import DecodeConfig, parse_size
+    from flowprep.decode import flow_frames, open_reader
     from flowprep.flow.torch_tvl1 import tvl1_flow
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    width, height = (int(v) for v in args.size.split("x"))
-    frames = []
-    with open_reader(VIDEOS / CLIPS[0], "pyav") as reader:
-        for _, rgb in reader.frames():
-            frames.append(cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (width, height)))
-            if len(frames) == 17:
-                break
+    with open_reader(VIDEOS / CLIPS[0], "pyav") as reader:  # the frames flowprep extract gives the flow
+        frames = [gray for _, (_, gray) in zip(range(17), flow_frames(reader, DecodeConfig(size=parse_size(args.size))))]
     stack = torch.from_numpy(np.stack(frames)).float()
     rows = []
     for batch in args.batch_sizes:

@@ -94,20 +94,19 @@ class TorchTVL1(FlowBackend):
             "median": median_method(torch.device(torch_device(device)), median) if median > 1 else "none",
             "iteration": "eager, in place",
             "batch_size": batch_size,
-            "torch_threads": torch.get_num_threads(),
+            # torch-cpu backends limit the process to one thread when created (__init__); cuda leaves it as it is.
+            "torch_threads": 1 if device == "torch-cpu" else torch.get_num_threads(),
         }
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.device == "torch-cpu":
-            # One thread per process, whatever --jobs says: a pair's tensors are too small for torch's threads
-            # to pay (they spin-wait: on busy cores a clip took many times the CPU time with 2 threads);
-            # --jobs N workers use N cores instead.
+            # One thread per process, whatever --jobs says: --jobs N workers use N cores instead.
             self.limit_threads()
 
     @classmethod
     def limit_threads(cls) -> None:
-        # torch's intra-op threads thrash when workers share cores (measured: 14x slower on 2 busy cores).
+        # A pair's tensors are too small for torch's intra-op threads to pay, and on shared cores they spin-wait.
         super().limit_threads()
         require("torch", "torch", _PURPOSE).set_num_threads(1)
 
