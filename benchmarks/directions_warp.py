@@ -39,6 +39,7 @@ from flowprep.decode import flow_frames, open_reader  # noqa: E402
 from flowprep.flow.pairs import flow_stream  # noqa: E402
 from flowprep.flow.warp import Warper  # noqa: E402
 from flowprep.testing import camera_motion_scene  # noqa: E402
+from flowprep.visualize import magnitude  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 VIDEOS = DATA / "videos"
@@ -48,10 +49,6 @@ SINTEL = DATA / "flow_gt" / "sintel" / "training"
 
 def gray(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2GRAY)
-
-
-def magnitude(flow: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(flow, axis=-1)
 
 
 def cost(video: Path, algo: str, fps: float, size: tuple[int, int], repeat: int) -> None:

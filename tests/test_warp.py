@@ -20,13 +20,10 @@ from flowprep.flow.pairs import flow_stream
 from flowprep.flow.warp import DETECTORS, Warper, WarpSettings, warped_flow
 from flowprep.store import finished_meta
 from flowprep.testing import camera_motion_scene
+from flowprep.visualize import magnitude
 from flowprep.verify import check_video
 
 INTERIOR = (slice(10, -10), slice(10, -10))
-
-
-def magnitude(flow: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(flow, axis=-1)
 
 
 def camera(width: int, height: int, scale: float = 1.03, degrees: float = 0.5, pan: tuple[float, float] = (3, -2)
