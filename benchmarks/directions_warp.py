@@ -38,7 +38,7 @@ from flowprep.config import parse_size  # noqa: E402
 from flowprep.decode import flow_frames, open_reader  # noqa: E402
 from flowprep.flow.pairs import flow_stream  # noqa: E402
 from flowprep.flow.warp import Warper  # noqa: E402
-from flowprep.testing import camera_motion_scene  # noqa: E402
+from flowprep.testing import camera_homography, camera_motion_scene  # noqa: E402
 from flowprep.visualize import magnitude  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -83,9 +83,7 @@ def scene_numbers(algo: str) -> None:
     patch = cv2.resize(gray(SINTEL / "final" / "alley_1" / "frame_0002.png")[100:300, 400:600], (48, 48),
                        interpolation=cv2.INTER_AREA)
     height, width = background.shape
-    centre = np.array([[1, 0, -width / 2], [0, 1, -height / 2], [0, 0, 1]])
-    c, s = 1.03 * np.cos(np.deg2rad(0.5)), 1.03 * np.sin(np.deg2rad(0.5))
-    camera = np.linalg.inv(centre) @ np.array([[c, -s, 3], [s, c, -2], [0, 0, 1]]) @ centre
+    camera = camera_homography(width, height, scale=1.03, degrees=0.5, pan=(3, -2))
     backend = create_backend(FlowConfig(algo))
     for name, h in (("camera moves", camera), ("camera still", np.eye(3))):
         scene = camera_motion_scene(background, h, patch, position=(120, 70), shift=(6, 3))

@@ -4,7 +4,8 @@
     assert_roundtrip(my_flow, bound=20, jpeg_quality=95)   # my settings keep my flow within the bound
     assert_output_valid("flow/")                           # every video of my tree is complete
 
-camera_motion_scene builds a pair with a known camera homography and a moving object, to test warped flow.
+camera_motion_scene builds a pair with a known camera homography (camera_homography: zoom, roll, pan) and a
+moving object, to test warped flow.
 
 Failures raise AssertionError with the numbers and paths, so they read well under pytest or unittest.
 """
@@ -81,6 +82,16 @@ def homography_flow(h: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     points = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ np.asarray(h, np.float64).T
     return np.dstack([points[..., 0] / points[..., 2] - xs, points[..., 1] / points[..., 2] - ys]).astype(np.float32)
+
+
+
+def camera_homography(width: int, height: int, scale: float = 1.03, degrees: float = 0.5,
+                      pan: tuple[float, float] = (3, -2)) -> np.ndarray:
+    """3x3 float64 homography of a camera that zooms by `scale` and rolls by `degrees` about the centre of a
+    `width` x `height` image, then pans by `pan` (x, y pixels); the defaults are a small, typical hand-held move."""
+    centre = np.array([[1, 0, -width / 2], [0, 1, -height / 2], [0, 0, 1]])
+    c, s = scale * np.cos(np.deg2rad(degrees)), scale * np.sin(np.deg2rad(degrees))
+    return np.linalg.inv(centre) @ np.array([[c, -s, pan[0]], [s, c, pan[1]], [0, 0, 1]]) @ centre
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,11 @@ from flowprep.flow import create_backend
 from flowprep.flow.pairs import flow_stream
 from flowprep.flow.warp import DETECTORS, Warper, WarpSettings, warped_flow
 from flowprep.store import finished_meta
-from flowprep.testing import camera_motion_scene
+from flowprep.testing import camera_homography as camera, camera_motion_scene
 from flowprep.visualize import magnitude
 from flowprep.verify import check_video
 
 INTERIOR = (slice(10, -10), slice(10, -10))
-
-
-def camera(width: int, height: int, scale: float = 1.03, degrees: float = 0.5, pan: tuple[float, float] = (3, -2)
-           ) -> np.ndarray:
-    """A zoom by `scale` and a rotation about the image centre, then a pan (pixels): a 3x3 homography."""
-    centre = np.array([[1, 0, -width / 2], [0, 1, -height / 2], [0, 0, 1]])
-    c, s = scale * np.cos(np.deg2rad(degrees)), scale * np.sin(np.deg2rad(degrees))
-    return np.linalg.inv(centre) @ np.array([[c, -s, pan[0]], [s, c, pan[1]], [0, 0, 1]]) @ centre
 
 
 @pytest.fixture(scope="module")
