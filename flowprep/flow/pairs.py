@@ -73,10 +73,10 @@ def window_flows(
 ) -> list[tuple[np.ndarray, ...]]:
     """(n+1)xHxW uint8 consecutive frames -> n tuples of float32 HxWx2 flows, one per direction, in one
     compute_batch call (and one more for the warped pairs)."""
+    earlier, later = list(window[:-1]), list(window[1:])
     firsts: list[np.ndarray] = []
     seconds: list[np.ndarray] = []
     for direction in directions:
-        earlier, later = list(window[:-1]), list(window[1:])
         firsts += earlier if direction == "forward" else later
         seconds += later if direction == "forward" else earlier
     flows = backend.compute_batch(firsts, seconds)
