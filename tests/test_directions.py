@@ -20,6 +20,7 @@ from flowprep.flow import create_backend
 from flowprep.flow.pairs import flow_stream
 from flowprep.flow.torch_tvl1 import TorchTVL1
 from flowprep.store import open_output
+from flowprep.visualize import preview_sheet
 
 SHIFT = (1.4, -0.6)  # pixels per frame, (x, y): sub-pixel, so nothing lands on the pixel grid
 
@@ -186,7 +187,11 @@ def test_xy0_layout_and_rgb_frames_with_both_directions(carphone_both):
 def test_show_renders_the_backward_flow(carphone_both, tmp_path):
     result = run_cli("show", str(carphone_both), "--out", str(tmp_path / "back.png"), "--direction", "backward")
     assert result.returncode == 0, result.stderr
-    assert cv2.imread(str(tmp_path / "back.png")) is not None
+    shown = cv2.cvtColor(cv2.imread(str(tmp_path / "back.png")), cv2.COLOR_BGR2RGB)
+    with open_output(carphone_both) as reader:
+        middle = reader.meta()["flow_pairs"] // 2
+        backward, forward = (preview_sheet(reader, middle, direction=d) for d in ("backward", "forward"))
+    assert np.array_equal(shown, backward) and shown.shape == forward.shape and not np.array_equal(shown, forward)
 
 
 def test_show_names_a_direction_that_is_not_stored(translated_out, tmp_path):
