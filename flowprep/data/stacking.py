@@ -16,7 +16,6 @@ JPEGs decode with OpenCV, each distinct file of an item once, straight into one 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -220,9 +219,6 @@ def rgb_values(frames: torch.Tensor, output: str) -> torch.Tensor:
 def read_flow_codes(reader: OutputReader, video: VideoOutput, indices: np.ndarray, direction: str = "forward"
                     ) -> np.ndarray:
     """uint8 codes (K, 2L, H, W) of the 1-based fields `indices` (K, L) of `direction`, x/y interleaved."""
-    naming = video.naming
-    if direction != "forward":  # the same reader, with the direction's names (Naming.template)
-        naming = dataclasses.replace(naming, flow_template=naming.template(direction))
     codes = np.empty(0, np.uint8)
     first = 0
     placed: dict[int, tuple[int, int]] = {}  # field number -> (row, channel) where it was first put
@@ -232,7 +228,7 @@ def read_flow_codes(reader: OutputReader, video: VideoOutput, indices: np.ndarra
                 earlier_row, earlier_channel = placed[number]
                 codes[row, channel:channel + 2] = codes[earlier_row, earlier_channel:earlier_channel + 2]
                 continue
-            x, y = read_flow_pair(reader, naming, number - 1)
+            x, y = read_flow_pair(reader, video.naming, number - 1, direction)
             if not placed:
                 codes, first = np.empty((indices.shape[0], 2 * indices.shape[1], *x.shape), np.uint8), number
             else:
