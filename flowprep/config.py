@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from string import Formatter
 from typing import Any
@@ -115,13 +116,9 @@ class StoreConfig:
             raise ConfigError(f"pack must be one of {', '.join(PACKS)}; got {self.pack!r}")
         if self.start_index < 0:
             raise ConfigError(f"start_index must be >= 0, got {self.start_index!r}")
-        object.__setattr__(self, "directions", tuple(self.directions))
-        if not self.directions or any(d not in DIRECTIONS for d in self.directions) or len(set(self.directions)) != len(
-            self.directions
-        ):
-            raise ConfigError(f"directions must be one or both of {', '.join(DIRECTIONS)}; got {self.directions!r}")
+        asked = check_directions(self.directions)
         # One order, whatever order they were asked in: the files do not depend on it, and resume compares them.
-        object.__setattr__(self, "directions", tuple(d for d in DIRECTIONS if d in self.directions))
+        object.__setattr__(self, "directions", tuple(d for d in DIRECTIONS if d in asked))
         _check_template("flow_template", self.resolved_flow_template, _TEMPLATE_FIELDS[self.layout])
         _check_template("backward_template", self.resolved_backward_template, _TEMPLATE_FIELDS[self.layout])
         if self.resolved_backward_template == self.resolved_flow_template:
@@ -135,6 +132,14 @@ class StoreConfig:
     @property
     def resolved_backward_template(self) -> str:
         return self.backward_template or DEFAULT_BACKWARD_TEMPLATES[self.layout]
+
+
+def check_directions(directions: Iterable[str]) -> tuple[str, ...]:
+    """`directions` as a tuple, in the order given; ConfigError unless they are one or both of DIRECTIONS, once."""
+    asked = tuple(directions)
+    if not asked or any(d not in DIRECTIONS for d in asked) or len(set(asked)) != len(asked):
+        raise ConfigError(f"directions must be one or both of {', '.join(DIRECTIONS)}; got {asked!r}")
+    return asked
 
 
 def _check_template(name: str, template: str, fields: int) -> None:

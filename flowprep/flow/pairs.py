@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import DIRECTIONS
+from ..config import check_directions
 from .base import FlowBackend
 from .prefetch import prefetch
 
@@ -44,10 +44,7 @@ def flow_stream(
     backend gets batch_size flows per launch (batch_size // len(directions) pairs, every direction together);
     the others compute pair by pair, frames pulled one at a time.
     """
-    directions = tuple(directions)
-    unknown = [d for d in directions if d not in DIRECTIONS]
-    if unknown or not directions:
-        raise ValueError(f"directions must be one or more of {', '.join(DIRECTIONS)}, got {directions!r}")
+    directions = check_directions(directions)
     if directions == ("forward",) and warp is None and not backend.batched:
         # The backend's own stream: NVOF, say, uploads each frame once.
         with closing(backend.compute_stream(frames)) as flows:
