@@ -348,44 +348,17 @@ def test_sequence_sampler_reads_the_fps_recorded_in_meta_json(tmp_path):
     assert dataset.frame_indices(0)[:, 0].tolist() == [1, 6]
 
 
-def add_backward_flow(tree: Path) -> None:
-    """Give every video of a flowprep tree (with RGB frames) backward flow, frame k+1 -> k, as the extraction's
-    backward writer does: DIS on its RGB frames, names Naming.pair_names(k, 'backward'), meta.json's settings
-    listing the direction."""
-    import json
-
-    from flowprep.config import FlowConfig
-    from flowprep.flow import create_backend
-    from flowprep.quantize import quantize
-    from flowprep.store import encode_flow_codes
-
-    backend = create_backend(FlowConfig(algo="dis"))
-    for meta_path in tree.rglob("meta.json"):
-        meta = json.loads(meta_path.read_text())
-        naming = Naming.from_meta(meta)
-        frames = [cv2.imread(str(meta_path.parent / naming.img(k)), cv2.IMREAD_GRAYSCALE)
-                  for k in range(meta["flow_pairs"] + 1)]
-        for k in range(meta["flow_pairs"]):
-            codes = quantize(backend.compute(frames[k + 1], frames[k]), meta["settings"]["bound"])
-            for name, data in zip(naming.pair_names(k, "backward"),
-                                  encode_flow_codes(codes, naming.layout, meta["settings"]["jpeg_quality"])):
-                (meta_path.parent / name).write_bytes(data)
-        meta["settings"] |= {"directions": ["forward", "backward"], "backward_template": naming.backward_template}
-        meta_path.write_text(json.dumps(meta))
-
-
 @pytest.mark.slow
 def test_every_paper_configuration_of_the_docs_loads_from_a_real_tree(carphone, tmp_path):
     """docs/dataset.md's table, as a new user would run it, on the sample clip extracted for real."""
-    import shutil
-
     from flowprep.data import FusionSampler
     from flowprep.data.transforms import MultiScaleCrop
     from flowprep.nn import adapt_first_conv
 
-    tree = tmp_path / "flow"
-    shutil.copytree(carphone["dir"], tree)
-    add_backward_flow(tree)
+    tree = tmp_path / "flow"  # backward flow too, for the bidirectional stacking
+    result = run_cli("extract", str(carphone["videos"]), str(tree), "--algo", "dis", "--rgb", "--direction", "both",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
     crop = Compose([MultiScaleCrop(112), FlowHorizontalFlip(0.5)])
     configurations = {  # name -> (dataset, expected stack shape of item 0)
         "two-stream L=1": (FlowStackDataset(tree, length=1, mean_subtract=True, seed=0), (2, 144, 176)),
