@@ -26,7 +26,7 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of, source_stamp
-from .store import (PACK_SUFFIX, inspect_output, other_pack, output_path, recorded_settings, remove_temps_of_outputs,
+from .store import (inspect_output, other_pack, output_name, output_path, recorded_settings, remove_temps_of_outputs,
                     write_file_atomic)
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -446,11 +446,10 @@ def run_batch(
         raise ConfigError(f"cannot create the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
     jobs = select_shard(jobs, out_root, shard)
     failures_name, report_name = record_names(shard)
-    suffix = PACK_SUFFIX if config.store.pack == "zip" else ""
 
     def own() -> Iterator[str]:
         """The outputs whose temporaries this run may remove: its videos' (in its pack form) and its records."""
-        yield from (job.output + suffix for job in jobs)
+        yield from (output_name(job.output, config.store.pack) for job in jobs)
         yield from (str(out_root / failures_name), str(out_root / report_name))
     with _exclusive(out_root, shard):
         # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
@@ -555,11 +554,10 @@ def _exclusive(out_root: Path, shard: Shard) -> Iterator[None]:
 
 def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJob], list[VideoResult]]:
     """Videos whose outputs would land on the same path (a.mp4 and a.avi) fail instead of overwriting."""
-    suffix = PACK_SUFFIX if pack == "zip" else ""
-    counts = Counter(job.output + suffix for job in jobs)
+    counts = Counter(output_name(job.output, pack) for job in jobs)
     runnable, failed = [], []
     for job in jobs:
-        if counts[job.output + suffix] > 1:
+        if counts[output_name(job.output, pack)] > 1:
             failed.append(VideoResult(job.source, job.output, "failed",
                                       reason=f"{job.source}: another input video maps to the same output {job.output}"))
         else:

@@ -155,6 +155,11 @@ def output_path(base: str | os.PathLike, pack: str) -> Path:
     return base.with_name(base.name + PACK_SUFFIX) if pack == "zip" else base
 
 
+def output_name(base: str, pack: str) -> str:
+    """output_path(base, pack) as a string, for `base` as discover writes it: no Path built (a million jobs)."""
+    return base + PACK_SUFFIX if pack == "zip" else base
+
+
 def other_pack(pack: str) -> str:
     """The other output form: 'zip' for 'dir' and 'dir' for 'zip'."""
     return "dir" if pack == "zip" else "zip"
