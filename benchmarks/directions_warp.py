@@ -91,8 +91,7 @@ def scene_numbers(algo: str) -> None:
         plain = backend.compute(scene.first, scene.second)
         warped = warper.rewarp(backend, [scene.first], [scene.second], [plain])[0]
         obj = scene.object_mask
-        back = ~cv2.dilate(obj.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
-        back[:10], back[-10:], back[:, :10], back[:, -10:] = False, False, False, False
+        back = scene.background_mask()
         plain_bg, warped_bg = magnitude(plain)[back].mean(), magnitude(warped)[back].mean()
         relative, kept = magnitude(scene.relative_flow)[obj].mean(), magnitude(warped)[obj].mean()
         print(f"2. scene, {algo}, {name}: background mean |flow| plain {plain_bg:.3f} px, warped {warped_bg:.3f} px "

@@ -105,6 +105,15 @@ class CameraMotionScene:
     object_flow: np.ndarray  # float32 HxWx2: the object's flow (its shift) where object_mask, 0 elsewhere
     relative_flow: np.ndarray  # float32 HxWx2: the object's flow with the camera's motion removed, H^-1(x + s) - x
 
+    def background_mask(self, clearance: int = 7, border: int = 10) -> np.ndarray:
+        """Bool HxW: the pixels more than `clearance` px (chessboard distance) from the object and at least
+        `border` px inside the frame, where the flow is the camera's alone."""
+        size = 2 * clearance + 1
+        mask = ~cv2.dilate(self.object_mask.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+        mask[:border], mask[mask.shape[0] - border:], mask[:, :border], mask[:, mask.shape[1] - border:] = (
+            False, False, False, False)
+        return mask
+
 
 def camera_motion_scene(background: np.ndarray, h: np.ndarray, patch: np.ndarray | None = None,
                         position: tuple[int, int] = (0, 0), shift: tuple[int, int] = (0, 0)) -> CameraMotionScene:
