@@ -4,7 +4,7 @@ Copies the real carphone clip (../shared/data, 176x144, 120 frames: 119 pairs, 2
 runs flowprep.batch.run_batch in this process (one worker, one OpenCV thread) into a folder on the disk under
 test, fsync on and off in turn, REPEATS times each. fsync waits for the disk, not the CPU, so this prints wall
 time (median of the repeats) beside CPU time; on a shared machine the wall times drift, hence the alternation
-and medians. DIS is the fastest flow and so the worst case for the share of fsync; TV-L1 is about 20x slower.
+and medians. DIS is the fastest flow and so the worst case for the share of fsync (try --algo tvl1).
 
     python benchmarks/durability.py [--dir /path/on/the/disk] [--videos 8] [--repeats 3] [--algo dis] [--pack dir]
 """
@@ -52,7 +52,7 @@ def main() -> None:
                 times[fsync].append((time.perf_counter() - wall, time.process_time() - cpu))
                 assert report.done == args.videos, report.summary()
                 shutil.rmtree(out)
-        files = 2 * 119 + 1
+        files = 2 * report.pairs // args.videos + 1  # x and y per pair, and meta.json
         print(f"{args.videos} carphone copies ({files} files each, --pack {args.pack}), --algo {args.algo}, one "
               f"worker, {args.repeats} runs each, folder {work.parent}:")
         for fsync in (True, False):
