@@ -155,11 +155,12 @@ def print_table(title: str, seconds: dict[str, tuple[float, float]], items: int,
         print(line)
 
 
-def extract_trees(video: Path, work: Path, size: str, rgb: bool = False) -> dict[str, Path]:
-    """The video extracted with DIS at `size` (WxH) as a directory tree and a zip-pack tree under `work`, as
-    Sample/<stem>, once (later runs reuse them); with `rgb`, RGB frames too. Returns {pack: tree root}."""
+def extract_trees(video: Path, work: Path, size: str, rgb: bool = False, packs: tuple[str, ...] = ("dir", "zip")
+                  ) -> dict[str, Path]:
+    """The video extracted with DIS at `size` (WxH) as one tree per pack in `packs` (directory, zip) under `work`,
+    as Sample/<stem>, once (later runs reuse them); with `rgb`, RGB frames too. Returns {pack: tree root}."""
     trees = {}
-    for pack in ("dir", "zip"):
+    for pack in packs:
         trees[pack] = work / f"{size}-{pack}{'-rgb' if rgb else ''}"
         base = trees[pack] / "Sample" / video.stem
         if finished_meta(base, pack) is None:

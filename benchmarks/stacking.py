@@ -26,7 +26,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    tree = extract_trees(args.video, args.work, args.size, rgb=True)["dir"]
+    # One pack: loader.py compares directory and zip reads; stackings read either the same way.
+    tree = extract_trees(args.video, args.work, args.size, rgb=True, packs=("dir",))["dir"]
     video = describe_output(tree / "Sample" / args.video.stem)
     flow_entries = [Annotation(f"Sample/{args.video.stem}", video.flow_pairs, 0)] * args.items
     rgb_entries = [Annotation(f"Sample/{args.video.stem}", video.rgb_frames, 0)] * args.items
