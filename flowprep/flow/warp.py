@@ -98,7 +98,8 @@ class Warper:
         else:
             self._detector, norm = cv2.ORB_create(nfeatures=1000), cv2.NORM_HAMMING
         self._matcher = cv2.BFMatcher(norm)
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        # Per frame: keypoint positions, their descriptors, and the frame's corners (None with max_corners 0).
+        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = OrderedDict()
         self._cache_frames = cache_frames
 
     def homography(self, first: np.ndarray, second: np.ndarray, flow: np.ndarray
@@ -107,9 +108,8 @@ class Warper:
         for the identity (too few matches or inliers); gray uint8 HxW frames, float32 HxWx2 flow first -> second."""
         s = self.settings
         src, dst = self._descriptor_matches(first, second)
-        corners = cv2.goodFeaturesToTrack(first, s.max_corners, 0.001, 3) if s.max_corners else None
+        corners = self._features(first)[2]
         if corners is not None:
-            corners = corners.reshape(-1, 2)
             cols, rows = corners[:, 0].astype(np.intp), corners[:, 1].astype(np.intp)
             src, dst = np.vstack([src, corners]), np.vstack([dst, corners + flow[rows, cols]])
         # Sorted: RANSAC's samples then depend on the matches only, not on the order detectors return them in.
@@ -160,7 +160,7 @@ class Warper:
 
     def _descriptor_matches(self, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Float32 Nx2 points of `first` and their matches in `second` (ratio test)."""
-        (points1, desc1), (points2, desc2) = self._features(first), self._features(second)
+        (points1, desc1, _), (points2, desc2, _) = self._features(first), self._features(second)
         pairs = []
         if desc1 is not None and desc2 is not None and len(desc2) >= 2:
             for candidates in self._matcher.knnMatch(desc1, desc2, k=2):
@@ -169,13 +169,19 @@ class Warper:
         index = np.array(pairs, np.intp).reshape(-1, 2)
         return points1[index[:, 0]], points2[index[:, 1]]
 
-    def _features(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _features(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(float32 Nx2 keypoints, their descriptors, float32 Mx2 corners or None) of a frame, each computed once
+        while the frame is among the recent ones (a frame is the first of two pairs with both directions)."""
         key = (frame.shape, frame.tobytes())
         found = self._cache.get(key)
         if found is None:
             keypoints, descriptors = self._detector.detectAndCompute(frame, None)
             points = np.array(cv2.KeyPoint_convert(keypoints), np.float32).reshape(-1, 2)
-            found = self._cache[key] = (points, descriptors)
+            corners = None
+            if self.settings.max_corners:
+                corners = cv2.goodFeaturesToTrack(frame, self.settings.max_corners, 0.001, 3)
+                corners = None if corners is None else corners.reshape(-1, 2)
+            found = self._cache[key] = (points, descriptors, corners)
             while len(self._cache) > self._cache_frames:
                 self._cache.popitem(last=False)
         else:
