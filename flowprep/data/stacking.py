@@ -33,7 +33,8 @@ OUTPUTS = ("pixels", "unit", "uint8")
 
 
 class Stacking(ABC):
-    """What is read at each moment: `read` turns (K, L) unit numbers into a (K, channels(L), H, W) tensor."""
+    """What is read at each moment: `read` turns (K, L) unit numbers into a (K, C, H, W) tensor,
+    C = 2L for flow stackings, 3L for RGB ones."""
 
     modality = "flow"  # the annotation-list count it is checked against: flow pairs or RGB frames
     is_flow = True  # values are displacements (x at even channels): mean subtraction and flow flips apply
@@ -42,9 +43,6 @@ class Stacking(ABC):
     def units(self, video: VideoOutput) -> int:
         """How many units the video has to sample from (flow fields here)."""
         return video.flow_pairs
-
-    def channels(self, length: int) -> int:
-        return 2 * length
 
     def check(self, video: VideoOutput, length: int) -> None:
         """OutputError naming the video when it lacks what this stacking reads."""
@@ -59,7 +57,7 @@ class Stacking(ABC):
 
     @abstractmethod
     def read(self, reader: OutputReader, video: VideoOutput, indices: np.ndarray, output: str) -> torch.Tensor:
-        """(K, channels(L), H, W) tensor of the 1-based unit numbers `indices` (K, L), as `output` values."""
+        """(K, C, H, W) tensor of the 1-based unit numbers `indices` (K, L), as `output` values."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +117,6 @@ class BidirectionalStacking(Stacking):
 class _RGBBase(Stacking):
     modality = "rgb"
     is_flow = False
-
-    def channels(self, length: int) -> int:
-        return 3 * length
 
     def check(self, video: VideoOutput, length: int) -> None:
         if self.units(video) < 1:
