@@ -315,6 +315,7 @@ def test_every_sampler_gives_the_same_items_with_0_and_2_workers(tmp_path, sampl
     dataset = FlowStackDataset(tmp_path, length=4, segments=segments, sampling=sampling, seed=8,
                                transform=Compose([RandomCrop(6), FlowHorizontalFlip(0.5)]))
     batches = [list(DataLoader(dataset, batch_size=2, num_workers=workers)) for workers in (0, 2)]
+    assert len(batches[0]) == len(batches[1]) == 2  # zip below must compare every batch
     for (flow0, label0), (flow2, label2) in zip(*batches):
         assert torch.equal(flow0, flow2) and torch.equal(label0, label2)
     draws = {tuple(dataset.frame_indices(i).ravel()) for i in range(4)}
