@@ -15,6 +15,7 @@ import zipfile
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
 from conftest import REPO, VIDEOS, checkout_env, run_cli
 
 from flowprep.store import finished_meta
@@ -130,6 +131,21 @@ def clean_digest(videos: Path, out: Path, *args: str) -> dict[str, str]:
     result = run_cli("extract", str(videos), str(out), *args)
     assert result.returncode == 0, result.stderr
     return output_digest(out)
+
+
+def tree_and_clean_run(classes: int, per_class: int, *args: str):
+    """Module fixtures `videos` (class_tree of `classes` x `per_class` carphone copies) and `clean` (its
+    clean_digest with ARGS): `videos, clean = tree_and_clean_run(...)` in the test module."""
+
+    @pytest.fixture(scope="module")
+    def videos(tmp_path_factory):
+        return class_tree(tmp_path_factory.mktemp("videos"), classes=classes, per_class=per_class)
+
+    @pytest.fixture(scope="module")
+    def clean(videos, tmp_path_factory):
+        return clean_digest(videos, tmp_path_factory.mktemp("clean"), *args)
+
+    return videos, clean
 
 
 def temporaries(root: Path) -> list[Path]:

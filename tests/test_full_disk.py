@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from batchdata import class_tree, clean_digest, output_digest, start_cli, temporaries, wait_for
+from batchdata import output_digest, start_cli, temporaries, tree_and_clean_run, wait_for
 from conftest import run_cli
 
 from flowprep.store import finished_meta
@@ -37,14 +37,7 @@ def small_disk(tmp_path, request):
     subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    return class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=4)
-
-
-@pytest.fixture(scope="module")
-def clean(videos, tmp_path_factory):
-    return clean_digest(videos, tmp_path_factory.mktemp("clean"), *ARGS)
+videos, clean = tree_and_clean_run(2, 4, *ARGS)  # 8 carphone copies in 2 class folders, and their clean run
 
 
 @pytest.mark.parametrize("small_disk, extra", [("dir", ()), ("zip", ("--jobs", "2", "--pack", "zip"))],

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from batchdata import class_tree, clean_digest, kill_group, output_digest, start_cli, temporaries, wait_for
+from batchdata import kill_group, output_digest, start_cli, temporaries, tree_and_clean_run, wait_for
 from conftest import REPO, checkout_env, run_cli
 
 from flowprep.batch import Shard, discover, parse_shard, select_shard
@@ -75,15 +75,7 @@ def test_a_bad_shard_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and "shard must be K/N with 1 <= K <= N, got 4/3" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    """12 copies of a real clip in 3 class folders (~0.4 s each with DIS)."""
-    return class_tree(tmp_path_factory.mktemp("videos"), classes=3, per_class=4)
-
-
-@pytest.fixture(scope="module")
-def clean(videos, tmp_path_factory):
-    return clean_digest(videos, tmp_path_factory.mktemp("clean"), *ARGS)
+videos, clean = tree_and_clean_run(3, 4, *ARGS)  # 12 copies of a real clip in 3 class folders (~0.4 s each with DIS)
 
 
 @pytest.mark.slow
