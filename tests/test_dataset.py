@@ -322,6 +322,28 @@ def test_every_sampler_gives_the_same_items_with_0_and_2_workers(tmp_path, sampl
     assert len(draws) > 1  # the items are random draws, not one item four times
 
 
+def opencv_threads(stack: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([cv2.getNumThreads(), torch.get_num_threads()])
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_dataloader_workers_read_with_one_opencv_thread_as_with_one_torch_thread(tmp_path, start):
+    # The trajectory's remaps run on OpenCV's threads: N workers each using every core would oversubscribe.
+    # Spawned workers are told to use one; forked ones must not be (setNumThreads hangs on the parent's pool,
+    # started here by the remaps of dataset[0]), and OpenCV runs on the calling thread in them anyway.
+    write_video(tmp_path / "A" / "v", 12)
+    dataset = FlowStackDataset(tmp_path, length=4, stacking="trajectory", transform=opencv_threads)
+    main = cv2.getNumThreads()
+    cv2.setNumThreads(2)  # what the workers inherit, whatever this machine's core count
+    try:
+        assert dataset[0][0].tolist() == [2, torch.get_num_threads()]
+        (threads, _), = DataLoader(dataset, num_workers=1, multiprocessing_context=start, timeout=60)
+        assert threads.tolist() == [[2 if start == "fork" else 1, 1]]
+        assert dataset[0][0].tolist() == [2, torch.get_num_threads()]  # the main process keeps its setting
+    finally:
+        cv2.setNumThreads(main)
+
+
 def test_explicit_segments_are_read_in_test_mode_and_25_is_the_default(tmp_path):
     write_video(tmp_path / "A" / "v", 30)
     one, _ = FlowStackDataset(tmp_path, length=5, segments=1, mode="test")[0]

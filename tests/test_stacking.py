@@ -11,7 +11,7 @@ from fake_trees import constant_codes, write_foreign_video, write_video, x_code,
 
 from flowprep.annotations import Annotation
 from flowprep.config import FlowConfig
-from flowprep.data import FlowStackDataset
+from flowprep.data import FlowStackDataset, stacking
 from flowprep.errors import ConfigError, OutputError
 from flowprep.flow import create_backend
 from flowprep.quantize import dequantize, quantize
@@ -59,6 +59,17 @@ def translating_frames(count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(big[20 - k:20 - k + 110, 30 - 2 * k:30 - 2 * k + 150]) for k in range(count)]
 
 
+@pytest.fixture(params=["remap", "grid_sample"])
+def kernel(request, monkeypatch) -> str:
+    """Runs a trajectory test with each kernel: OpenCV's remap (CPU, OpenCV >= 4.11) and torch's grid_sample
+    (other devices, older OpenCV), both checked against the float64 reference."""
+    if request.param == "remap" and not stacking._remap_interpolates_in_float():
+        pytest.skip(f"OpenCV {cv2.__version__} remaps with 1/32 px positions: the grid_sample kernel is used")
+    if request.param == "grid_sample":
+        monkeypatch.setattr(stacking, "_remap_interpolates_in_float", lambda: False)
+    return request.param
+
+
 def stacks(root, length: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """(plain, trajectory) float pixel stacks (L, 2, H, W) of item 0, TSN val sampling."""
     plain, _ = FlowStackDataset(root, length=length, mode="val", **kwargs)[0]
@@ -66,7 +77,7 @@ def stacks(root, length: int, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     return plain.unflatten(0, (length, 2)), trajectory.unflatten(0, (length, 2))
 
 
-def test_trajectory_on_a_known_zoom_grows_by_1_03_per_field(tmp_path):
+def test_trajectory_on_a_known_zoom_grows_by_1_03_per_field(tmp_path, kernel):
     # Zoom by 3% per frame about the centre c: every field is d(p) = 0.03 (p - c). Along a trajectory
     # p_k - c = 1.03^k (p - c), so the trajectory's k-th field is 1.03^k times the plain one.
     width, height, length = 64, 48, 10
@@ -83,7 +94,7 @@ def test_trajectory_on_a_known_zoom_grows_by_1_03_per_field(tmp_path):
     assert np.abs(trajectory[9].numpy() - plain[9].numpy())[:, inside].max() > 0.15
 
 
-def test_trajectory_on_real_zoom_flow_matches_the_reference(tmp_path):
+def test_trajectory_on_real_zoom_flow_matches_the_reference(tmp_path, kernel):
     base = real_image()
     centre = ((base.shape[1] - 1) / 2, (base.shape[0] - 1) / 2)
     frames = [cv2.warpAffine(base, cv2.getRotationMatrix2D(centre, 0, 1.03**k), base.shape[::-1],
@@ -105,7 +116,7 @@ def test_trajectory_on_real_zoom_flow_matches_the_reference(tmp_path):
     assert radial(trajectory, 5) / radial(trajectory, 0) == pytest.approx(1.03**5, abs=0.05)
 
 
-def test_trajectory_of_a_translation_equals_the_plain_stack(tmp_path):
+def test_trajectory_of_a_translation_equals_the_plain_stack(tmp_path, kernel):
     write_video(tmp_path / "known" / "A" / "v", 12)  # constant fields: every point reads the same values
     plain, trajectory = stacks(tmp_path / "known", 5)
     assert torch.allclose(plain, trajectory, atol=1e-5)
@@ -119,7 +130,7 @@ def test_trajectory_of_a_translation_equals_the_plain_stack(tmp_path):
 
 
 @pytest.mark.parametrize("push", [255, 0])  # +20 px (out on the right) or -20 px (out on the left)
-def test_trajectory_border_rule_clamps_the_point(tmp_path, push):
+def test_trajectory_border_rule_clamps_the_point(tmp_path, kernel, push):
     # Field 1 pushes every point out of the 12 px wide frame; field 2 moves it 10 px back (left for a point
     # held at the right border, 10 px right for one held on the left); field 3's x varies by column. Points
     # held at the border (not left running outside) all end at the same column: one value for the whole frame.
@@ -247,3 +258,22 @@ def test_trajectory_of_plain_uint8_batches_equals_the_trajectory_stacking(tmp_pa
     codes, _ = FlowStackDataset(tmp_path, length=4, segments=2, mode="val", output="uint8")[0]
     stacked, _ = FlowStackDataset(tmp_path, length=4, segments=2, mode="val", stacking="trajectory")[0]
     assert torch.equal(trajectory(codes.unflatten(1, (4, 2)), 20.0).flatten(1, 2), stacked)
+
+
+def test_an_opencv_that_remaps_at_1_32_px_is_detected_and_grid_sample_reads(monkeypatch):
+    # OpenCV < 4.11 turns float maps into 1/32 px fixed-point positions before interpolating, which would put
+    # the remap kernel up to |gradient| / 64 px off: such versions must get the grid_sample kernel.
+    float_remap = cv2.remap
+
+    def fixed_point_remap(src, map1, map2, interpolation, **kwargs):
+        return float_remap(src, *cv2.convertMaps(map1, map2, cv2.CV_16SC2), interpolation, **kwargs)
+
+    codes = torch.from_numpy(dis_codes(translating_frames(5), 20.0)).permute(0, 3, 1, 2)[None].contiguous()
+    assert stacking._remap_interpolates_in_float()
+    monkeypatch.setattr(cv2, "remap", fixed_point_remap)
+    stacking._remap_interpolates_in_float.cache_clear()
+    try:
+        assert not stacking._remap_interpolates_in_float()
+        assert torch.equal(stacking.trajectory(codes, 20.0), stacking._trajectory_grid_sample(codes, 20.0))
+    finally:
+        stacking._remap_interpolates_in_float.cache_clear()

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from ..annotations import Annotation, VideoOutput, build_annotations, describe_output, find_outputs, read_annotations
 from ..config import StoreConfig
@@ -156,8 +157,7 @@ class FlowStackDataset(Dataset):
 
     def _reader(self, path: Path) -> OutputReader:
         if self._pid != os.getpid():
-            # Forked worker: the parent's open zip files share file offsets with it; open our own.
-            self._readers, self._pid = OrderedDict(), os.getpid()
+            self._enter_process()
         reader = self._readers.pop(path, None)
         if reader is None:
             reader = open_output(path)
@@ -165,6 +165,17 @@ class FlowStackDataset(Dataset):
                 self._readers.popitem(last=False)[1].close()
         self._readers[path] = reader
         return reader
+
+    def _enter_process(self) -> None:
+        """First read in a DataLoader worker (or any process the dataset was copied to)."""
+        pickled = self._pid is None  # spawn and forkserver workers: a fresh process
+        # Forked: the parent's open zip files share file offsets with it; open our own.
+        self._readers, self._pid = OrderedDict(), os.getpid()
+        if pickled and get_worker_info() is not None:
+            # One OpenCV thread per worker, as torch gives itself there: N workers each running the trajectory's
+            # remaps on every core would oversubscribe the machine. Not in forked workers: there OpenCV already
+            # runs on the calling thread (measured), and setNumThreads hangs on the pool the parent started.
+            cv2.setNumThreads(1)
 
     def _stack(self, video: VideoOutput, indices: np.ndarray) -> torch.Tensor:
         tensor = self.stacking.read(self._reader(video.path), video, indices, self.output)
