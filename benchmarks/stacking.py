@@ -4,8 +4,10 @@ Extracts the sample clip (DIS, with RGB frames) at --size and reads the same see
 segments x L = 10 by default, float32 pixels, full frames, no transform) with each stacking, in one process
 with one torch and one OpenCV thread (what each DataLoader worker does). Times are CPU seconds
 (time.process_time), best of --repeats interleaved runs: on a shared machine wall time drifts, CPU time much
-less. Trajectory stacking must cost at most 2x a plain stack. Bidirectional reads as many JPEGs as a plain
-stack (half of them backward), so it costs what a plain one does; the sample tree has no backward flow.
+less. Trajectory stacking must cost at most 2x a plain stack; the resampling rows time its reads alone on
+an item's codes, with the kernel the CPU uses (OpenCV remap) and with torch's grid_sample. Bidirectional
+reads as many JPEGs as a plain stack (half of them backward), so it costs what a plain one does; the sample
+tree has no backward flow.
 
     PYTHONPATH=. python benchmarks/stacking.py [--size 340x256 --length 10 --segments 3 --items 100]
 """
@@ -18,7 +20,7 @@ from loader import best_times, extract_trees, item_arguments, read_each
 
 from flowprep.annotations import Annotation, describe_output
 from flowprep.data import FlowStackDataset
-from flowprep.data.stacking import trajectory
+from flowprep.data.stacking import _trajectory_grid_sample, trajectory
 
 
 def main() -> None:
@@ -46,7 +48,12 @@ def main() -> None:
         for _ in range(args.items):  # each result dropped before the next, as read_each does with items
             trajectory(codes, video.bound)
 
+    def resample_each_with_grid_sample() -> None:  # the kernel of other devices and OpenCV < 4.11, on CPU
+        for _ in range(args.items):
+            _trajectory_grid_sample(codes, video.bound)
+
     runs["(trajectory resampling alone)"] = resample_each
+    runs["(the same with grid_sample)"] = resample_each_with_grid_sample
     seconds = best_times(runs, args.repeats)
 
     stacks = args.items * args.segments
