@@ -175,7 +175,7 @@ def trajectory(codes: torch.Tensor, bound: float) -> torch.Tensor:
     of the same shape, field k read at p_k, p_0 = each pixel, p_k = clamp(p_k-1 + read k-1) to
     [0, W-1] x [0, H-1], bilinear on the dequantized fields (field 0 is dequantize's values exactly).
 
-    On CPU tensors OpenCV's remap reads each plane (1.3x cheaper than grid_sample, measured in
+    On CPU tensors OpenCV's remap reads each plane (1.4x cheaper than grid_sample, measured in
     benchmarks/stacking.py), where the installed OpenCV interpolates in float (4.11 and later; older ones
     round positions to 1/32 px, and grid_sample is used); on other devices (a GPU batch of plain uint8
     stacks) torch's grid_sample. The two agree to float rounding (1e-4 px on real flow, tested)."""
