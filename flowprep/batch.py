@@ -652,13 +652,12 @@ def _run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, ove
                 if result is not None:
                     yield result
     finally:
-        # Kill every worker, then wait for them: the caller removes this run's temporaries next (Ctrl-C).
+        # Kill every worker and wait until it is dead: the caller removes this run's temporaries next (Ctrl-C).
+        # One call per pool: a shutdown(wait=True) after a shutdown(wait=False) waits for nothing (loky forgets
+        # its manager thread in the first), and a worker still running could write a temporary again.
         for pool in pools:
             if pool is not None:
-                pool.shutdown(wait=False, kill_workers=True)
-        for pool in pools:
-            if pool is not None:
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=True, kill_workers=True)
 
 
 def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,

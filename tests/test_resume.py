@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import random
+import os
 import signal
+import threading
 import time
 import zipfile
 
@@ -14,6 +16,8 @@ from batchdata import (
 )
 from conftest import run_cli
 
+from flowprep.batch import _run_on_local_processes, discover
+from flowprep.config import ExtractConfig, FlowConfig
 from flowprep.store import finished_meta
 
 pytestmark = pytest.mark.slow
@@ -154,6 +158,23 @@ def test_a_video_that_kills_its_worker_twice_fails_alone_and_the_run_goes_on(vid
     result = run_cli("extract", str(videos), str(out), *ARGS)
     assert result.returncode == 0, result.stderr
     assert output_digest(out) == clean["dir"]
+
+
+def test_closing_the_local_engine_returns_once_its_workers_are_dead(videos, tmp_path):
+    """What Ctrl-C relies on: run_batch removes this run's temporaries as soon as the engine is closed, so no
+    worker may still be running then to write one again. (A loky shutdown(wait=True) after shutdown(wait=False)
+    waits for nothing: the workers were still alive here, and one left a temporary in a CI run.)"""
+    def workers() -> list[str]:
+        return [command for command in group_commands(os.getpgid(0)) if "popen_loky" in command]
+
+    (tmp_path / "flow").mkdir()  # run_batch's work
+    config = ExtractConfig(flow=FlowConfig(algo="dis"))
+    results = _run_on_local_processes(discover(videos, tmp_path / "flow"), config, False, 2, threading.Event())
+    first = next(results)
+    assert first.status == "done", first
+    assert len(workers()) == 2
+    results.close()
+    assert workers() == []
 
 
 def test_ctrl_c_to_the_main_process_alone_stops_its_workers_before_cleaning_up(videos, clean, tmp_path):
