@@ -24,7 +24,7 @@ from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
 from ..quantize import DEFAULT_BOUND
 from ..store import Naming, OutputReader, open_output
-from .sampling import Sampler, check_mode, make_sampler
+from .sampling import Sampler, check_length, check_mode, make_sampler
 from .stacking import OUTPUTS, Stacking, make_stacking, read_rgb_frames, rgb_values
 from .transforms import apply_transform
 
@@ -91,8 +91,7 @@ class FlowStackDataset(Dataset):
         if on_count_mismatch not in COUNT_MISMATCH:
             raise ConfigError(f"on_count_mismatch must be one of {', '.join(COUNT_MISMATCH)}; "
                               f"got {on_count_mismatch!r}")
-        if length < 1:
-            raise ConfigError(f"stack length must be >= 1, got {length!r}")
+        check_length(length)
         check_mode(mode)
         self.sampler = make_sampler(sampling, segments, test_segments)
         self.stacking = make_stacking(stacking)

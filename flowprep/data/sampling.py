@@ -76,9 +76,14 @@ def rows(starts: np.ndarray, length: int, num_frames: int, short: str) -> np.nda
 def check_sampling(length: int, segments: int, mode: str) -> None:
     """ConfigError quoting the value unless mode is known and length and segments are positive."""
     check_mode(mode)
+    check_length(length)
+    _positive("segments", segments)
+
+
+def check_length(length: int) -> None:
+    """ConfigError quoting the value unless the stack length L is positive."""
     if length < 1:
         raise ConfigError(f"stack length must be >= 1, got {length!r}")
-    _positive("segments", segments)
 
 
 def check_mode(mode: str) -> None:
