@@ -55,13 +55,18 @@ class RoundTrip:
         """Mean over the pairs (and directions) of each pair's mean error."""
         return float(np.mean([e[0] for e in self._all()]))
 
+    def worst(self, direction: str | None = None) -> tuple[float, float]:
+        """(worst pair mean, max) error in pixels over one direction's pairs, or over every direction's."""
+        found = self._all() if direction is None else self.errors[direction]
+        return max(e[0] for e in found), max(e[1] for e in found)
+
     @property
     def worst_mean(self) -> float:
-        return max(e[0] for e in self._all())
+        return self.worst()[0]
 
     @property
     def max(self) -> float:
-        return max(e[1] for e in self._all())
+        return self.worst()[1]
 
     def failing(self) -> list[tuple[str, int, float, float]]:
         """(direction, pair (0-based), mean, max) of each pair whose mean or max error is above the bound."""
@@ -163,8 +168,7 @@ def _roundtrip_text(rt: RoundTrip | None) -> str:
     text = (f"; round trip of {len(rt.pairs)} pairs: worst pair mean {rt.worst_mean:.4f} px (bound "
             f"{rt.bound.mean:.4f}), max {rt.max:.4f} px (bound {rt.bound.max:.4f})")
     if len(rt.errors) > 1:
-        text += "".join(f", {d} worst pair mean {max(e[0] for e in found):.4f} max {max(e[1] for e in found):.4f}"
-                        for d, found in rt.errors.items())
+        text += "".join(f", {d} worst pair mean {rt.worst(d)[0]:.4f} max {rt.worst(d)[1]:.4f}" for d in rt.errors)
     return text
 
 

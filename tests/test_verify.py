@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extract_video
-from flowprep.verify import check_video, find_outputs, verify_tree
+from flowprep.quantize import RoundTripBound
+from flowprep.verify import RoundTrip, _roundtrip_text, check_video, find_outputs, verify_tree
 
 from conftest import VIDEOS, run_cli
 
@@ -221,3 +222,15 @@ def test_roundtrip_holds_each_pair_to_the_bound_not_their_average(tree: Path) ->
                               f"max {rt.errors['forward'][0][1]:.4f} px (bound {rt.bound.max:.4f})"]
     result = run_cli("verify", str(tree), "--roundtrip", "4", "--seed", "3")
     assert result.returncode == 1 and "in pair 12 (flow_x_00012.jpg" in result.stdout
+
+
+def test_round_trip_worst_errors_per_direction_and_over_all():
+    # Hand-built errors: the worst mean and the worst max come from different pairs and directions.
+    rt = RoundTrip(pairs=[0, 5], errors={"forward": [(0.01, 0.2), (0.03, 0.1)], "backward": [(0.05, 0.4), (0.02, 0.6)]},
+                   bound=RoundTripBound(mean=0.04, max=0.5))
+    assert rt.worst("forward") == (0.03, 0.2) and rt.worst("backward") == (0.05, 0.6)
+    assert rt.worst() == (rt.worst_mean, rt.max) == (0.05, 0.6)
+    assert rt.failing() == [("backward", 0, 0.05, 0.4), ("backward", 5, 0.02, 0.6)]
+    assert _roundtrip_text(rt) == ("; round trip of 2 pairs: worst pair mean 0.0500 px (bound 0.0400), max 0.6000 px "
+                                   "(bound 0.5000), forward worst pair mean 0.0300 max 0.2000, backward worst pair "
+                                   "mean 0.0500 max 0.6000")
