@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session (issue 10): run from the repository root on a machine with an NVIDIA GPU and a CUDA
 # build of torch, with ../shared/data beside the repository. Prints, within its steps' time limits (9 minutes):
-#   1. the CUDA tests (CUDA flow against torch-cpu's, NVOF where installed);
+#   1. the CUDA tests (CUDA flow against torch-cpu's, NVOF where installed, trajectory stacks on CUDA);
 #   2. pairs/s of the torch TV-L1 at 340x256 and 1024x436 by batch size, and the EPE table (benchmarks/gpu.py);
 #   3. the same throughput with the solver as it was before issue 10 (commit 3dd0af4), when git history is here.
 # Each step has its own time limit, so one that hangs still leaves the others' output.
@@ -11,7 +11,7 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 
 echo "== 1. CUDA tests"
-timeout 120 python -m pytest -q -m gpu tests/test_torch_tvl1.py tests/test_nvof.py -p no:cacheprovider
+timeout 120 python -m pytest -q -m gpu tests/test_torch_tvl1.py tests/test_nvof.py tests/test_stacking.py -p no:cacheprovider
 
 echo "== 2. torch TV-L1 on CUDA, this checkout"
 timeout 240 python benchmarks/gpu.py --device cuda --batch-sizes 1,8,32,64,128,256 --repeats 2 --epe small

@@ -277,3 +277,13 @@ def test_an_opencv_that_remaps_at_1_32_px_is_detected_and_grid_sample_reads(monk
         assert torch.equal(stacking.trajectory(codes, 20.0), stacking._trajectory_grid_sample(codes, 20.0))
     finally:
         stacking._remap_interpolates_in_float.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trajectory_of_a_cuda_batch_matches_the_cpu_stacking():
+    # The uint8 recipe's GPU step: grid_sample on the device against the CPU kernel, on real DIS flow.
+    codes = torch.from_numpy(dis_codes(translating_frames(6), 20.0)).permute(0, 3, 1, 2)[None].contiguous()
+    on_gpu = stacking.trajectory(codes.cuda(), 20.0)
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), stacking.trajectory(codes, 20.0), atol=2e-4)
