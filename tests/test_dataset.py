@@ -2,6 +2,7 @@
 DataLoader workers, and equality with a TSN-style PIL loader on a real extraction."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -328,19 +329,22 @@ def opencv_threads(stack: torch.Tensor) -> torch.Tensor:
     return torch.tensor([cv2.getNumThreads(), torch.get_num_threads()])
 
 
-@pytest.mark.parametrize("start", ["fork", "spawn"])
+@pytest.mark.parametrize("start", ["fork", "spawn", "forkserver", "fork a deep copy"])
 def test_dataloader_workers_read_with_one_opencv_thread_as_with_one_torch_thread(tmp_path, start):
     # The trajectory's remaps run on OpenCV's threads: N workers each using every core would oversubscribe.
-    # Spawned workers are told to use one; forked ones must not be (setNumThreads hangs on the parent's pool,
-    # started here by the remaps of dataset[0]), and OpenCV runs on the calling thread in them anyway.
+    # Spawn and forkserver workers are told to use one; forked ones must not be, even of a dataset copied in the
+    # parent (pickled): setNumThreads hangs on the pool the parent started, here by the remaps of dataset[0].
     write_video(tmp_path / "A" / "v", 12)
     dataset = FlowStackDataset(tmp_path, length=4, stacking="trajectory", transform=opencv_threads)
     main = cv2.getNumThreads()
     cv2.setNumThreads(2)  # what the workers inherit, whatever this machine's core count
     try:
         assert dataset[0][0].tolist() == [2, torch.get_num_threads()]
-        (threads, _), = DataLoader(dataset, num_workers=1, multiprocessing_context=start, timeout=60)
-        assert threads.tolist() == [[2 if start == "fork" else 1, 1]]
+        if start == "fork a deep copy":
+            dataset = copy.deepcopy(dataset)
+        context = "fork" if start.startswith("fork ") else start
+        (threads, _), = DataLoader(dataset, num_workers=1, multiprocessing_context=context, timeout=60)
+        assert threads.tolist() == [[2 if context == "fork" else 1, 1]]
         assert dataset[0][0].tolist() == [2, torch.get_num_threads()]  # the main process keeps its setting
     finally:
         cv2.setNumThreads(main)

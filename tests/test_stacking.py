@@ -268,8 +268,9 @@ def test_an_opencv_that_remaps_at_1_32_px_is_detected_and_grid_sample_reads(monk
     def fixed_point_remap(src, map1, map2, interpolation, **kwargs):
         return float_remap(src, *cv2.convertMaps(map1, map2, cv2.CV_16SC2), interpolation, **kwargs)
 
+    if not stacking._remap_interpolates_in_float():
+        pytest.skip(f"OpenCV {cv2.__version__} remaps at 1/32 px itself: nothing to simulate")
     codes = torch.from_numpy(dis_codes(translating_frames(5), 20.0)).permute(0, 3, 1, 2)[None].contiguous()
-    assert stacking._remap_interpolates_in_float()
     monkeypatch.setattr(cv2, "remap", fixed_point_remap)
     stacking._remap_interpolates_in_float.cache_clear()
     try:

@@ -120,6 +120,7 @@ class FlowStackDataset(Dataset):
                                       "this video's output does not record (pass fps= for trees without meta.json)")
         self._readers: OrderedDict[Path, OutputReader] = OrderedDict()
         self._pid = os.getpid()
+        self._unpickled_in: int | None = None
 
     @property
     def segments(self) -> int | None:
@@ -167,13 +168,13 @@ class FlowStackDataset(Dataset):
 
     def _enter_process(self) -> None:
         """First read in a DataLoader worker (or any process the dataset was copied to)."""
-        pickled = self._pid is None  # spawn and forkserver workers: a fresh process
         # Forked: the parent's open zip files share file offsets with it; open our own.
         self._readers, self._pid = OrderedDict(), os.getpid()
-        if pickled and get_worker_info() is not None:
-            # One OpenCV thread per worker, as torch gives itself there: N workers each running the trajectory's
-            # remaps on every core would oversubscribe the machine. Not in forked workers: there OpenCV already
-            # runs on the calling thread (measured), and setNumThreads hangs on the pool the parent started.
+        if self._unpickled_in == os.getpid() and get_worker_info() is not None:
+            # A spawn or forkserver worker, a fresh process: one OpenCV thread, as torch gives itself there, so
+            # that N workers do not each run the trajectory's remaps on every core. Not in forked workers:
+            # setNumThreads hangs there if the parent had started OpenCV's thread pool (a forked child then
+            # runs OpenCV on the calling thread anyway); if it had not, the worker's OpenCV uses every core.
             cv2.setNumThreads(1)
 
     def _stack(self, video: VideoOutput, indices: np.ndarray) -> torch.Tensor:
@@ -190,6 +191,11 @@ class FlowStackDataset(Dataset):
         state = self.__dict__.copy()
         state["_readers"], state["_pid"] = OrderedDict(), None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Where the copy was made: a spawned worker's own process, or (deepcopy) a parent that may fork later.
+        self._unpickled_in = os.getpid()
 
 
 class TwoStreamDataset(FlowStackDataset):
