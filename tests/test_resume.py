@@ -172,6 +172,10 @@ def test_closing_the_local_engine_returns_once_its_workers_are_dead(videos, tmp_
     results = _run_on_local_processes(discover(videos, tmp_path / "flow"), config, False, 2, threading.Event())
     first = next(results)
     assert first.status == "done", first
+    # A third video begun (being written, or done): the one submitted after the first result was taken up by its
+    # worker (closing at the instant of a submission makes loky's manager thread raise a KeyError of its own).
+    wait_for(lambda: len(_finished(tmp_path / "flow", "dir")) + len(temporaries(tmp_path / "flow")) >= 3, 30,
+             "a third video begun")
     assert len(workers()) == 2
     results.close()
     assert workers() == []
