@@ -94,9 +94,15 @@ class TorchTVL1(FlowBackend):
             "median": median_method(torch.device(torch_device(device)), median) if median > 1 else "none",
             "iteration": "eager, in place",
             "batch_size": batch_size,
-            # torch-cpu backends limit the process to one thread when created (__init__); cuda leaves it as it is.
+            # What a backend made now would run with: torch-cpu limits the process to one thread (__init__).
             "torch_threads": 1 if device == "torch-cpu" else torch.get_num_threads(),
         }
+
+    def implementation(self) -> dict[str, Any]:
+        """For meta.json: as describe_implementation, with the torch threads this process really runs."""
+        import torch
+
+        return {**super().implementation(), "torch_threads": torch.get_num_threads()}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
