@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flowprep import dequantize  # noqa: E402
+from scale import measure  # noqa: E402  (benchmarks/, beside this script)
 from flowprep.store import Naming, find_outputs, open_output, read_flow_codes  # noqa: E402
 
 VIDEOS = REPO.parent / "shared" / "data" / "videos"
@@ -41,15 +41,10 @@ def extract(source: Path, out: Path, device: str, preset: str | None, args: argp
     command = [sys.executable, "-m", "flowprep", "extract", str(source), str(out), "--algo", "tvl1",
                "--device", device, "--size", args.size, "--fps", str(args.fps), "--quiet", "--overwrite"]
     command += ["--preset", preset] if preset else []
-    env = {**os.environ, "PYTHONPATH": str(REPO), **ONE_THREAD}
-    wall = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - wall
-    if status != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {child.stderr.read().decode()}")
-    child.stderr.close()
-    return usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss // 1024
+    wall, cpu, rss, code, stderr = measure(command, {**os.environ, "PYTHONPATH": str(REPO), **ONE_THREAD})
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {stderr}")
+    return cpu, wall, int(rss)
 
 
 def flow_distance(ours: Path, reference: Path) -> tuple[float, int]:
