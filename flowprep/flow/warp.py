@@ -90,7 +90,7 @@ class Warper:
     """Warped flow for the pairs of one video: keeps the statistics (meta()) and the keypoints of recent frames
     (each frame is detected once although it takes part in up to four pairs). Not for use from two threads."""
 
-    def __init__(self, settings: WarpSettings | None = None, cache_frames: int = 4):
+    def __init__(self, settings: WarpSettings | None = None):
         self.settings = settings or WarpSettings()
         self.stats = WarpStats()
         if self.settings.detector == "sift":
@@ -100,7 +100,7 @@ class Warper:
         self._matcher = cv2.BFMatcher(norm)
         # Per frame: keypoint positions, their descriptors, and the frame's corners (None with max_corners 0).
         self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = OrderedDict()
-        self._cache_frames = cache_frames
+        self._cache_frames = 4  # a frame's pairs: both directions with its neighbours; rewarp grows it per batch
 
     def homography(self, first: np.ndarray, second: np.ndarray, flow: np.ndarray
                    ) -> tuple[np.ndarray | None, int, int]:
