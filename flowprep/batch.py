@@ -80,13 +80,14 @@ def discover(
     source, out_root = Path(source), Path(out_root)
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if source.is_dir():
-        # Strings sorted by their parts, as paths sort: a million Path objects would hold ~0.4 GB.
+        # Strings, not Path objects, sorted by their parts as paths sort ("\0" below every other character keeps
+        # a/b before a-b/c), with one string per key rather than a list of parts.
         videos: list[str | Path] = sorted(
             (os.path.join(dirpath, name)
              for dirpath, dirnames, filenames in os.walk(source)
              for name in filenames
              if name.lower().endswith(exts) and not name.startswith(".")),
-            key=lambda path: path.split(os.sep))
+            key=lambda path: path.replace(os.sep, "\0"))
         root = source
     elif source.is_file() and source.suffix.lower() in LIST_EXTENSIONS:
         videos, root = _read_list(source), source.parent
