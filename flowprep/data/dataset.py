@@ -25,7 +25,7 @@ from ..errors import ConfigError, OutputError
 from ..quantize import DEFAULT_BOUND
 from ..store import Naming, OutputReader, open_output
 from .sampling import Sampler, check_length, check_mode, make_sampler
-from .stacking import OUTPUTS, Stacking, make_stacking, read_rgb_frames, rgb_values
+from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
 from .transforms import apply_transform
 
 COUNT_MISMATCH = ("error", "tree")
@@ -112,7 +112,7 @@ class FlowStackDataset(Dataset):
         store = StoreConfig(bound=bound, layout=layout, flow_template=flow_template, img_template=img_template,
                             start_index=start_index, backward_template=backward_template)
         self.videos, self.labels = _load_videos(self.root, annotations, Naming.from_config(store), store.bound,
-                                                on_count_mismatch, self.stacking, length)
+                                                on_count_mismatch, self.stacking)
         if self.sampler.needs_fps:
             for video in self.videos:
                 if video.fps is None and fps is None:
@@ -229,8 +229,7 @@ class TwoStreamDataset(FlowStackDataset):
         indices = self._indices(video, rng)
         stack = self._stack(video, indices)
         numbers = self.rgb_indices(video, indices)
-        rgb = self._squeeze(rgb_values(torch.from_numpy(
-            read_rgb_frames(self._reader(video.path), video, numbers[:, None])[:, 0]), self.output))
+        rgb = self._squeeze(RGBStacking().read(self._reader(video.path), video, numbers[:, None], self.output))
         seed = int(rng.integers(2**62))
         stack = apply_transform(self.transform, stack, torch.Generator().manual_seed(seed))
         rgb = apply_transform(self.rgb_transform, rgb, torch.Generator().manual_seed(seed))
@@ -243,7 +242,7 @@ class TwoStreamDataset(FlowStackDataset):
 
 
 def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotation] | None, naming: Naming,
-                 bound: float, on_count_mismatch: str, stacking: Stacking, length: int
+                 bound: float, on_count_mismatch: str, stacking: Stacking
                  ) -> tuple[list[VideoOutput], list[int]]:
     if annotations is None:
         outputs = find_outputs(root, naming, bound)
@@ -255,7 +254,7 @@ def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotatio
     if not entries:
         raise ConfigError(f"no videos found under {root}" if annotations is None else f"{annotations}: empty list")
     for entry, video in zip(entries, videos):
-        stacking.check(video, length)
+        stacking.check(video)
         frames = video.frames(stacking.modality)
         if entry.num_frames != frames and on_count_mismatch == "error":
             source = "meta.json" if video.has_meta else "files counted"

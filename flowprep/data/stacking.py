@@ -40,14 +40,18 @@ class Stacking(ABC):
     C = 2L for flow stackings, 3L for RGB ones."""
 
     modality = "flow"  # the annotation-list count it is checked against: flow pairs or RGB frames
-    is_flow = True  # values are displacements (x at even channels): mean subtraction and flow flips apply
     outputs: tuple[str, ...] = OUTPUTS  # the dataset `output` values it can give
 
-    def units(self, video: VideoOutput) -> int:
-        """How many units the video has to sample from (flow fields here)."""
-        return video.flow_pairs
+    @property
+    def is_flow(self) -> bool:
+        """Whether values are displacements (x at even channels): mean subtraction and flow flips apply."""
+        return self.modality == "flow"
 
-    def check(self, video: VideoOutput, length: int) -> None:
+    def units(self, video: VideoOutput) -> int:
+        """How many units the video has to sample from: flow fields, or RGB frames for RGB stackings."""
+        return video.frames(self.modality)
+
+    def check(self, video: VideoOutput) -> None:
         """OutputError naming the video when it lacks what this stacking reads."""
         if self.units(video) < 1:
             raise OutputError(f"{video.path}: no flow frames named like {video.naming.flow_template!r}")
@@ -98,8 +102,8 @@ class BidirectionalStacking(Stacking):
     covers frames s + k and s + k + 1; backward values are as stored (not negated: a rightward motion has
     x > 0 forward and x < 0 backward). L must be even; the tree must hold backward flow."""
 
-    def check(self, video: VideoOutput, length: int) -> None:
-        super().check(video, length)
+    def check(self, video: VideoOutput) -> None:
+        super().check(video)
         if "backward" not in video.directions:
             raise OutputError(f"{video.path}: no backward flow for the bidirectional stacking (its directions are "
                               f"{', '.join(video.directions)}; extract with backward flow, or name the files with "
@@ -119,9 +123,8 @@ class BidirectionalStacking(Stacking):
 
 class _RGBBase(Stacking):
     modality = "rgb"
-    is_flow = False
 
-    def check(self, video: VideoOutput, length: int) -> None:
+    def check(self, video: VideoOutput) -> None:
         if self.units(video) < 1:
             raise OutputError(f"{video.path}: {'too few' if video.rgb_frames else 'no'} RGB frames for the "
                               f"{self!r} stacking (extract with --rgb)")
@@ -131,9 +134,6 @@ class _RGBBase(Stacking):
 class RGBStacking(_RGBBase):
     """RGB frames s .. s + L - 1, 3L channels (R, G, B per frame): uint8, or float32 in [0, 1] for 'pixels'
     and 'unit' alike. L = 1 is the spatial stream's single frame."""
-
-    def units(self, video: VideoOutput) -> int:
-        return video.rgb_frames
 
     def read(self, reader: OutputReader, video: VideoOutput, indices: np.ndarray, output: str) -> torch.Tensor:
         return rgb_values(torch.from_numpy(read_rgb_frames(reader, video, indices)).flatten(1, 2), output)
