@@ -83,7 +83,8 @@ class TrajectoryStacking(Stacking):
     Fields are dequantized to pixels first and read with bilinear interpolation (pixel centres at integer
     coordinates). Border rule: each p_k is clamped to the frame, [0, W - 1] x [0, H - 1]; a trajectory that
     leaves the frame is held at the border pixel where it left and reads the fields there. Vectorised: one
-    remap (or grid_sample) per field and plane, no Python per pixel (see `trajectory`). Float outputs only (interpolated values are no longer codes).
+    remap (or grid_sample) per field and plane, no Python per pixel (see `trajectory`). Float outputs only
+    (interpolated values are no longer codes).
     """
 
     outputs = ("pixels", "unit")
@@ -178,7 +179,8 @@ def trajectory(codes: torch.Tensor, bound: float) -> torch.Tensor:
     On CPU tensors OpenCV's remap reads each plane (1.4x cheaper than grid_sample, measured in
     benchmarks/stacking.py), where the installed OpenCV interpolates in float (4.11 and later; older ones
     round positions to 1/32 px, and grid_sample is used); on other devices (a GPU batch of plain uint8
-    stacks) torch's grid_sample. The two agree to float rounding (1.7e-4 px at most on a real 340x256 item)."""
+    stacks) torch's grid_sample. The two agree to float rounding (3.9e-4 px at most over 20 real 340x256 items,
+    benchmarks/stacking.py)."""
     if codes.device.type == "cpu" and _remap_interpolates_in_float():
         return torch.from_numpy(_trajectory_remap(np.ascontiguousarray(codes.numpy()), bound))
     return _trajectory_grid_sample(codes, bound)
@@ -201,7 +203,7 @@ def _trajectory_remap(codes: np.ndarray, bound: float) -> np.ndarray:
             np.clip(x, 0, width - 1, out=x)
             np.clip(y, 0, height - 1, out=y)
             cv2.LUT(stack_codes[k].reshape(-1, width), table, dst=field.reshape(-1, width))
-            for plane, read in zip(field, stack[k]):  # 1-channel remaps: OpenCV's 2-channel one is 2x slower
+            for plane, read in zip(field, stack[k]):  # 1-channel remaps: the 2-channel one took 2x (one-off)
                 cv2.remap(plane, x, y, cv2.INTER_LINEAR, dst=read, borderMode=cv2.BORDER_REPLICATE)
     return out
 
