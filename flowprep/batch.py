@@ -353,12 +353,8 @@ class BatchReport:
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
                  + (f", {left} not processed ({why})" if left else "")
                  + f"; {self.pairs} flow pairs in {self.seconds:.1f} s ({self.pairs_per_second:.2f} pairs/s)"]
-        lines += [f"  KEPT {m}" for m in self.mismatched]
-        lines += [f"  FAILED {f.reason}" for f in self.failures]
-        lines += [f"  WARNING {w}" for w in self.warnings]
-        lines += [f"  NOT PROCESSED {source}" for source in self.not_processed[:SUMMARY_LISTED]]
-        if left > SUMMARY_LISTED:
-            lines.append(f"  ... and {left - SUMMARY_LISTED} more not processed (all are listed in {self.record})")
+        lines += _listing(self.mismatched, [f.reason for f in self.failures], self.warnings, self.not_processed,
+                          self.record)
         if self.unwritten:
             lines.append(f"  NOT WRITTEN {self.unwritten}")
         return "\n".join(lines)
@@ -366,6 +362,20 @@ class BatchReport:
     def note_unprocessed(self, jobs: Sequence[VideoJob], reported: set[str]) -> None:
         """Record the jobs whose output is not in `reported` (the outputs that got a result) as not processed."""
         self.not_processed = [job.source for job in jobs if job.output not in reported]
+
+
+def _listing(mismatched: Sequence[str], failures: Sequence[str], warnings: Sequence[str],
+             not_processed: Sequence[str], record: str) -> list[str]:
+    """A summary's KEPT, FAILED and WARNING lines, then the first SUMMARY_LISTED videos not processed (all are
+    in `record`)."""
+    lines = [f"  KEPT {m}" for m in mismatched]
+    lines += [f"  FAILED {reason}" for reason in failures]
+    lines += [f"  WARNING {w}" for w in warnings]
+    lines += [f"  NOT PROCESSED {source}" for source in not_processed[:SUMMARY_LISTED]]
+    if len(not_processed) > SUMMARY_LISTED:
+        lines.append(f"  ... and {len(not_processed) - SUMMARY_LISTED} more not processed (all are listed in "
+                     f"{record})")
+    return lines
 
 
 class BatchStopped(StorageError):
@@ -783,10 +793,8 @@ class MergedReport:
         lines += [f"  MISSING {name}: no report (still running, killed, or never started; rerun that shard)"
                   for name in self.missing]
         lines += [f"  ENDED EARLY {name}" for name in self.ended_early]
-        lines += [f"  KEPT {m}" for m in self.mismatched]
-        lines += [f"  FAILED {f['reason']}" for f in self.failures]
-        lines += [f"  WARNING {w}" for w in self.warnings]
-        lines += [f"  NOT PROCESSED {source}" for source in self.not_processed]
+        lines += _listing(self.mismatched, [f["reason"] for f in self.failures], self.warnings, self.not_processed,
+                          ", ".join(self.parts))
         lines.append("complete" if self.complete else "INCOMPLETE")
         return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import pytest
 from batchdata import CARPHONE, broken_videos, output_digest, sparse_avi, temporaries
 from conftest import REPO, VIDEOS, checkout_env, run_cli
 
-from flowprep.batch import BatchReport, VideoJob, VideoResult, discover
+from flowprep.batch import BatchReport, MergedReport, VideoJob, VideoResult, discover
 from flowprep.errors import ConfigError, OutputError
 from flowprep.store import finished_meta, open_output
 
@@ -54,6 +54,12 @@ def test_videos_without_a_result_are_counted_and_named(tmp_path):
     assert "NOT PROCESSED videos/v0.mp4" in summary and "NOT PROCESSED videos/v20.mp4" in summary
     assert "NOT PROCESSED videos/v21.mp4" not in summary
     assert "... and 4 more not processed (all are listed in report.json)" in summary
+    # The shards' merged summary names as many, however many shards left videos behind.
+    merged = MergedReport(tmp_path, parts=["report.shard-1-of-2.json", "report.shard-2-of-2.json"],
+                          not_processed=report.not_processed).summary()
+    assert "NOT PROCESSED videos/v20.mp4" in merged and "NOT PROCESSED videos/v21.mp4" not in merged
+    assert ("... and 4 more not processed (all are listed in report.shard-1-of-2.json, report.shard-2-of-2.json)"
+            in merged)
 
 
 @pytest.fixture(scope="module")
