@@ -69,7 +69,7 @@ def _describe(reader: OutputReader, naming: Naming, bound: float, names: list[st
         return VideoOutput(reader.path, Naming.from_meta(meta), float(meta["settings"]["bound"]),
                            meta["flow_pairs"], int(meta.get("rgb_frames", 0)), True,
                            float(fps) if isinstance(fps, (int, float)) and fps > 0 else None,
-                           tuple(meta["settings"].get("directions", ("forward",))))
+                           tuple(store.recorded_settings(meta["settings"])["directions"]))
     names = reader.names() if names is None else names
     pairs = _count_flow(reader, names, naming)
     # Another tool's backward flow counts when the backward names cover every forward pair.

@@ -248,7 +248,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
             check.problems.append(str(exc))
             return check
         check.pairs, check.rgb_frames, check.bound = layout.pairs, layout.rgb_frames, layout.bound
-        check.directions, check.warp = layout.directions, recorded_settings(meta["settings"])["warp"] is True
+        check.directions, check.warp = layout.directions, layout.warp
         if meta.get("stream_problem"):
             check.warnings.append(f"{reader.path}: its source ended early when extracted: {meta['stream_problem']}")
         names = set(reader.names())
@@ -281,6 +281,7 @@ class _Layout:
 
     naming: Naming
     directions: tuple[str, ...]  # the flows stored, each with `pairs` pairs
+    warp: bool  # TSN's warped flow (settings.warp)
     pairs: int
     frames: int
     rgb_frames: int
@@ -295,13 +296,14 @@ class _Layout:
         size = meta_field(meta, "output_size", list, where)
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
             raise OutputError(f"{where}: missing or invalid field output_size: {size!r} is not [width, height]")
-        directions = recorded_settings(meta["settings"])["directions"]
+        settings = recorded_settings(meta["settings"])
+        directions = settings["directions"]
         if not isinstance(directions, list) or not directions or not set(directions) <= set(DIRECTIONS):
             raise OutputError(f"{where}: invalid field settings.directions: {directions!r} is not a list of "
                               f"{', '.join(DIRECTIONS)}")
-        return cls(Naming.from_meta(meta), tuple(directions), meta["flow_pairs"], meta["frames"],
-                   meta_field(meta, "rgb_frames", int, where), (size[0], size[1]), float(meta["settings"]["bound"]),
-                   meta_field(meta["settings"], "jpeg_quality", int, where, "settings."))
+        return cls(Naming.from_meta(meta), tuple(directions), settings["warp"] is True, meta["flow_pairs"],
+                   meta["frames"], meta_field(meta, "rgb_frames", int, where), (size[0], size[1]),
+                   float(settings["bound"]), meta_field(meta["settings"], "jpeg_quality", int, where, "settings."))
 
     def flow_names(self, direction: str = "forward") -> list[list[str]]:
         """Per pair, the names of its files in `direction`: [x, y] or [xy0]; none for a direction not stored."""
