@@ -80,8 +80,13 @@ def homography_flow(h: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     under the 3x3 homography `h`: the flow a camera motion h gives the static background."""
     height, width = shape
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    points = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ np.asarray(h, np.float64).T
-    return np.dstack([points[..., 0] / points[..., 2] - xs, points[..., 1] / points[..., 2] - ys]).astype(np.float32)
+    return (_project(h, xs, ys) - np.dstack([xs, ys])).astype(np.float32)
+
+
+def _project(h: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """float64 (..., 2): the points (xs, ys) (pixels, any shape) mapped by the 3x3 homography `h`."""
+    points = np.stack([xs, ys, np.ones_like(xs)], axis=-1).astype(np.float64) @ np.asarray(h, np.float64).T
+    return points[..., :2] / points[..., 2:]
 
 
 
@@ -102,7 +107,6 @@ class CameraMotionScene:
     second: np.ndarray
     object_mask: np.ndarray  # bool HxW: the object's pixels in `first`
     camera_flow: np.ndarray  # float32 HxWx2: the background's flow, H x - x
-    object_flow: np.ndarray  # float32 HxWx2: the object's flow (its shift) where object_mask, 0 elsewhere
     relative_flow: np.ndarray  # float32 HxWx2: the object's flow with the camera's motion removed, H^-1(x + s) - x
 
     def background_mask(self, clearance: int = 7, border: int = 10) -> np.ndarray:
@@ -126,16 +130,13 @@ def camera_motion_scene(background: np.ndarray, h: np.ndarray, patch: np.ndarray
                                  borderMode=cv2.BORDER_REFLECT)
     first = background.copy()
     mask = np.zeros((height, width), bool)
-    object_flow = np.zeros((height, width, 2), np.float32)
     relative = np.zeros((height, width, 2), np.float32)
     if patch is not None:
         (x, y), (dx, dy), (ph, pw) = position, shift, patch.shape
         first[y:y + ph, x:x + pw] = patch
         second[y + dy:y + dy + ph, x + dx:x + dx + pw] = patch
         mask[y:y + ph, x:x + pw] = True
-        object_flow[mask] = (dx, dy)
         # Where the object lands in the warped second frame W(y) = second(H y): H y = x + shift.
         ys, xs = np.nonzero(mask)
-        moved = np.stack([xs + dx, ys + dy, np.ones_like(xs)], axis=-1).astype(np.float64) @ np.linalg.inv(h).T
-        relative[mask] = np.stack([moved[:, 0] / moved[:, 2] - xs, moved[:, 1] / moved[:, 2] - ys], axis=-1)
-    return CameraMotionScene(first, second, mask, homography_flow(h, (height, width)), object_flow, relative)
+        relative[mask] = _project(np.linalg.inv(h), xs + dx, ys + dy) - np.stack([xs, ys], axis=-1)
+    return CameraMotionScene(first, second, mask, homography_flow(h, (height, width)), relative)
