@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowprep.data.sampling import segment_offsets, stack_indices
+from flowprep.data.sampling import SAMPLERS, make_sampler, segment_offsets, stack_indices
 from flowprep.errors import ConfigError
 
 
@@ -81,6 +81,14 @@ def test_bad_arguments_are_quoted(bad):
         stack_indices(**args)
 
 
+@pytest.mark.parametrize("sampling", SAMPLERS)
+@pytest.mark.parametrize("bad", [dict(mode="eval"), dict(length=0), dict(num_frames=0)])
+def test_every_sampler_checks_mode_length_and_frames_alike(sampling, bad):
+    args = dict(num_frames=10, length=5, mode="val", rng=np.random.default_rng(0), fps=15.0) | bad
+    with pytest.raises(ConfigError, match=repr(next(iter(bad.values())))):
+        make_sampler(sampling).indices(**args)
+
+
 @given(n=st.integers(1, 400), length=st.integers(1, 12), segments=st.integers(1, 8),
        mode=st.sampled_from(["train", "val", "test"]), seed=st.integers(0, 2**32))
 def test_stacks_are_consecutive_frames_within_the_video(n, length, segments, mode, seed):
@@ -95,7 +103,7 @@ def test_stacks_are_consecutive_frames_within_the_video(n, length, segments, mod
 # --- The other samplers, against hand-computed cases of their rules (SPEC section 10) ---
 
 from flowprep.data.sampling import (  # noqa: E402
-    DenseSampler, FusionSampler, MMAction2Sampler, SequenceSampler, TSNSampler, make_sampler,
+    DenseSampler, FusionSampler, MMAction2Sampler, SequenceSampler, TSNSampler,
 )
 
 

@@ -96,11 +96,19 @@ class Sampler(ABC):
 
     needs_fps = False  # whether `indices` needs the tree's sampled fps (meta.json's sampled_fps)
 
-    @abstractmethod
     def indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None = None,
                 fps: float | None = None) -> np.ndarray:
         """(K, L) int64 1-based unit numbers for a video of `num_frames` units (n >= 1) and stacks of
         `length`; `rng` is needed in train mode; `fps` (sampled frames per second) when needs_fps."""
+        check_mode(mode)
+        check_length(length)
+        _check_frames(num_frames)
+        return self._indices(num_frames, length, mode, rng, fps)
+
+    @abstractmethod
+    def _indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None,
+                 fps: float | None) -> np.ndarray:
+        """indices, with mode, length and num_frames checked."""
 
     @abstractmethod
     def count(self, mode: str) -> int | None:
@@ -131,8 +139,8 @@ class TSNSampler(Sampler):
             return TSN_TEST_SEGMENTS if self.test_segments is None else self.test_segments
         return 1
 
-    def indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None = None,
-                fps: float | None = None) -> np.ndarray:
+    def _indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None,
+                 fps: float | None) -> np.ndarray:
         return stack_indices(num_frames, length, self.count(mode), mode, rng)
 
 
@@ -155,10 +163,8 @@ class MMAction2Sampler(Sampler):
         check_mode(mode)
         return self.clips
 
-    def indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None = None,
-                fps: float | None = None) -> np.ndarray:
-        check_sampling(length, self.clips, mode)
-        _check_frames(num_frames)
+    def _indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None,
+                 fps: float | None) -> np.ndarray:
         n, L, K = num_frames, length, self.clips
         if mode == "train":
             rng = _need_rng(rng)
@@ -208,10 +214,8 @@ class FusionSampler(Sampler):
         half = length // 2
         return np.arange(half + 1, max(num_frames + 1 - half, half + 1) + 1, tau, dtype=np.int64)
 
-    def indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None = None,
-                fps: float | None = None) -> np.ndarray:
-        check_mode(mode)
-        _check_frames(num_frames)
+    def _indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None,
+                 fps: float | None) -> np.ndarray:
         if mode == "train":
             rng = _need_rng(rng)
             candidates = self.centres(num_frames, length, int(rng.integers(self.tau[0], self.tau[1] + 1)))
@@ -251,10 +255,8 @@ class SequenceSampler(Sampler):
         check_mode(mode)
         return self.moments
 
-    def indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None = None,
-                fps: float | None = None) -> np.ndarray:
-        check_mode(mode)
-        _check_frames(num_frames)
+    def _indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None,
+                 fps: float | None) -> np.ndarray:
         if fps is None or not (math.isfinite(fps) and fps > 0):
             raise ConfigError(f"the sequence sampler needs the tree's sampled fps (a positive number), got {fps!r}")
         steps = np.floor(np.arange(self.moments) * (fps / self.rate) + 0.5).astype(np.int64)
@@ -282,10 +284,8 @@ class DenseSampler(Sampler):
         check_mode(mode)
         return None
 
-    def indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None = None,
-                fps: float | None = None) -> np.ndarray:
-        check_sampling(length, 1, mode)
-        _check_frames(num_frames)
+    def _indices(self, num_frames: int, length: int, mode: str, rng: np.random.Generator | None,
+                 fps: float | None) -> np.ndarray:
         stride = self.stride or length
         last = max(num_frames - length, 0)  # the last 0-based start whose clip fits
         clips = min(last // stride + 1, self.max_clips or num_frames)
@@ -293,7 +293,11 @@ class DenseSampler(Sampler):
         return rows(first + np.arange(clips, dtype=np.int64) * stride + 1, length, num_frames, "repeat")
 
 
-SAMPLERS = ("tsn", "mmaction2", "fusion", "sequence", "dense")
+# Shortcut -> (class, the field `segments` sets)
+SAMPLER_CLASSES: dict[str, tuple[type[Sampler], str]] = {
+    "tsn": (TSNSampler, "segments"), "mmaction2": (MMAction2Sampler, "clips"), "fusion": (FusionSampler, "moments"),
+    "sequence": (SequenceSampler, "moments"), "dense": (DenseSampler, "max_clips")}
+SAMPLERS = tuple(SAMPLER_CLASSES)
 
 
 def make_sampler(name: str | Sampler, segments: int | None = None, test_segments: int | None = None) -> Sampler:
@@ -305,18 +309,15 @@ def make_sampler(name: str | Sampler, segments: int | None = None, test_segments
             raise ConfigError(f"segments and test_segments belong to the sampler: got a {name!r} and segments="
                               f"{segments!r}, test_segments={test_segments!r}")
         return name
-    count = {} if segments is None else {"tsn": {"segments": segments}, "mmaction2": {"clips": segments},
-                                         "fusion": {"moments": segments}, "sequence": {"moments": segments},
-                                         "dense": {"max_clips": segments}}.get(name, {})
+    if name not in SAMPLER_CLASSES:
+        raise ConfigError(f"sampling must be a Sampler or one of {', '.join(SAMPLERS)}; got {name!r}")
+    cls, field = SAMPLER_CLASSES[name]
+    count = {} if segments is None else {field: segments}
     if name == "tsn":
         return TSNSampler(**count, test_segments=test_segments)
     if test_segments is not None:
         raise ConfigError(f"test_segments is TSN's test default; the {name!r} sampler does not take it")
-    classes = {"mmaction2": MMAction2Sampler, "fusion": FusionSampler, "sequence": SequenceSampler,
-               "dense": DenseSampler}
-    if name not in classes:
-        raise ConfigError(f"sampling must be a Sampler or one of {', '.join(SAMPLERS)}; got {name!r}")
-    return classes[name](**count)
+    return cls(**count)
 
 
 def _positive(name: str, value: int | None, none_ok: bool = False) -> None:
