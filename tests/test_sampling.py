@@ -10,39 +10,41 @@ from flowprep.data.sampling import SAMPLERS, make_sampler, segment_offsets, stac
 from flowprep.errors import ConfigError
 
 
-class FixedDraws:
-    """A generator whose draws are given in advance, checking each draw's range as randint(high) would."""
+class Draws:
+    """A generator returning given values in turn, recording each call's (low, high) as numpy would take them."""
 
-    def __init__(self, values: list[int]):
-        self.values = values
-        self.highs: list[int] = []
+    def __init__(self, *values):
+        self.values = list(values)
+        self.calls: list[tuple[int, int]] = []
 
-    def integers(self, high: int, size: int) -> np.ndarray:
-        assert size == len(self.values)
-        assert all(0 <= v < high for v in self.values)
-        self.highs.append(high)
-        return np.array(self.values)
+    def integers(self, low, high=None, size=None):
+        low, high = (0, low) if high is None else (low, high)
+        self.calls.append((low, high))
+        value = self.values.pop(0)
+        assert np.all((low <= np.asarray(value)) & (np.asarray(value) < high))
+        assert np.shape(value) == (() if size is None else (size,))  # as many values as numpy would draw
+        return np.array(value) if size is not None else value
 
 
 def test_train_random_offset_inside_each_span():
     # n=30, L=10, K=3: 21 start positions, avg = 7; offsets k*7 + draw.
-    draws = FixedDraws([0, 6, 3])
+    draws = Draws([0, 6, 3])
     indices = stack_indices(30, 10, 3, "train", draws)
-    assert draws.highs == [7]
+    assert draws.calls == [(0, 7)]
     assert indices.tolist() == [list(range(1, 11)), list(range(14, 24)), list(range(18, 28))]
 
 
 def test_train_fewer_start_positions_than_segments_draws_sorted():
     # n=11, L=10, K=3: 2 start positions, avg = 0 and n > K: K sorted draws of randint(2).
-    draws = FixedDraws([1, 0, 1])
+    draws = Draws([1, 0, 1])
     assert segment_offsets(11, 10, 3, "train", draws).tolist() == [0, 1, 1]
-    assert draws.highs == [2]
+    assert draws.calls == [(0, 2)]
 
 
 def test_train_video_shorter_than_stack_starts_at_first_frame_and_repeats_last():
     # n=4 < L: TSN's randint(n - L + 1) would fail on an empty range; offset 0, last frame repeats.
-    assert stack_indices(4, 10, 1, "train", FixedDraws([0])).tolist() == [[1, 2, 3, 4, 4, 4, 4, 4, 4, 4]]
-    assert stack_indices(5, 10, 3, "train", FixedDraws([0, 0, 0])).tolist() == [[1, 2, 3, 4, 5, 5, 5, 5, 5, 5]] * 3
+    assert stack_indices(4, 10, 1, "train", Draws()).tolist() == [[1, 2, 3, 4, 4, 4, 4, 4, 4, 4]]
+    assert stack_indices(5, 10, 3, "train", Draws()).tolist() == [[1, 2, 3, 4, 5, 5, 5, 5, 5, 5]] * 3
 
 
 def test_train_needs_a_generator():
@@ -105,21 +107,6 @@ def test_stacks_are_consecutive_frames_within_the_video(n, length, segments, mod
 from flowprep.data.sampling import (  # noqa: E402
     DenseSampler, FusionSampler, MMAction2Sampler, SequenceSampler, TSNSampler,
 )
-
-
-class Draws:
-    """A generator returning given values in turn, recording each call's (low, high) as numpy would take them."""
-
-    def __init__(self, *values):
-        self.values = list(values)
-        self.calls: list[tuple[int, int]] = []
-
-    def integers(self, low, high=None, size=None):
-        low, high = (0, low) if high is None else (low, high)
-        self.calls.append((low, high))
-        value = self.values.pop(0)
-        assert np.all((low <= np.asarray(value)) & (np.asarray(value) < high))
-        return np.array(value) if size is not None else value
 
 
 def starts(indices: np.ndarray) -> list[int]:
