@@ -238,6 +238,9 @@ class OutputWriter(ABC):
     @abstractmethod
     def _close(self) -> None: ...
 
+    def _sync(self) -> None:
+        """On commit, after _close, when durable: make durable what is not yet (a zip fsyncs in _close)."""
+
     def commit(self, meta: dict[str, Any]) -> Path:
         """Write meta.json last, then move the output into place, replacing an older one.
 
@@ -247,8 +250,7 @@ class OutputWriter(ABC):
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
         with _storage(self.temp):
             self._close()
-            if self.durable and self.pack == "dir":
-                _fsync_directory(self.temp)
+            self._sync()
         self._check_complete()
         other = other_pack(self.pack)
         if finished_meta(self.base, other) is not None:
@@ -292,11 +294,7 @@ class DirectoryWriter(OutputWriter):
         self._written: set[str] = set()
 
     def _write(self, name: str, data: bytes) -> None:
-        with open(self.temp / name, "wb") as f:
-            f.write(data)
-            if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
+        _write_bytes(self.temp / name, data, self.durable)
         self._written.add(name)
 
     def _check_complete(self) -> None:
@@ -309,6 +307,10 @@ class DirectoryWriter(OutputWriter):
 
     def _close(self) -> None:
         pass
+
+    def _sync(self) -> None:
+        if self.durable:  # the files were fsync'ed as written; their names live in the folder
+            _fsync_directory(self.temp)
 
 
 class ZipWriter(OutputWriter):
@@ -362,17 +364,22 @@ def write_file_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     the temporary (OSError as raised). `durable`: fsync the file, and the folder after the rename."""
     temp = temp_path(path)
     try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        _write_bytes(temp, data, durable)
         os.replace(temp, path)
     except OSError:
         temp.unlink(missing_ok=True)
         raise
     if durable:
         _fsync_directory(path.parent)
+
+
+def _write_bytes(path: Path, data: bytes, durable: bool) -> None:
+    """Write file `path`; `durable`: fsync it before returning."""
+    with open(path, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _fsync_directory(path: Path) -> None:
