@@ -182,3 +182,78 @@ def test_flow_transforms_reject_a_tensor_that_is_no_flow_stack_on_every_draw():
             FlowHorizontalFlip(0.5)(odd, torch.Generator().manual_seed(seed))
     with pytest.raises(ConfigError, match="expects a"):
         Resize((8, 8))(odd)  # already that size: nothing to resize, still checked
+
+
+# --- MultiScaleCrop and Resize: where the crop is cut, its sides, and the codes' zero (issue 19) ---
+
+def test_multiscale_crop_never_leaves_the_image_when_the_short_side_is_just_below_the_output():
+    # Short side 1-2 px below the output size: the 3 px snap must not make the crop larger than the image.
+    crop = MultiScaleCrop(228)
+    for height, width in ((226, 300), (227, 227), (300, 226)):
+        for crop_w, crop_h in crop.crop_candidates(height, width):
+            assert crop_h <= height and crop_w <= width, (height, width, crop_w, crop_h)
+            for left, top in crop.fixed_offsets(height, width, crop_h, crop_w):
+                assert 0 <= left <= width - crop_w and 0 <= top <= height - crop_h
+    with pytest.raises(ConfigError, match=r"228x228 crop .* 300x226"):
+        crop.fixed_offsets(226, 300, 228, 228)
+    # y = 1 px everywhere: a crop of h rows resized to 224 gives 224 / h, so at most 224 / int(0.66 * 222).
+    flow = torch.ones(2, 222, 296)
+    largest = max(float(MultiScaleCrop(224)(flow, torch.Generator().manual_seed(s))[1].max()) for s in range(60))
+    assert largest <= 224 / 146 + 1e-5
+
+
+def test_multiscale_crop_cuts_its_window_at_a_fixed_position_with_height_and_width_as_asked():
+    # Scale 0.5 of the 40 px short side is 20 px; a 20x22 (h x w) output snaps the crop to 20 rows, 22 columns:
+    # no resize, so the output is the window itself (values are positions, row * 60 + column).
+    positions = torch.arange(40 * 60, dtype=torch.float32).view(1, 40, 60).expand(2, -1, -1).clone()
+    crop = MultiScaleCrop((20, 22), scales=(0.5,), max_distort=0, flow=False)
+    assert crop.crop_candidates(40, 60) == [(22, 20)]
+    fixed = set(crop.fixed_offsets(40, 60, 20, 22))  # steps (60 - 22) // 4 = 9 and (40 - 20) // 4 = 5
+    seen = set()
+    for seed in range(40):
+        out = crop(positions, torch.Generator().manual_seed(seed))
+        assert out.shape == (2, 20, 22)
+        top, left = divmod(int(out[0, 0, 0]), 60)
+        assert torch.equal(out, positions[:, top:top + 20, left:left + 22])
+        assert (left, top) in fixed
+        seen.add((left, top))
+    assert len(seen) > 5  # drawn among the 13 positions, not one of them always
+    anywhere = MultiScaleCrop((20, 22), scales=(0.5,), max_distort=0, fix_crop=False, flow=False)
+    placed = {divmod(int(anywhere(positions, torch.Generator().manual_seed(s))[0, 0, 0]), 60) for s in range(40)}
+    assert not {(left, top) for top, left in placed} <= fixed
+
+
+def test_multiscale_crop_scales_x_by_the_width_ratio_and_y_by_the_height_ratio():
+    flow = torch.ones(2, 40, 60)  # x = y = 1 px
+    out = MultiScaleCrop((20, 30), scales=(0.5,), max_distort=0)(flow, torch.Generator().manual_seed(0))
+    # A 20x20 crop (no side within 3 px of 30) resized to 20 rows, 30 columns: x * 1.5, y * 1.
+    assert out.shape == (2, 20, 30)
+    assert torch.allclose(out[0], torch.full((20, 30), 1.5)) and torch.allclose(out[1], torch.ones(20, 30))
+
+
+def test_resize_of_uint8_codes_scales_about_127_5_not_128():
+    codes = torch.empty(2, 8, 10, dtype=torch.uint8)
+    codes[0], codes[1] = 141, 100
+    resized = Resize((8, 30))(codes)  # width x 3: x codes (q - 127.5) * 3 + 127.5
+    assert int(resized[0].unique()) == 168  # about 128 it would be 167
+    assert int(resized[1].unique()) == 100
+    # The codes' values follow the float pipeline within half a code step.
+    pixels = Resize((8, 30))(Dequantize()(codes))
+    assert torch.allclose(Dequantize()(resized), pixels, atol=20 / 255 + 1e-5)
+
+
+BAD_ARGUMENTS = {  # the call -> the value its error must quote
+    "Resize(0)": (lambda: Resize(0), "0"), "Resize((0, 5))": (lambda: Resize((0, 5)), r"\(0, 5\)"),
+    "Resize(2.5)": (lambda: Resize(2.5), "2.5"),
+    "MultiScaleCrop(4, max_distort=-1)": (lambda: MultiScaleCrop(4, max_distort=-1), "-1"),
+    "MultiScaleCrop(4, max_distort=0.5)": (lambda: MultiScaleCrop(4, max_distort=0.5), "0.5"),
+    "RandomCrop(2.5)": (lambda: RandomCrop(2.5), "2.5"),
+    "CenterCrop((3, 0))": (lambda: CenterCrop((3, 0)), r"\(3, 0\)"),
+}
+
+
+@pytest.mark.parametrize("call", BAD_ARGUMENTS)
+def test_transform_arguments_are_checked_when_built_quoting_the_value(call):
+    make, bad = BAD_ARGUMENTS[call]
+    with pytest.raises(ConfigError, match=f"got {bad}$"):
+        make()

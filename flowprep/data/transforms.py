@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -130,6 +131,7 @@ class Resize(Transform):
     """
 
     def __init__(self, size: Size, flow: bool = True, antialias: bool = True):
+        _pair(size)  # checked here, not by torch at the first call
         self.size = size
         self.flow = flow
         self.antialias = antialias
@@ -146,7 +148,8 @@ class Resize(Transform):
 
 class MultiScaleCrop(Transform):
     """TSN's GroupMultiScaleCrop: crop a random (w, h) pair of side lengths drawn from short_side * scales
-    (sides within 3 px of the output size snap to it; w and h at most `max_distort` scale steps apart), at one
+    (sides within 3 px of the output size snap to it, but never past the image's own side, where TSN's crop
+    would leave the image; w and h at most `max_distort` scale steps apart), at one
     of 5 fixed positions (corners, centre) or 13 with more_fix_crop (plus edge centres and quarter points), or
     anywhere with fix_crop=False; then resize to `size` ((h, w) or square side). With flow=True the resize
     rescales x and y with the image as Resize does (TSN does not: pass flow=False to reproduce it).
@@ -156,6 +159,8 @@ class MultiScaleCrop(Transform):
                  fix_crop: bool = True, more_fix_crop: bool = True, flow: bool = True):
         if not scales or min(scales) <= 0 or max(scales) > 1:
             raise ConfigError(f"scales must be in (0, 1], got {scales!r}")
+        if not _is_int(max_distort) or max_distort < 0:
+            raise ConfigError(f"max_distort must be an integer >= 0 (scale steps), got {max_distort!r}")
         self.size = _pair(size)
         self.scales = tuple(scales)
         self.max_distort = max_distort
@@ -167,12 +172,14 @@ class MultiScaleCrop(Transform):
         """The (crop_w, crop_h) pairs the crop is drawn from, for an image of height x width pixels."""
         base = min(height, width)
         sides = [int(base * scale) for scale in self.scales]
-        crop_h = [self.size[0] if abs(s - self.size[0]) < 3 else s for s in sides]
-        crop_w = [self.size[1] if abs(s - self.size[1]) < 3 else s for s in sides]
+        crop_h = [min(self.size[0], height) if abs(s - self.size[0]) < 3 else s for s in sides]
+        crop_w = [min(self.size[1], width) if abs(s - self.size[1]) < 3 else s for s in sides]
         return [(w, h) for i, h in enumerate(crop_h) for j, w in enumerate(crop_w) if abs(i - j) <= self.max_distort]
 
     def fixed_offsets(self, height: int, width: int, crop_h: int, crop_w: int) -> list[tuple[int, int]]:
-        """TSN's fixed (left, top) crop positions, in pixels."""
+        """TSN's fixed (left, top) crop positions, in pixels, of a crop_h x crop_w crop inside the image."""
+        if crop_h > height or crop_w > width:
+            raise ConfigError(f"{self!r}: a {crop_w}x{crop_h} crop (WxH) does not fit in a {width}x{height} image")
         w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
         steps = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]
         if self.more_fix_crop:
@@ -243,10 +250,14 @@ def _values(value: float | Sequence[float]) -> tuple[float, ...]:
 
 
 def _pair(size: Size) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ConfigError(f"size must be a positive int or (height, width), got {size!r}")
+    pair = (size, size) if _is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(pair) != 2 or not all(_is_int(side) and side >= 1 for side in pair):
+        raise ConfigError(f"size must be a positive int or (height, width) of positive ints, got {size!r}")
     return int(pair[0]), int(pair[1])
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _fit(tensor: torch.Tensor, size: tuple[int, int], transform: Transform) -> tuple[int, int]:
