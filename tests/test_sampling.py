@@ -113,14 +113,40 @@ def starts(indices: np.ndarray) -> list[int]:
     return indices[:, 0].tolist()
 
 
-def test_mmaction2_test_rule_one_clip_and_several():
-    # One clip: offset max(n - L, 0) // 2 = 20 // 2 = 10: frames 11..20.
-    assert MMAction2Sampler(1).indices(30, 10, "test").tolist() == [list(range(11, 21))]
-    # n=15, L=10, K=3: round(k * 5 / 2) = 0, round(2.5) = 2 (half to even), 5: starts 1, 3, 6.
-    assert starts(MMAction2Sampler(3).indices(15, 10, "test")) == [1, 3, 6]
-    # The sample clip, K=25, L=5: round(k * 114 / 24) = 0, 5, 10 (9.5 to even), 14; TSN's centres differ.
+# mmaction2 1.2.0's SampleFrames(clip_len=L, frame_interval=1, num_clips=K, test_mode=True) on a rawframe video of
+# n frames (start_index 1): its frame_inds, first frame of each clip, read from its own code
+# (mmaction/datasets/transforms/loading.py at tag v1.2.0, run on these inputs).
+MMACTION2_TEST_STARTS = {
+    # L = 1, its "2D recognizer" branch: segment centres int(k * n / K + n / (2K)) + 1.
+    (30, 1, 3): [6, 16, 26],
+    (119, 1, 25): [3, 8, 12, 17, 22, 27, 31, 36, 41, 46, 50, 55, 60, 65, 70, 74, 79, 84, 89, 93, 98, 103, 108, 112,
+                   117],
+    (10, 1, 1): [6],
+    (7, 1, 2): [2, 6],
+    (3, 1, 8): [1, 1, 1, 2, 2, 3, 3, 3],  # more clips than frames
+    # L > 1, one clip: max(n - L, 0) // 2 + 1, rounded down where n - L is odd.
+    (30, 5, 1): [13],
+    (119, 10, 1): [55],
+    # L > 1, several clips: round(k * (n - L) / (K - 1)) + 1, half to even (round(2.5) = 2).
+    (15, 10, 3): [1, 3, 6],
+    (5, 3, 2): [1, 3],
+    (119, 5, 25): [1, 6, 11, 15, 20, 25, 29, 34, 39, 44, 49, 53, 58, 63, 67, 72, 77, 82, 87, 91, 96, 101, 105, 110,
+                   115],
+}
+
+
+@pytest.mark.parametrize("n, length, clips", MMACTION2_TEST_STARTS)
+@pytest.mark.parametrize("mode", ["val", "test"])
+def test_mmaction2_test_mode_gives_sampleframes_frames(n, length, clips, mode):
+    indices = MMAction2Sampler(clips).indices(n, length, mode)
+    assert starts(indices) == MMACTION2_TEST_STARTS[n, length, clips]
+    assert (indices == (np.array(starts(indices))[:, None] - 1 + np.arange(length)) % n + 1).all()
+
+
+def test_mmaction2_and_tsn_centres_differ():
+    # The sample clip, K=25, L=5: mmaction2's round(k * 114 / 24) against TSN's int(2.3 + 4.6 k) + 1.
     assert starts(MMAction2Sampler(25).indices(119, 5, "val"))[:4] == [1, 6, 11, 15]
-    assert starts(TSNSampler(25).indices(119, 5, "test"))[:4] == [3, 7, 12, 17]  # int(2.3 + 4.6 k) + 1
+    assert starts(TSNSampler(25).indices(119, 5, "test"))[:4] == [3, 7, 12, 17]
 
 
 def test_mmaction2_loops_short_videos():
@@ -130,6 +156,7 @@ def test_mmaction2_loops_short_videos():
 
 
 def test_mmaction2_train_rule_branches():
+    # Each case's frames are SampleFrames 1.2.0's with np.random.randint answering the same draws.
     # avg = (30 - 10 + 1) // 3 = 7 > 0: k * 7 + randint(7).
     draws = Draws([6, 0, 3])
     assert starts(MMAction2Sampler(3).indices(30, 10, "train", draws)) == [7, 8, 18]
@@ -139,6 +166,14 @@ def test_mmaction2_train_rule_branches():
     # n=10: avg = 1 // 3 = 0 and n is not > L: around(k / 3) = 0, 0, 1; the last clip loops to frame 1.
     assert MMAction2Sampler(3).indices(10, 10, "train", Draws()).tolist() == [
         list(range(1, 11)), list(range(1, 11)), list(range(2, 11)) + [1]]
+    # n=8 < L: avg < 0, so every clip starts at 0 and loops.
+    assert MMAction2Sampler(3).indices(8, 10, "train", Draws()).tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 1, 2]] * 3
+    # L = 1 has no branch of its own in train (SampleFrames' 2D branch is test only): avg = 10, k * 10 + draw.
+    draws = Draws([9, 0, 4])
+    assert MMAction2Sampler(3).indices(30, 1, "train", draws).tolist() == [[10], [11], [25]]
+    assert draws.calls == [(0, 10)]
+    # n=2, K=3: avg = 0: around(k * 2 / 3) = 0, 1, 1.
+    assert MMAction2Sampler(3).indices(2, 1, "train", Draws()).tolist() == [[1], [2], [2]]
 
 
 def test_fusion_test_rule_every_candidate_tau_15():

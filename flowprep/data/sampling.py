@@ -150,8 +150,11 @@ class MMAction2Sampler(Sampler):
 
     train (_get_train_clips): avg = (n - L + 1) // K; avg > 0: k * avg + randint(avg); elif n > max(K, L): K
     sorted draws of randint(n - L + 1); elif avg == 0: round(k * (n - L + 1) / K); else 0. val and test
-    (test_mode=True, _get_test_clips): K = 1: max(n - L, 0) // 2; K > 1: round(k * max(n - L, 0) / (K - 1)),
-    numpy's round half to even. Rows offset + 1 .. offset + L, wrapping past frame n back to frame 1.
+    (test_mode=True, _get_test_clips): L = 1 (its "2D recognizer" branch): the segment centres
+    int(k * n / K + n / (2K)); L > 1: K = 1: max(n - L, 0) // 2; K > 1: round(k * max(n - L, 0) / (K - 1)),
+    numpy's round half to even. Rows offset + 1 .. offset + L, wrapping past frame n back to frame 1. Checked
+    against mmaction2 1.2.0's own code (tests/test_sampling.py). Not offered: frame_interval > 1,
+    twice_sample, temporal_jitter, keep_tail_frames, target_fps, out_of_bound_opt='repeat_last'.
     """
 
     clips: int = 1
@@ -177,6 +180,10 @@ class MMAction2Sampler(Sampler):
                 offsets = np.around(np.arange(K) * ((n - L + 1.0) / K))
             else:
                 offsets = np.zeros(K)
+        elif L == 1:
+            # SampleFrames' float expression, truncated as its astype(np.int32) does
+            average = n / K
+            offsets = np.floor(np.arange(K) * average + average / 2.0)
         else:
             most = max(n - L, 0)
             offsets = np.array([most // 2]) if K == 1 else np.round(np.arange(K) * (most / (K - 1)))
