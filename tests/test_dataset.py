@@ -160,7 +160,7 @@ def test_bound_recorded_in_meta_and_mean_subtraction(tmp_path):
         FlowStackDataset(tmp_path, output="uint8", mean_subtract=True)
     with pytest.raises(ConfigError, match="'float'"):
         FlowStackDataset(tmp_path, output="float")
-    with pytest.raises(ConfigError, match="stack length must be >= 1, got 0"):  # before the tree is read
+    with pytest.raises(ConfigError, match="stack length must be an integer >= 1, got 0"):  # before the tree is read
         FlowStackDataset(tmp_path, length=0)
 
 

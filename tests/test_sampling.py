@@ -1,6 +1,8 @@
 """TSN segment sampling against hand-computed index lists (SPEC section 9)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -259,3 +261,20 @@ def test_every_sampler_stays_inside_the_video(n, length, seed, mode, sampler):
     assert indices.min() >= 1 and indices.max() <= n
     if sampler.count(mode) is not None:
         assert len(indices) == sampler.count(mode)
+
+
+@pytest.mark.parametrize("length", [2.5, True, "3"])
+def test_a_stack_length_that_is_no_integer_is_refused_quoting_it(length):
+    # 2.5 used to pass and read 6 channels, where segments=2.0 was refused.
+    with pytest.raises(ConfigError, match=f"stack length must be an integer >= 1, got {length!r}"):
+        stack_indices(30, length, 1, "val")
+    with pytest.raises(ConfigError, match="got 2.0"):
+        stack_indices(30, 5, 2.0, "val")
+
+
+@pytest.mark.parametrize("tau", [5, (5,), (5, 15, 20), (5.5, 15), (0, 3), (9, 5), "515"])
+def test_fusion_tau_must_be_a_range_of_positive_integers_quoting_it(tau):
+    with pytest.raises(ConfigError, match=rf"tau must be .* got {re.escape(repr(tau))}$"):
+        FusionSampler(tau=tau)
+    assert FusionSampler(tau=(5, 5)).tau == (5, 5)
+    assert FusionSampler(tau=[4, 6]).indices(40, 10, "train", Draws(4, 0)).shape == (5, 10)

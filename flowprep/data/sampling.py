@@ -81,9 +81,8 @@ def check_sampling(length: int, segments: int, mode: str) -> None:
 
 
 def check_length(length: int) -> None:
-    """ConfigError quoting the value unless the stack length L is positive."""
-    if length < 1:
-        raise ConfigError(f"stack length must be >= 1, got {length!r}")
+    """ConfigError quoting the value unless the stack length L is an integer >= 1."""
+    _positive("stack length", length)
 
 
 def check_mode(mode: str) -> None:
@@ -209,8 +208,11 @@ class FusionSampler(Sampler):
     def __post_init__(self) -> None:
         _positive("moments", self.moments)
         _positive("test_tau", self.test_tau)
-        if len(self.tau) != 2 or not 1 <= self.tau[0] <= self.tau[1]:
-            raise ConfigError(f"tau must be a range (lowest, highest) of positive frame gaps, got {self.tau!r}")
+        tau = tuple(self.tau) if isinstance(self.tau, (tuple, list)) else ()
+        if len(tau) != 2 or not all(map(_is_count, tau)) or tau[0] > tau[1]:
+            raise ConfigError("tau must be a range (lowest, highest) of integer frame gaps >= 1, e.g. (5, 15), or "
+                              f"(5, 5) for one gap; got {self.tau!r}")
+        object.__setattr__(self, "tau", tau)
 
     def count(self, mode: str) -> int | None:
         check_mode(mode)
@@ -330,8 +332,13 @@ def make_sampler(name: str | Sampler, segments: int | None = None, test_segments
 def _positive(name: str, value: int | None, none_ok: bool = False) -> None:
     if value is None and none_ok:
         return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    if not _is_count(value):
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _is_count(value: object) -> bool:
+    """Whether `value` is an integer >= 1 (numpy's too; not a bool, a float or a string)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def _check_frames(num_frames: int) -> None:
