@@ -55,7 +55,10 @@ def main() -> None:
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("output", type=click.Path(file_okay=False))
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True, help="Flow algorithm.")
-@click.option("--device", default="cpu", show_default=True, help="cpu (OpenCV), cuda[:N] or torch-cpu.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or torch-cpu.")
+@click.option("--impl", default=None,
+              help="Implementation of the algorithm on the device (`flowprep backends` lists them). Default: "
+                   "flowprep's numba TV-L1 on cpu; opencv: OpenCV's DualTVL1, bit-identical to mmaction2/TSN.")
 @click.option("--preset", default=None, help="Named parameter set of the algorithm (see `flowprep backends`).")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override an algorithm parameter.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -101,7 +104,7 @@ def main() -> None:
               help="Process only part K (1..N) of N disjoint parts of the videos, for N jobs sharing OUTPUT; "
                    "'slurm': this array task's part (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def extract(source: str, output: str, algo: str, device: str, preset: str | None, params: tuple[str, ...],
+def extract(source: str, output: str, algo: str, device: str, impl: str | None, preset: str | None, params: tuple[str, ...],
             batch_size: int, fps: float | None, size: tuple[int, int] | None, short_side: int | None, decoder: str,
             bound: float, jpeg_quality: int, layout: str, flow_template: str | None, direction: str,
             backward_template: str | None, warp: bool, img_template: str, start_index: int, rgb: bool, pack: str,
@@ -111,7 +114,7 @@ def extract(source: str, output: str, algo: str, device: str, preset: str | None
     try:
         config = ExtractConfig(
             decode=DecodeConfig(decoder=decoder, fps=fps, size=size, short_side=short_side),
-            flow=FlowConfig(algo=algo, device=device, preset=preset, params=_parse_params(params),
+            flow=FlowConfig(algo=algo, device=device, impl=impl, preset=preset, params=_parse_params(params),
                             batch_size=batch_size, warp=warp),
             store=StoreConfig(bound=bound, jpeg_quality=jpeg_quality, layout=layout, flow_template=flow_template,
                               backward_template=backward_template, directions=DIRECTION_CHOICES[direction],
@@ -157,13 +160,15 @@ def report_command(root: str) -> None:
 
 @main.command()
 def backends() -> None:
-    """List the flow backends, whether each can run here, and why not."""
+    """List every flow implementation, whether it can run here and why not, and which one is the default."""
     for info in list_backends():
         state = "usable" if info.usable else f"NOT usable: {info.reason}"
         presets = f" [presets: {', '.join(info.presets)}]" if info.presets else ""
-        click.echo(f"{info.algo:10s} {info.device:10s} {state}{presets}")
-        if info.description:
-            click.echo(f"{'':22s}{info.description}")
+        default = " (default)" if info.default else ""
+        click.echo(f"{info.algo:10s} {info.device:10s} --impl {info.impl}{default}: {state}{presets}")
+        for line in (info.description, info.why_default and f"default: {info.why_default}"):
+            if line:
+                click.echo(f"{'':22s}{line}")
         if info.implementation:
             click.echo(f"{'':22s}" + ", ".join(f"{k}: {v}" for k, v in info.implementation.items()))
 

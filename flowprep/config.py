@@ -76,6 +76,7 @@ class FlowConfig:
 
     algo: str = "tvl1"
     device: str = "cpu"
+    impl: str | None = None  # which implementation of algo on device (flowprep.flow.implementations); None: the default
     preset: str | None = None  # a named parameter set of the backend; None: its defaults
     params: tuple[tuple[str, Any], ...] = ()
     batch_size: int | None = None  # flows per launch for batched backends (both directions: half as many pairs);

@@ -27,7 +27,7 @@ from . import __version__
 from .config import ExtractConfig
 from .decode import VideoReader, check_video_file, flow_frames, open_reader, output_size, resize
 from .errors import DecodeError, VideoTooShortError
-from .flow import cached_backend
+from .flow import cached_backend, resolve_impl
 from .flow.base import FlowBackend
 from .flow.pairs import flow_stream
 from .flow.warp import Warper
@@ -46,6 +46,7 @@ def settings_of(config: ExtractConfig, params: Mapping[str, Any]) -> dict[str, A
     return {
         "algorithm": config.flow.algo,
         "device": config.flow.device,
+        "impl": resolve_impl(config.flow.algo, config.flow.device, config.flow.impl),
         "preset": config.flow.preset,
         "params": dict(params),
         "decoder": d.decoder,

@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, DIRECTIONS, LAYOUTS, StoreConfig
 from .errors import OutputError, StorageError
+from .flow import legacy_impl
 
 META_NAME = "meta.json"
 META_FORMAT = "flowprep/1"
@@ -543,8 +544,11 @@ def meta_field(fields: dict[str, Any], key: str, kind: type | tuple[type, ...], 
 
 def recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """meta.json['settings'] as pipeline.settings_of gives them today: trees written before backward and warped
-    flow existed lack those fields, and hold unwarped forward flow only."""
+    flow existed lack those fields, and hold unwarped forward flow only; trees from before `impl` were computed
+    by the one implementation there was (OpenCV's on the CPU)."""
     filled = {"directions": ["forward"], "warp": False, **settings}
+    if "impl" not in filled:  # written before an algorithm could have more than one implementation on a device
+        filled["impl"] = legacy_impl(str(filled.get("algorithm")), str(filled.get("device", "cpu")))
     if not filled.get("backward_template") and filled.get("layout") in DEFAULT_BACKWARD_TEMPLATES:
         filled["backward_template"] = DEFAULT_BACKWARD_TEMPLATES[filled["layout"]]
     return filled

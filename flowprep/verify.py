@@ -393,6 +393,7 @@ def _roundtrip(reader: OutputReader, meta: dict[str, Any], layout: _Layout, coun
     wanted = sorted(random.Random(f"{seed}:{reader.path.name}").sample(range(layout.pairs),
                                                                        min(count, layout.pairs)))
     backend = create_backend(FlowConfig(algo=settings["algorithm"], device=settings["device"],
+                                        impl=recorded_settings(settings)["impl"],
                                         params=tuple(settings["params"].items())))
     errors: dict[str, list[tuple[float, float]]] = {d: [] for d in layout.directions}
     recomputed = 0

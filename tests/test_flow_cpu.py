@@ -16,9 +16,9 @@ def small_pair(rubberwhale):
     return prev[100:228, 200:360].copy(), nxt[100:228, 200:360].copy()
 
 
-def test_tvl1_is_opencv_tvl1_with_defaults_and_hits_the_published_epe(rubberwhale):
+def test_tvl1_impl_opencv_is_opencv_tvl1_with_defaults_and_hits_the_published_epe(rubberwhale):
     prev, nxt, gt = rubberwhale
-    flow = create_backend(FlowConfig("tvl1")).compute(prev, nxt)
+    flow = create_backend(FlowConfig("tvl1", impl="opencv")).compute(prev, nxt)
     direct = cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None)
     assert flow.dtype == np.float32 and flow.shape == prev.shape + (2,)
     assert np.array_equal(flow, direct)
@@ -27,7 +27,7 @@ def test_tvl1_is_opencv_tvl1_with_defaults_and_hits_the_published_epe(rubberwhal
 
 def test_tvl1_parameters_reach_opencv(small_pair):
     prev, nxt = small_pair
-    flow = create_backend(FlowConfig("tvl1", params=(("warps", "2"), ("lambda", 0.3)))).compute(prev, nxt)
+    flow = create_backend(FlowConfig("tvl1", impl="opencv", params=(("warps", "2"), ("lambda", 0.3)))).compute(prev, nxt)
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
     tvl1.setWarpingsNumber(2)
     tvl1.setLambda(0.3)
@@ -62,12 +62,14 @@ def test_compute_stream_gives_n_minus_one_flows_in_order(small_pair):
     assert np.array_equal(flows[1], backend.compute(nxt, prev))
 
 
-def test_flow_direction_is_opencvs(rubberwhale):
+@pytest.mark.parametrize("impl", ["numba", "opencv"])
+def test_flow_direction_is_opencvs(rubberwhale, impl):
     # frame1(x, y) ~ frame2(x + u, y + v): content moved 3 px right and 2 px up gives u = +3, v = -2.
     image = rubberwhale[0]
     first = image[50:250, 50:350]
     second = image[52:252, 47:347]
-    flow = create_backend(FlowConfig("tvl1")).compute(np.ascontiguousarray(first), np.ascontiguousarray(second))
+    backend = create_backend(FlowConfig("tvl1", impl=impl))
+    flow = backend.compute(np.ascontiguousarray(first), np.ascontiguousarray(second))
     inner = flow[30:-30, 30:-30]
     assert np.median(inner[..., 0]) == pytest.approx(3, abs=0.1)
     assert np.median(inner[..., 1]) == pytest.approx(-2, abs=0.1)
@@ -80,8 +82,9 @@ def test_flow_direction_is_opencvs(rubberwhale):
     ((("median_filtering", 4),), "median_filtering must be odd .* got 4"),
 ])
 def test_bad_parameters_are_named(params, message):
-    with pytest.raises(ConfigError, match=message):
-        create_backend(FlowConfig("tvl1", params=params))
+    for impl in ("numba", "opencv"):
+        with pytest.raises(ConfigError, match=message):
+            create_backend(FlowConfig("tvl1", impl=impl, params=params))
     # The dry check a batch runs before its first video, on both TV-L1 devices.
     for device in ("cpu", "torch-cpu"):
         with pytest.raises(ConfigError, match=message):
@@ -98,23 +101,42 @@ def test_preset_then_overrides():
     assert backend.params["gd_iterations"] == 3 and backend.params["finest_scale"] == 2
 
 
-@pytest.mark.parametrize("algo, device, message", [
-    ("raft", "cpu", "unknown algorithm 'raft'"),
-    ("farneback", "cuda", "does not run on 'cuda'; it runs on: cpu"),
-    ("tvl1", "gpu", "device must be cpu, torch-cpu, cuda or cuda:N; got 'gpu'"),
+@pytest.mark.parametrize("algo, device, impl, message", [
+    ("raft", "cpu", None, "unknown algorithm 'raft'"),
+    ("farneback", "cuda", None, "does not run on 'cuda'; it runs on: cpu"),
+    ("tvl1", "gpu", None, "device must be cpu, torch-cpu, cuda or cuda:N; got 'gpu'"),
+    ("farneback", "cpu", "numba", r"implementation 'numba' of 'farneback' on 'cpu' does not exist; there is: opencv \(default\)"),
+    ("dis", "cpu", "torch", r"implementation 'torch' of 'dis' .* there is: opencv \(default\)"),
+    ("tvl1", "cpu", "torch", r"implementation 'torch' of 'tvl1' on 'cpu' .* there is: numba \(default\), opencv$"),
+    ("tvl1", "torch-cpu", "opencv", r"there is: torch \(default\)"),
 ])
-def test_bad_algorithm_or_device(algo, device, message):
+def test_bad_algorithm_device_or_implementation(algo, device, impl, message):
     with pytest.raises(ConfigError, match=message):
-        backend_class(algo, device)
+        backend_class(algo, device, impl)
+
+
+def test_implementations_by_name_and_default():
+    assert backend_class("tvl1", "cpu").__name__ == "NumbaTVL1"
+    assert backend_class("tvl1", "cpu", "numba").__name__ == "NumbaTVL1"
+    assert backend_class("tvl1", "cpu", "opencv").__name__ == "OpenCVTVL1"
+    for algo in ("farneback", "dis"):
+        assert backend_class(algo, "cpu", "opencv") is backend_class(algo, "cpu")
 
 
 def test_device_kinds():
     assert [device_kind(d) for d in ("cpu", "cuda", "cuda:3", "torch-cpu")] == ["cpu", "cuda", "cuda", "torch-cpu"]
 
 
-def test_list_backends_reports_the_cpu_backends_usable():
-    usable = {(b.algo, b.device) for b in list_backends() if b.usable}
-    assert {("tvl1", "cpu"), ("farneback", "cpu"), ("dis", "cpu")} <= usable
+def test_list_backends_reports_the_cpu_backends_usable_and_the_defaults():
+    infos = list_backends()
+    usable = {(b.algo, b.device, b.impl) for b in infos if b.usable}
+    assert {("tvl1", "cpu", "numba"), ("tvl1", "cpu", "opencv"), ("farneback", "cpu", "opencv"),
+            ("dis", "cpu", "opencv")} <= usable
+    defaults = {(b.algo, b.device): b.impl for b in infos if b.default}
+    assert defaults[("tvl1", "cpu")] == "numba" and defaults[("farneback", "cpu")] == "opencv"
+    assert len(defaults) == len({(b.algo, b.device) for b in infos})  # one default each
+    assert [b.why_default for b in infos if b.why_default] and all(
+        b.default for b in infos if b.why_default)
 
 
 # A value other than the default for every parameter, and OpenCV's getter that must report it: each parameter has
@@ -139,12 +161,12 @@ DIS_CHANGES = {
 def test_every_tvl1_and_dis_parameter_reaches_opencv_and_changes_the_flow(small_pair):
     prev, nxt = small_pair
     for algo, changes, attribute in (("tvl1", TVL1_CHANGES, "_tvl1"), ("dis", DIS_CHANGES, "_dis")):
-        backend_type = backend_class(algo, "cpu")
+        backend_type = backend_class(algo, "cpu", "opencv")
         assert set(changes) == set(backend_type.defaults), algo
-        default_flow = create_backend(FlowConfig(algo)).compute(prev, nxt)
+        default_flow = create_backend(FlowConfig(algo, impl="opencv")).compute(prev, nxt)
         for name, (value, getter) in changes.items():
             assert value != backend_type.defaults[name], (algo, name)
-            backend = create_backend(FlowConfig(algo, params=((name, value),)))
+            backend = create_backend(FlowConfig(algo, impl="opencv", params=((name, value),)))
             assert getattr(getattr(backend, attribute), getter)() == pytest.approx(value), (algo, name)
             assert not np.array_equal(backend.compute(prev, nxt), default_flow), (algo, name)
 

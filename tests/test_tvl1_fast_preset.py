@@ -16,25 +16,28 @@ from conftest import TVL1_EPE_RUBBERWHALE, run_cli
 
 
 def test_fast_preset_is_applied_and_overridable() -> None:
-    fast = create_backend(FlowConfig(algo="tvl1", preset="fast"))
-    defaults = create_backend(FlowConfig(algo="tvl1"))
+    fast = create_backend(FlowConfig(algo="tvl1", impl="opencv", preset="fast"))
+    defaults = create_backend(FlowConfig(algo="tvl1", impl="opencv"))
     changed = {k for k in defaults.params if fast.params[k] != defaults.params[k]}
     assert changed == set(OpenCVTVL1.presets["fast"]) and changed
     assert fast._tvl1.getScaleStep() == pytest.approx(fast.params["scale_step"])
     assert fast._tvl1.getEpsilon() == pytest.approx(fast.params["epsilon"])
-    overridden = create_backend(FlowConfig(algo="tvl1", preset="fast", params=(("epsilon", "0.01"),)))
+    overridden = create_backend(FlowConfig(algo="tvl1", impl="opencv", preset="fast", params=(("epsilon", "0.01"),)))
     assert overridden.params["epsilon"] == 0.01
     assert overridden.params["scale_step"] == fast.params["scale_step"]
 
 
 def test_backends_lists_the_preset() -> None:
     result = run_cli("backends")
-    line = next(line for line in result.stdout.splitlines() if line.startswith("tvl1"))
-    assert "fast" in line
+    lines = [line for line in result.stdout.splitlines() if line.startswith("tvl1")]
+    assert len(lines) == 4 and all("[presets: fast]" in line for line in lines if "NOT usable" not in line)
 
 
 @pytest.mark.slow
 def test_fast_preset_keeps_rubberwhale_accuracy(rubberwhale: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     prev, nxt, gt = rubberwhale
+    reference = create_backend(FlowConfig(algo="tvl1", impl="opencv", preset="fast")).compute(prev, nxt)
+    assert endpoint_error(reference, gt) <= 1.15 * TVL1_EPE_RUBBERWHALE
+    # The default CPU solver with the same preset gives OpenCV's fast flow (the preset multiplies on it).
     flow = create_backend(FlowConfig(algo="tvl1", preset="fast")).compute(prev, nxt)
-    assert endpoint_error(flow, gt) <= 1.15 * TVL1_EPE_RUBBERWHALE
+    assert np.abs(flow - reference).mean() <= 0.002

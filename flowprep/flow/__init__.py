@@ -1,4 +1,4 @@
-"""Backend registry: (algorithm, device kind) -> implementation, imported only when used."""
+"""Backend registry: (algorithm, device kind, implementation) -> backend class, imported only when used."""
 from __future__ import annotations
 
 import importlib
@@ -11,15 +11,21 @@ from ..config import FlowConfig
 from ..errors import BackendUnavailableError, ConfigError
 from .base import FlowBackend
 
-# Device kinds: "cpu" (OpenCV), "cuda" (cuda or cuda:N, PyTorch / NVIDIA hardware), "torch-cpu" (the PyTorch
+# Device kinds: "cpu", "cuda" (cuda or cuda:N, PyTorch / NVIDIA hardware), "torch-cpu" (the PyTorch
 # implementation on the CPU: same code as on the GPU, for machines without one and for tests).
-_REGISTRY: dict[tuple[str, str], str] = {
-    ("tvl1", "cpu"): "flowprep.flow.opencv:OpenCVTVL1",
-    ("farneback", "cpu"): "flowprep.flow.opencv:OpenCVFarneback",
-    ("dis", "cpu"): "flowprep.flow.opencv:OpenCVDIS",
-    ("tvl1", "cuda"): "flowprep.flow.torch_tvl1:TorchTVL1",
-    ("tvl1", "torch-cpu"): "flowprep.flow.torch_tvl1:TorchTVL1",
-    ("nvof", "cuda"): "flowprep.flow.nvof:NVOF",
+# (algorithm, device kind) -> implementations by name, the default first.
+_REGISTRY: dict[tuple[str, str], dict[str, str]] = {
+    ("tvl1", "cpu"): {"numba": "flowprep.flow.tvl1_cpu:NumbaTVL1", "opencv": "flowprep.flow.opencv:OpenCVTVL1"},
+    ("farneback", "cpu"): {"opencv": "flowprep.flow.opencv:OpenCVFarneback"},
+    ("dis", "cpu"): {"opencv": "flowprep.flow.opencv:OpenCVDIS"},
+    ("tvl1", "cuda"): {"torch": "flowprep.flow.torch_tvl1:TorchTVL1"},
+    ("tvl1", "torch-cpu"): {"torch": "flowprep.flow.torch_tvl1:TorchTVL1"},
+    ("nvof", "cuda"): {"nvidia": "flowprep.flow.nvof:NVOF"},
+}
+# Why the default is the default where there is a choice (`flowprep backends` says it).
+_WHY_DEFAULT = {
+    ("tvl1", "cpu"): "OpenCV's scheme and defaults, the same flow within 0.01 px, for several times less CPU "
+                     "(docs/benchmarks.md); --impl opencv gives OpenCV's own bits (mmaction2's, TSN's)",
 }
 
 ALGORITHMS = tuple(dict.fromkeys(algo for algo, _ in _REGISTRY))
@@ -35,22 +41,47 @@ def device_kind(device: str) -> str:
     raise ConfigError(f"device must be cpu, torch-cpu, cuda or cuda:N; got {device!r}")
 
 
-def backend_class(algo: str, device: str) -> type[FlowBackend]:
-    """The class implementing `algo` on `device`; ConfigError when no such combination exists."""
+def implementations(algo: str, device: str) -> tuple[str, ...]:
+    """The implementations of `algo` on `device`, the default first; ConfigError when there is none."""
     if algo not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGORITHMS)}")
-    kind = device_kind(device)
-    target = _REGISTRY.get((algo, kind))
-    if target is None:
+    found = _REGISTRY.get((algo, device_kind(device)))
+    if found is None:
         devices = sorted(k for a, k in _REGISTRY if a == algo)
         raise ConfigError(f"algorithm {algo!r} does not run on {device!r}; it runs on: {', '.join(devices)}")
-    module_name, class_name = target.split(":")
+    return tuple(found)
+
+
+def resolve_impl(algo: str, device: str, impl: str | None = None) -> str:
+    """`impl`, checked, or the default implementation of `algo` on `device` when None."""
+    known = implementations(algo, device)
+    if impl is None:
+        return known[0]
+    if impl not in known:
+        listed = ", ".join(f"{name} (default)" if i == 0 else name for i, name in enumerate(known))
+        raise ConfigError(f"implementation {impl!r} of {algo!r} on {device!r} does not exist; there is: {listed}")
+    return impl
+
+
+def legacy_impl(algo: str, device: str) -> str | None:
+    """The implementation that wrote outputs whose meta.json names none (before there was a choice): OpenCV's
+    on the CPU, the only one elsewhere; None for a combination that does not exist."""
+    kind = device.split(":", 1)[0]
+    if kind == "cpu":
+        return "opencv"
+    return next(iter(_REGISTRY.get((algo, kind), ())), None)
+
+
+def backend_class(algo: str, device: str, impl: str | None = None) -> type[FlowBackend]:
+    """The class implementing `algo` on `device` (`impl`, or the default); ConfigError when none does."""
+    name = resolve_impl(algo, device, impl)
+    module_name, class_name = _REGISTRY[(algo, device_kind(device))][name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
 def create_backend(config: FlowConfig) -> FlowBackend:
     """A ready backend for `config`; BackendUnavailableError says why it cannot run here."""
-    cls = backend_class(config.algo, config.device)
+    cls = backend_class(config.algo, config.device, config.impl)
     reason = cls.availability(config.device)
     if reason is not None:
         raise BackendUnavailableError(f"{config.algo} on {config.device} cannot run here: {reason}")
@@ -61,7 +92,7 @@ def check_flow_config(config: FlowConfig, *, here: bool = True) -> dict[str, Any
     """The full parameter set of `config`, checked without building the backend: ConfigError names a bad
     algorithm, device, preset or parameter. With `here`, also ConfigError when it cannot run on this machine
     (leave it off for clusters: workers may have what this machine lacks, a GPU say)."""
-    cls = backend_class(config.algo, config.device)
+    cls = backend_class(config.algo, config.device, config.impl)
     params = cls.check_params(dict(config.params), config.preset)
     reason = cls.availability(config.device) if here else None
     if reason:
@@ -85,6 +116,9 @@ def cached_backend(config: FlowConfig) -> FlowBackend:
 class BackendInfo:
     algo: str
     device: str
+    impl: str
+    default: bool  # the implementation `algo` gets on `device` without --impl
+    why_default: str  # "" when it is the only one, or not the default
     usable: bool
     reason: str  # why it cannot run here; "" when usable
     description: str
@@ -93,16 +127,19 @@ class BackendInfo:
 
 
 def list_backends() -> list[BackendInfo]:
-    """Every registered backend, whether it can run here, and why not."""
+    """Every registered implementation, whether it can run here, and why not."""
     infos = []
-    for (algo, kind), _ in sorted(_REGISTRY.items()):
-        try:
-            cls = backend_class(algo, kind)
-            reason = cls.availability(kind) or ""
-            description, presets = cls.description, tuple(sorted(cls.presets))
-            implementation = {} if reason else cls.describe_implementation(kind, cls.check_params(),
-                                                                           cls.default_batch_size(kind))
-        except ImportError as exc:
-            reason, description, presets, implementation = str(exc), "", (), {}
-        infos.append(BackendInfo(algo, kind, not reason, reason, description, presets, implementation))
+    for (algo, kind), impls in sorted(_REGISTRY.items()):
+        for rank, impl in enumerate(impls):
+            try:
+                cls = backend_class(algo, kind, impl)
+                reason = cls.availability(kind) or ""
+                description, presets = cls.description, tuple(sorted(cls.presets))
+                implementation = {} if reason else cls.describe_implementation(kind, cls.check_params(),
+                                                                               cls.default_batch_size(kind))
+            except ImportError as exc:
+                reason, description, presets, implementation = str(exc), "", (), {}
+            why = _WHY_DEFAULT.get((algo, kind), "") if rank == 0 else ""
+            infos.append(BackendInfo(algo, kind, impl, rank == 0, why, not reason, reason, description, presets,
+                                     implementation))
     return infos
