@@ -209,7 +209,7 @@ class FusionSampler(Sampler):
         _positive("moments", self.moments)
         _positive("test_tau", self.test_tau)
         tau = tuple(self.tau) if isinstance(self.tau, (tuple, list)) else ()
-        if len(tau) != 2 or not all(map(_is_count, tau)) or tau[0] > tau[1]:
+        if len(tau) != 2 or not all(is_integer(t, 1) for t in tau) or tau[0] > tau[1]:
             raise ConfigError("tau must be a range (lowest, highest) of integer frame gaps >= 1, e.g. (5, 15), or "
                               f"(5, 5) for one gap; got {self.tau!r}")
         object.__setattr__(self, "tau", tau)
@@ -332,13 +332,13 @@ def make_sampler(name: str | Sampler, segments: int | None = None, test_segments
 def _positive(name: str, value: int | None, none_ok: bool = False) -> None:
     if value is None and none_ok:
         return
-    if not _is_count(value):
+    if not is_integer(value, 1):
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _is_count(value: object) -> bool:
-    """Whether `value` is an integer >= 1 (numpy's too; not a bool, a float or a string)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+def is_integer(value: object, least: int) -> bool:
+    """Whether `value` is an integer >= `least` (numpy's too; not a bool, a float or a string)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
 
 
 def _check_frames(num_frames: int) -> None:

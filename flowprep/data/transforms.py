@@ -15,12 +15,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..quantize import DEFAULT_BOUND, check_bound
+from .sampling import is_integer
 
 Size = int | tuple[int, int]  # int: square side; tuple: (height, width), pixels
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
@@ -159,7 +159,7 @@ class MultiScaleCrop(Transform):
                  fix_crop: bool = True, more_fix_crop: bool = True, flow: bool = True):
         if not scales or min(scales) <= 0 or max(scales) > 1:
             raise ConfigError(f"scales must be in (0, 1], got {scales!r}")
-        if not _is_int(max_distort) or max_distort < 0:
+        if not is_integer(max_distort, 0):
             raise ConfigError(f"max_distort must be an integer >= 0 (scale steps), got {max_distort!r}")
         self.size = _pair(size)
         self.scales = tuple(scales)
@@ -250,14 +250,10 @@ def _values(value: float | Sequence[float]) -> tuple[float, ...]:
 
 
 def _pair(size: Size) -> tuple[int, int]:
-    pair = (size, size) if _is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else ()
-    if len(pair) != 2 or not all(_is_int(side) and side >= 1 for side in pair):
+    pair = (size, size) if is_integer(size, 1) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(pair) != 2 or not all(is_integer(side, 1) for side in pair):
         raise ConfigError(f"size must be a positive int or (height, width) of positive ints, got {size!r}")
     return int(pair[0]), int(pair[1])
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _fit(tensor: torch.Tensor, size: tuple[int, int], transform: Transform) -> tuple[int, int]:
