@@ -424,3 +424,32 @@ def test_every_paper_configuration_of_the_docs_loads_from_a_real_tree(carphone, 
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1))
     adapt_first_conv(net, 10)
     assert net(configurations["TSN flow"][0][0][0]).shape == (3, 8, 1, 1)
+
+
+# --- Mean subtraction, short two-stream videos, explicit arguments, epochs and index errors (issue 19) ---
+
+def varying_codes(pairs: int, seed: int = 0) -> np.ndarray:
+    """(pairs, 8, 12, 2) codes that vary by row and by column, with a mean of their own for every field."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:8, 0:12]
+    fields = [40 + 8 * k + 5 * rows + 3 * columns + rng.integers(0, 20, (8, 12)) for k in range(2 * pairs)]
+    return np.stack(fields).reshape(pairs, 2, 8, 12).transpose(0, 2, 3, 1).astype(np.uint8)
+
+
+def test_mean_subtraction_is_per_field_over_the_whole_frame_and_per_segment(tmp_path):
+    write_video(tmp_path / "A" / "v", 20, codes=varying_codes(20))
+    pixels, _ = FlowStackDataset(tmp_path, length=3, segments=3, mode="val")[0]
+    centred, _ = FlowStackDataset(tmp_path, length=3, segments=3, mode="val", mean_subtract=True)[0]
+    assert pixels.shape == (3, 6, 8, 12)
+    means = pixels.numpy().astype(np.float64).mean(axis=(-2, -1), keepdims=True)  # (segment, channel)
+    assert len(np.unique(means.round(3))) == 18  # every field of every segment has its own mean
+    assert np.allclose(centred.numpy(), pixels.numpy() - means, atol=1e-4)
+
+
+def test_two_stream_rgb_frame_of_a_short_video_is_its_last(tmp_path):
+    write_video(tmp_path / "A" / "v", 4, rgb_frames=5)  # shorter than L = 10: the centre 1 + 5 is past frame 5
+    for mode in ("train", "val", "test"):
+        dataset = TwoStreamDataset(tmp_path, length=10, segments=1, mode=mode, output="uint8", seed=0)
+        rgb, flow, _ = dataset[0]
+        assert dataset.rgb_indices(dataset.videos[0], dataset.frame_indices(0)).tolist() == [5]
+        assert [int(v) for v in rgb[:, 0, 0]] == pytest.approx(rgb_code(4), abs=1)
