@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -152,7 +154,7 @@ def test_trees_of_other_tools_through_naming_options(tmp_path):
 def test_bound_recorded_in_meta_and_mean_subtraction(tmp_path):
     write_video(tmp_path / "A" / "v", 6, bound=40.0)
     codes, _ = FlowStackDataset(tmp_path, length=2, mode="val", output="uint8")[0]
-    pixels, _ = FlowStackDataset(tmp_path, length=2, mode="val", bound=5.0)[0]  # meta.json's bound wins
+    pixels, _ = FlowStackDataset(tmp_path, length=2, mode="val")[0]  # meta.json's bound, 40
     assert np.array_equal(pixels.numpy(), dequantize(codes.numpy(), 40.0))
     centred, _ = FlowStackDataset(tmp_path, length=2, mode="val", mean_subtract=True)[0]
     assert torch.allclose(centred, torch.zeros_like(centred), atol=1e-5)  # constant fields minus their mean
@@ -210,6 +212,7 @@ def test_dataloader_with_two_workers_gives_the_same_items_as_none(carphone):
     # Six entries of the one clip: six item indices, so six different draws that the workers must not mix up.
     dataset = FlowStackDataset(carphone["zip"], read_annotations(carphone["list"]) * 6, length=5, segments=2,
                                seed=3, transform=Compose([RandomCrop(96), FlowHorizontalFlip(0.5)]))
+    dataset.set_epoch(0)  # epoch 0 read twice on purpose (without it, the second read warns)
     batches = [list(DataLoader(dataset, batch_size=3, num_workers=workers)) for workers in (0, 2)]
     for (flow0, label0), (flow2, label2) in zip(*batches):
         assert flow0.shape == (3, 2, 10, 96, 96)
@@ -247,6 +250,7 @@ def test_two_stream_transforms_are_seeded_alike_and_rgb_is_required(tmp_path):
     write_video(tmp_path / "A" / "v", 20, rgb_frames=21)
     flow_draws, rgb_draws = Draws(), Draws()
     dataset = TwoStreamDataset(tmp_path, transform=flow_draws, rgb_transform=rgb_draws, seed=1)
+    dataset.set_epoch(0)  # reading epoch 0's item 0 again is meant: no warning
     for _ in range(3):
         dataset[0]
     assert flow_draws.draws == rgb_draws.draws and len(set(flow_draws.draws)) == 1
@@ -317,6 +321,7 @@ def test_every_sampler_gives_the_same_items_with_0_and_2_workers(tmp_path, sampl
         write_video(tmp_path / "A" / name, 40, fps=15.0)
     dataset = FlowStackDataset(tmp_path, length=4, segments=segments, sampling=sampling, seed=8,
                                transform=Compose([RandomCrop(6), FlowHorizontalFlip(0.5)]))
+    dataset.set_epoch(0)  # epoch 0 read twice on purpose
     batches = [list(DataLoader(dataset, batch_size=2, num_workers=workers)) for workers in (0, 2)]
     assert len(batches[0]) == len(batches[1]) == 2  # zip below must compare every batch
     for (flow0, label0), (flow2, label2) in zip(*batches):
@@ -416,14 +421,15 @@ def test_every_paper_configuration_of_the_docs_loads_from_a_real_tree(carphone, 
     assert sequence.videos[0].fps == 15.0 and sequence.videos[0].naming.layout == "xy0"
     assert sequence.frame_indices(0)[:4, 0].tolist() == [1, 16, 31, 46]  # one a second from 15 fps
     configurations["Beyond Short Snippets"] = (sequence, (30, 2, 144, 176))
+    stacks = {}
     for name, (dataset, shape) in configurations.items():
-        item = dataset[0]
-        assert tuple(item[-2].shape) == shape, name
-        assert torch.isfinite(item[-2].float()).all(), name
+        stacks[name] = dataset[0][-2]
+        assert tuple(stacks[name].shape) == shape, name
+        assert torch.isfinite(stacks[name].float()).all(), name
     # Cross-modality init feeds the stacks to an RGB network's first conv.
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1))
     adapt_first_conv(net, 10)
-    assert net(configurations["TSN flow"][0][0][0]).shape == (3, 8, 1, 1)
+    assert net(stacks["TSN flow"]).shape == (3, 8, 1, 1)
 
 
 # --- Mean subtraction, short two-stream videos, explicit arguments, epochs and index errors (issue 19) ---
@@ -453,3 +459,98 @@ def test_two_stream_rgb_frame_of_a_short_video_is_its_last(tmp_path):
         rgb, flow, _ = dataset[0]
         assert dataset.rgb_indices(dataset.videos[0], dataset.frame_indices(0)).tolist() == [5]
         assert [int(v) for v in rgb[:, 0, 0]] == pytest.approx(rgb_code(4), abs=1)
+
+
+@pytest.mark.parametrize("name, value, recorded", [
+    ("bound", 5.0, 40.0), ("fps", 10.0, 15.0), ("flow_template", "{}_{:05d}.jpg", "flow_{}_{:05d}.jpg"),
+    ("start_index", 0, 1), ("img_template", "frame_{:05d}.jpg", "img_{:05d}.jpg"), ("layout", "xy0", "separate"),
+    ("backward_template", "back_{}_{:05d}.jpg", "backflow_{}_{:05d}.jpg"),
+])
+@pytest.mark.parametrize("listed", [False, True])
+def test_an_explicit_argument_that_disagrees_with_meta_json_is_an_error_naming_both(tmp_path, name, value, recorded,
+                                                                                     listed):
+    video = write_video(tmp_path / "A" / "v", 40, bound=40.0, fps=15.0)
+    annotations = [Annotation("A/v", 40, 0)] if listed else None
+    with pytest.raises(ConfigError, match=re.escape(f"{video}: its meta.json records {name}={recorded!r}, but "
+                                                    f"{name}={value!r} was given")):
+        FlowStackDataset(tmp_path, annotations, length=1, segments=3, sampling="sequence", mode="test",
+                         **{name: value})
+    # The recorded value itself may be passed.
+    dataset = FlowStackDataset(tmp_path, annotations, length=1, segments=3, sampling="sequence", mode="test",
+                               **{name: recorded})
+    assert dataset.frame_indices(0)[:, 0].tolist() == [1, 16, 31]
+
+
+def test_explicit_bound_and_fps_describe_trees_without_meta_json(tmp_path):
+    write_foreign_video(tmp_path / "A" / "v", 40, Naming())
+    wide, _ = FlowStackDataset(tmp_path, length=1, mode="val", bound=40)[0]
+    narrow, _ = FlowStackDataset(tmp_path, length=1, mode="val")[0]
+    assert torch.allclose(wide, narrow * 2, atol=1e-4)
+    sequence = FlowStackDataset(tmp_path, length=1, segments=3, sampling="sequence", mode="test", fps=10.0)
+    assert sequence.frame_indices(0)[:, 0].tolist() == [1, 11, 21]
+
+
+def first_fields(loader: DataLoader) -> list[int]:
+    """The x code of each item's first field, in loader order: which field each item's draw started at."""
+    return [int(code) for flow, _ in loader for code in flow[:, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn", "fork a deep copy"])
+def test_set_epoch_reaches_persistent_workers(tmp_path, start):
+    write_video(tmp_path / "A" / "v", 40)
+    dataset = FlowStackDataset(tmp_path, [Annotation("A/v", 40, 0)] * 8, length=1, seed=3, output="uint8")
+    if start == "fork a deep copy":
+        dataset = copy.deepcopy(dataset)
+    expected = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        expected.append([int(dataset[i][0][0, 0, 0]) for i in range(8)])
+    assert len({tuple(e) for e in expected}) == 3
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=start.split()[0], timeout=60)
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        assert first_fields(loader) == expected[epoch], epoch
+
+
+def test_reading_seeded_train_items_again_without_set_epoch_warns_once(tmp_path):
+    write_video(tmp_path / "A" / "v", 40)
+    dataset = FlowStackDataset(tmp_path, [Annotation("A/v", 40, 0)] * 4, length=1, seed=3)
+    loader = DataLoader(dataset, batch_size=2, num_workers=0)
+    first_fields(loader)
+    with pytest.warns(UserWarning, match=r"item \d was read again before set_epoch was ever called.*"
+                                         r"call dataset.set_epoch\(epoch\) before each epoch"):
+        first_fields(loader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first_fields(loader)  # once
+        said = FlowStackDataset(tmp_path, length=1, seed=3)
+        said.set_epoch(0)  # an epoch said: reading it again is meant
+        said[0], said[0]
+        for mode in ("val", "test"):  # no random draws to repeat
+            evaluation = FlowStackDataset(tmp_path, length=1, seed=3, mode=mode)
+            evaluation[0], evaluation[0]
+        unseeded = FlowStackDataset(tmp_path, length=1)
+        unseeded[0], unseeded[0]
+
+
+def test_index_seed_and_epoch_errors_quote_the_value(tmp_path):
+    write_video(tmp_path / "A" / "v", 40)
+    write_video(tmp_path / "A" / "w", 40)
+    dataset = FlowStackDataset(tmp_path, length=1, seed=3, output="uint8")
+    dataset.set_epoch(0)  # items are read twice on purpose
+    assert torch.equal(dataset[-1][0], dataset[1][0])  # counted from the end, as for a list
+    assert np.array_equal(dataset.frame_indices(-2), dataset.frame_indices(0))
+    with pytest.raises(IndexError, match="item 2 is out of range for 2 videos"):
+        dataset[2]
+    with pytest.raises(IndexError, match="item -3 is out of range for 2 videos"):
+        dataset.frame_indices(-3)
+    with pytest.raises(TypeError, match="indices must be integers, got 1.5"):
+        dataset[1.5]
+    for seed in (-3, 2.5, "7"):
+        with pytest.raises(ConfigError, match=f"seed must be None or an integer >= 0, got {seed!r}"):
+            FlowStackDataset(tmp_path, seed=seed)
+    with pytest.raises(ConfigError, match="epoch must be an integer >= 0, got -1"):
+        dataset.set_epoch(-1)
+    with pytest.raises(ConfigError, match="stack length must be an integer >= 1, got 2.5"):
+        FlowStackDataset(tmp_path, length=2.5)

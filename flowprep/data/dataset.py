@@ -8,7 +8,9 @@ share a file handle.
 """
 from __future__ import annotations
 
+import operator
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,9 +24,8 @@ from torch.utils.data import Dataset, get_worker_info
 from ..annotations import Annotation, VideoOutput, build_annotations, describe_output, find_outputs, read_annotations
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
-from ..quantize import DEFAULT_BOUND
 from ..store import Naming, OutputReader, open_output
-from .sampling import Sampler, check_length, check_mode, make_sampler
+from .sampling import Sampler, check_length, check_mode, is_integer, make_sampler
 from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
 from .transforms import apply_transform
 
@@ -49,8 +50,10 @@ class FlowStackDataset(Dataset):
     float in [0, 1]). `mean_subtract` subtracts from each x and y field its spatial mean (two-stream paper;
     flow stackings, float outputs).
 
-    With `seed` set, item i of epoch e is the same whatever the DataLoader worker count (call set_epoch each
-    epoch); with seed None, randomness comes from torch's RNG, which DataLoader seeds per worker.
+    With `seed` set, item i of epoch e is the same whatever the DataLoader worker count; call set_epoch(e)
+    before each epoch's iterator (it reaches running workers, persistent ones too); a seeded train dataset
+    whose items are read again before set_epoch was ever called warns once. With seed None, randomness comes
+    from torch's RNG, which DataLoader seeds per worker.
 
     `annotations`: a list file (``relative_dir num_frames label``), a sequence of Annotation, or None to take
     every video under `root` labelled by sorted class folders. Each listed count is checked against the tree
@@ -58,7 +61,8 @@ class FlowStackDataset(Dataset):
     unless on_count_mismatch='tree' (use the tree's count). `layout`, `flow_template`, `backward_template`,
     `img_template`, `start_index`, `bound` (pixels) and `fps` (sampled frames per second, for the sequence
     sampler) describe trees without meta.json (denseflow: start_index=0; mmaction2's script:
-    flow_template='{}_{:05d}.jpg'); a video's meta.json takes precedence.
+    flow_template='{}_{:05d}.jpg'); a video with meta.json is read as it records, and an explicit argument
+    that disagrees with what it records is a ConfigError naming the video and both values.
 
     `transform` gets the tensor (flowprep Transforms also a per-item torch.Generator).
     """
@@ -75,11 +79,11 @@ class FlowStackDataset(Dataset):
         output: str = "pixels",
         mean_subtract: bool = False,
         seed: int | None = None,
-        layout: str = "separate",
+        layout: str | None = None,
         flow_template: str | None = None,
-        img_template: str = StoreConfig.img_template,
-        start_index: int = StoreConfig.start_index,
-        bound: float = DEFAULT_BOUND,
+        img_template: str | None = None,
+        start_index: int | None = None,
+        bound: float | None = None,
         on_count_mismatch: str = "error",
         sampling: str | Sampler = "tsn",
         stacking: str | Stacking = "flow",
@@ -93,6 +97,8 @@ class FlowStackDataset(Dataset):
                               f"got {on_count_mismatch!r}")
         check_length(length)
         check_mode(mode)
+        if seed is not None and not is_integer(seed, 0):
+            raise ConfigError(f"seed must be None or an integer >= 0, got {seed!r}")
         self.sampler = make_sampler(sampling, segments, test_segments)
         self.stacking = make_stacking(stacking)
         self.stacking.check_output(output, length)
@@ -107,12 +113,16 @@ class FlowStackDataset(Dataset):
         self.mean_subtract = mean_subtract
         self.seed = seed
         self.fps = fps
-        self.epoch = 0
+        # The arguments given (None: not given), StoreConfig's field names: they describe trees without meta.json.
+        given = {name: value for name, value in (
+            ("layout", layout), ("flow_template", flow_template), ("img_template", img_template),
+            ("start_index", start_index), ("backward_template", backward_template), ("bound", bound))
+            if value is not None}
         # Validates templates, layout, start index and bound the same way extraction does.
-        store = StoreConfig(bound=bound, layout=layout, flow_template=flow_template, img_template=img_template,
-                            start_index=start_index, backward_template=backward_template)
+        store = StoreConfig(**given)
         self.videos, self.labels = _load_videos(self.root, annotations, Naming.from_config(store), store.bound,
                                                 on_count_mismatch, self.stacking)
+        _check_given(self.videos, given | ({} if fps is None else {"fps": fps}))
         if self.sampler.needs_fps:
             for video in self.videos:
                 if video.fps is None and fps is None:
@@ -121,6 +131,12 @@ class FlowStackDataset(Dataset):
         self._readers: OrderedDict[Path, OutputReader] = OrderedDict()
         self._pid = os.getpid()
         self._unpickled_in: int | None = None
+        # In shared memory, so that set_epoch reaches DataLoader workers already running (persistent ones,
+        # forked or spawned: torch hands them a shared tensor's memory): [epoch, set_epoch called, warned]; and,
+        # for seeded train items, which items were read while set_epoch had never been called.
+        self._epochs = torch.zeros(3, dtype=torch.int64).share_memory_()
+        repeats = seed is not None and mode == "train"  # reading an item again repeats its random draws
+        self._read = torch.zeros(len(self.videos), dtype=torch.bool).share_memory_() if repeats else None
 
     @property
     def segments(self) -> int | None:
@@ -130,9 +146,15 @@ class FlowStackDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose draws items take (set_epoch)."""
+        return int(self._epochs[0])
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        index = self._position(index)
         video = self.videos[index]
-        rng = self._item_rng(index)
+        rng = self._read_rng(index)
         stack = self._stack(video, self._indices(video, rng))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return apply_transform(self.transform, stack, generator), self.labels[index]
@@ -140,11 +162,38 @@ class FlowStackDataset(Dataset):
     def frame_indices(self, index: int) -> np.ndarray:
         """1-based unit numbers (flow fields, or RGB frames / differences) item `index` reads, (K, L), in the
         sampler's order; reproducible only with a seed."""
+        index = self._position(index)
         return self._indices(self.videos[index], self._item_rng(index))
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw new train offsets and transforms for `epoch` (with a seed; set before workers start)."""
-        self.epoch = epoch
+        """Draw new train offsets and transforms for `epoch` (with a seed), in this process and in every
+        DataLoader worker: call it before the epoch's iterator is created."""
+        if not is_integer(epoch, 0):
+            raise ConfigError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self._epochs[0], self._epochs[1] = epoch, 1
+
+    def _position(self, index: int) -> int:
+        """`index` as 0 .. len - 1; negative ones count from the end, as for a list."""
+        try:
+            position = operator.index(index)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__} indices must be integers, got {index!r}") from None
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"item {index!r} is out of range for {len(self)} videos")
+        return position % len(self)
+
+    def _read_rng(self, index: int) -> np.random.Generator:
+        """_item_rng of an item being read; warns once when seeded train items repeat because set_epoch was
+        never called."""
+        if self._read is not None and not self._epochs[1]:
+            if self._read[index] and not self._epochs[2]:
+                self._epochs[2] = 1
+                warnings.warn(f"{type(self).__name__}(seed={self.seed}): item {index} was read again before "
+                              "set_epoch was ever called, so it repeats its first draw (offsets, crops, flips): "
+                              "with a seed, item i of epoch e is always the same; call dataset.set_epoch(epoch) "
+                              "before each epoch (warned once)", stacklevel=3)
+            self._read[index] = True
+        return self._item_rng(index)
 
     def _indices(self, video: VideoOutput, rng: np.random.Generator) -> np.ndarray:
         return self.sampler.indices(self.stacking.units(video), self.length, self.mode, rng,
@@ -194,6 +243,10 @@ class FlowStackDataset(Dataset):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        # A spawned worker's tensors arrive shared with the parent's; a deep copy's are its own: share them too.
+        for shared in (self._epochs, self._read):
+            if shared is not None and not shared.is_shared():
+                shared.share_memory_()
         # Where the copy was made: a spawned worker's own process, or (deepcopy) a parent that may fork later.
         self._unpickled_in = os.getpid()
 
@@ -224,8 +277,9 @@ class TwoStreamDataset(FlowStackDataset):
                 raise OutputError(f"{video.path}: no RGB frames (extract with --rgb for the two-stream dataset)")
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        index = self._position(index)
         video = self.videos[index]
-        rng = self._item_rng(index)
+        rng = self._read_rng(index)
         indices = self._indices(video, rng)
         stack = self._stack(video, indices)
         numbers = self.rgb_indices(video, indices)
@@ -239,6 +293,23 @@ class TwoStreamDataset(FlowStackDataset):
         """1-based RGB frame number per moment, (K,), for the unit numbers `indices` (K, L)."""
         starts = indices[:, 0]
         return np.minimum(starts + (self.length // 2 if self.rgb_anchor == "centre" else 0), video.rgb_frames)
+
+
+def _check_given(videos: list[VideoOutput], given: dict[str, Any]) -> None:
+    """ConfigError naming the video and both values where an argument given disagrees with its meta.json."""
+    for video in videos:
+        if not video.has_meta:
+            continue
+        naming = video.naming
+        recorded = {"layout": naming.layout, "flow_template": naming.flow_template,
+                    "img_template": naming.img_template, "start_index": naming.start_index,
+                    "backward_template": naming.backward_template, "bound": video.bound, "fps": video.fps}
+        for name, value in given.items():
+            if recorded[name] is not None and recorded[name] != value:  # fps None: meta.json has no sampled_fps
+                raise ConfigError(
+                    f"{video.path}: its meta.json records {name}={recorded[name]!r}, but {name}={value!r} was given; "
+                    f"the files are as meta.json says: drop {name} (it describes trees without meta.json) or pass "
+                    "the recorded value")
 
 
 def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotation] | None, naming: Naming,
