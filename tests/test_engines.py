@@ -77,9 +77,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _dask_cluster(scratch, scheduler_config: dict[str, str] | None = None):
-    """A Dask scheduler and one worker (1 process, 1 thread, under a nanny) started with Dask's own CLI; yields
-    the scheduler's address and the worker's process group (its own session, so tests can find its processes)."""
+def _dask_cluster(scratch, scheduler_config: dict[str, str] | None = None, workers: int = 1):
+    """A Dask scheduler and `workers` workers (1 thread each, each under a nanny) started with Dask's own CLI;
+    yields the scheduler's address and the workers' process group (their own session, so tests can find their
+    processes)."""
     bin_dir = os.path.dirname(sys.executable)
     env = checkout_env()
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -90,10 +91,10 @@ def _dask_cluster(scratch, scheduler_config: dict[str, str] | None = None):
              "--no-dashboard"], env={**env, **(scheduler_config or {})}, cwd=scratch, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))
         processes.append(subprocess.Popen(
-            [os.path.join(bin_dir, "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1",
+            [os.path.join(bin_dir, "dask"), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
              "--no-dashboard", "--local-directory", str(scratch)],
             env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for_workers(address, 1)
+        _wait_for_workers(address, workers)
         yield address, processes[-1].pid
     finally:
         for process in reversed(processes):
@@ -140,23 +141,27 @@ def test_dask_runs_every_video_beyond_its_in_flight_window(tmp_path_factory, tmp
     assert all(finished_meta(tmp_path / f"C{c}" / f"v{v}") for c in range(2) for v in range(4))
 
 
-def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("target_class", ["C0", "C1"], ids=["first-submitted", "last-submitted"])
+def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_path, target_class):
     """Whenever a worker opens one video it is SIGKILLed (a decoder crash, the OOM killer); the scheduler gives
     up on that task (allowed-failures 0 here, 3 by default) and the video fails, named; the others finish."""
     videos = class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=1)
-    # The last video submitted, and long enough (0.4 s) to be caught open: a task queued on the dying worker
-    # would die with it (and, with allowed-failures 0, fail too), which is Dask's rule; here the one-thread
-    # worker has finished the other video by then.
-    target = videos / "C1" / "v0.mp4"
+    # Two one-thread workers, a video each, whichever is submitted first: a task on the dying worker dies with
+    # it (and, with allowed-failures 0, fails too), which is Dask's rule. With one worker the other video was
+    # queued behind the target (it failed every time when the target was submitted first), or had finished
+    # but not yet told the scheduler when the kill came (it failed once in four runs). The video is long enough
+    # (0.4 s) to be caught open.
+    target = videos / target_class / "v0.mp4"
+    other = tmp_path / ("C1" if target_class == "C0" else "C0") / "v0"
     config = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
-    with _dask_cluster(tmp_path_factory.mktemp("dask"), config) as (address, worker_group):
+    with _dask_cluster(tmp_path_factory.mktemp("dask"), config, workers=2) as (address, worker_group):
         process = start_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
-        stderr, killed = kill_holders_while_running(process, worker_group, target, tmp_path / "C1" / "v0")
+        stderr, killed = kill_holders_while_running(process, worker_group, target, tmp_path / target_class / "v0")
     assert len(killed) == 1 and process.returncode == 1, stderr
     failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").open()]
     assert [failure["source"] for failure in failures] == [str(target)]
     assert "the worker process died while processing this video (KilledWorker" in failures[0]["reason"]
-    assert finished_meta(tmp_path / "C0" / "v0") is not None and not (tmp_path / "C1" / "v0").exists()
+    assert finished_meta(other) is not None and not (tmp_path / target_class / "v0").exists()
     assert temporaries(tmp_path) == []
 
 
