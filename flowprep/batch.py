@@ -26,8 +26,8 @@ from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
 from .flow import backend_class, cached_backend, check_flow_config, device_kind
 from .pipeline import extract_video, settings_of, source_stamp
-from .store import (inspect_output, other_pack, output_name, output_path, recorded_settings, remove_temps_of_outputs,
-                    write_file_atomic)
+from .store import (inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_name, output_path,
+                    recorded_settings, remove_temps_of_outputs, write_file_atomic)
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 ENGINES = ("local", "dask", "ray")
@@ -215,28 +215,19 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
             _exit_with_parent(parent_pid)
         if single_thread:
             backend_class(config.flow.algo, config.flow.device).limit_threads()
-        pack = config.store.pack
-        existing, broken = (None, "") if overwrite else inspect_output(job.output, pack)
-        other = None if overwrite or existing is not None else inspect_output(job.output, other_pack(pack))[0]
-        if other is not None:
-            return VideoResult(job.source, job.output, "skipped", other.get("flow_pairs", 0), other.get("frames", 0),
-                               0.0, f"finished as {output_path(job.output, other_pack(pack)).name} (pack: "
-                                    f"{other_pack(pack)!r} recorded, {pack!r} asked; use --overwrite to recompute "
-                                    f"it as {pack!r}, which removes the other form)")
-        if existing is not None:
-            params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
-            differences = [_settings_difference(recorded_settings(existing.get("settings", {})),
-                                                settings_of(config, params)),
-                           _source_change(existing.get("source_file"), job.source)]
-            return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0),
-                               existing.get("frames", 0), 0.0, "; ".join(d for d in differences if d))
-        flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
-        meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
-        warnings = [meta["stream_problem"]] if meta["stream_problem"] else []
-        if broken:
-            warnings.append(f"recomputed {output_path(job.output, pack)}, which was there but not finished: {broken}")
-        return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
-                           time.perf_counter() - started, warning="; ".join(warnings))
+        found = _found_result(job, config, overwrite)  # finished videos are skipped without taking their lock
+        if found is not None:
+            return found
+        final = output_path(job.output, config.store.pack)
+        with output_lock(final) as held:
+            if not held:
+                return VideoResult(job.source, job.output, "failed", reason=(
+                    f"{job.source}: another flowprep run is processing this video right now (it holds "
+                    f"{lock_path(final)}); left to that run: rerun once it has ended to check the video"))
+            found = _found_result(job, config, overwrite)  # that run may have finished it just before
+            if found is not None:
+                return found
+            return _extract(job, config, gpu, started)
     except StorageError as exc:
         if exc.errno in STOPPING_ERRNOS or job.root and not os.path.isdir(job.root):
             return VideoResult(job.source, job.output, "stopped", seconds=time.perf_counter() - started,
@@ -247,6 +238,38 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the batch
         reason = f"{job.source}: unexpected {type(exc).__name__}: {exc}"
     return VideoResult(job.source, job.output, "failed", seconds=time.perf_counter() - started, reason=reason)
+
+
+def _found_result(job: VideoJob, config: ExtractConfig, overwrite: bool) -> VideoResult | None:
+    """The result of a video whose output path is taken already: skipped when finished (unless `overwrite`),
+    in either pack form; failed when what is there is not a finished output (never deleted). None: compute it."""
+    pack = config.store.pack
+    existing, broken = inspect_output(job.output, pack)
+    if broken:
+        return VideoResult(job.source, job.output, "failed",
+                           reason=f"{job.source}: {not_ours_message(output_path(job.output, pack), broken)}")
+    if overwrite:
+        return None
+    other = None if existing is not None else inspect_output(job.output, other_pack(pack))[0]
+    if other is not None:
+        return VideoResult(job.source, job.output, "skipped", other.get("flow_pairs", 0), other.get("frames", 0),
+                           0.0, f"finished as {output_path(job.output, other_pack(pack)).name} (pack: "
+                                f"{other_pack(pack)!r} recorded, {pack!r} asked; use --overwrite to recompute "
+                                f"it as {pack!r}, which removes the other form)")
+    if existing is None:
+        return None
+    params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
+    differences = [_settings_difference(recorded_settings(existing.get("settings", {})), settings_of(config, params)),
+                   _source_change(existing.get("source_file"), job.source)]
+    return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0), existing.get("frames", 0),
+                       0.0, "; ".join(d for d in differences if d))
+
+
+def _extract(job: VideoJob, config: ExtractConfig, gpu: int | None, started: float) -> VideoResult:
+    flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
+    meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
+    return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
+                       time.perf_counter() - started, warning=meta["stream_problem"] or "")
 
 
 _watchdog_lock = threading.Lock()

@@ -32,6 +32,7 @@ from .flow import legacy_impl
 META_NAME = "meta.json"
 META_FORMAT = "flowprep/1"
 TEMP_MARKER = ".flowprep-tmp-"
+LOCK_SUFFIX = ".flowprep-lock"  # ".NAME.flowprep-lock": the lock of output NAME while a run writes it
 PACK_SUFFIX = ".zip"
 # Fields every flowprep meta.json has, with their types: readers rely on these (bool is no int here).
 _META_FIELDS = {"frames": int, "flow_pairs": int, "settings": dict}
@@ -181,9 +182,11 @@ def is_temporary(name: str) -> bool:
 
 
 def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
-    """Delete the temporaries of these outputs (directory or .zip paths) and of nothing else; returns what was
-    removed. Each parent folder is listed once, whatever the number of outputs in it, and outputs are not
-    entered: the cost grows with the folders' entries, not with the files inside the outputs."""
+    """Delete the temporaries and lock files that killed processes left of these outputs (directory or .zip
+    paths), and nothing else: not those of an output whose lock another run holds (it is writing them: see
+    output_lock); returns the temporaries removed. Each parent folder is listed once, whatever the number of
+    outputs in it, and outputs are not entered: the cost grows with the folders' entries, not with the files
+    inside the outputs."""
     by_folder: dict[str, set[str]] = {}
     for final in finals:
         folder, name = os.path.split(os.fspath(final))
@@ -194,10 +197,65 @@ def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
             entries = [entry.name for entry in os.scandir(folder or ".")]
         except OSError:  # not created yet, or gone: nothing of ours in it
             continue
+        temps: dict[str, list[str]] = {}
         for entry in entries:
-            if is_temporary(entry) and entry[1:entry.index(TEMP_MARKER)] in names:
-                removed.append(_remove(Path(folder) / entry))
+            if is_temporary(entry) and (name := entry[1:entry.index(TEMP_MARKER)]) in names:
+                temps.setdefault(name, []).append(entry)
+            elif entry.startswith(".") and entry.endswith(LOCK_SUFFIX) and entry[1:-len(LOCK_SUFFIX)] in names:
+                temps.setdefault(entry[1:-len(LOCK_SUFFIX)], [])  # taking the lock removes its file
+        for name, entries_of_name in temps.items():
+            with output_lock(Path(folder) / name) as held:
+                if held:
+                    removed += [_remove(Path(folder) / entry) for entry in entries_of_name]
     return removed
+
+
+def lock_path(final: Path) -> Path:
+    """The lock file of output `final` (a directory or .zip path): ``.NAME.flowprep-lock`` beside it."""
+    return final.with_name(f".{final.name}{LOCK_SUFFIX}")
+
+
+@contextmanager
+def output_lock(final: str | os.PathLike) -> Iterator[bool]:
+    """Hold the exclusive lock of output `final` while the block runs; yields False, holding nothing, when another
+    process holds it (it is writing that output). Every run writing an output holds its lock, whatever its shard
+    or output root, so two never work on one video at once.
+
+    The lock is an flock on lock_path(final), created here and unlinked before it is released, so finished trees
+    keep no lock files (a killed holder leaves one; its lock died with it). A lock taken on a file unlinked
+    meanwhile is no lock: the file is opened again until the one locked is the one at the path. StorageError
+    (with the errno) when the lock file cannot be created. Where flock does not exist (not POSIX) it yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    path = lock_path(Path(final))
+    while True:
+        with _storage(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:  # a vanished file system: the lock dies with the descriptor all the same
+            pass
+        os.close(fd)
 
 
 def _remove(path: Path) -> Path:
@@ -253,6 +311,9 @@ class OutputWriter(ABC):
             self._close()
             self._sync()
         self._check_complete()
+        there, broken = inspect_output(self.base, self.pack)
+        if there is None and broken:  # put there while this video was computed: not flowprep's to replace
+            raise OutputError(not_ours_message(self.final, broken))
         other = other_pack(self.pack)
         if finished_meta(self.base, other) is not None:
             other_final = output_path(self.base, other)
@@ -608,6 +669,15 @@ def inspect_output(base: str | os.PathLike, pack: str = "dir") -> tuple[dict[str
             return reader.meta(), ""
     except OutputError as exc:
         return None, str(exc)
+
+
+def not_ours_message(final: Path, problem: str) -> str:
+    """Why the output at `final`, which is there but not finished (`problem`, from inspect_output), is left alone.
+
+    flowprep renames only complete outputs into place, so such a folder or file is another tool's (or damaged):
+    never deleted, not even by --overwrite."""
+    return (f"{final} is there but is not a finished flowprep output ({problem}); flowprep does not delete what it "
+            "did not write: move it away or remove it, then rerun")
 
 
 FINISHED, UNFINISHED, TEMPORARY, UNREADABLE = "finished", "unfinished", "temporary", "unreadable"

@@ -117,6 +117,12 @@ def output_digest(root: Path) -> dict[str, str]:
     return digest
 
 
+def raw_digest(root: Path) -> dict[str, str]:
+    """{file path relative to root: sha256 of its bytes} over every file under `root`, as they are on disk."""
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
 def _file_hash(name: str, data: bytes) -> str:
     if name == "meta.json":
         meta = json.loads(data)

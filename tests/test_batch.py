@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from batchdata import CARPHONE, broken_videos, output_digest, sparse_avi, temporaries
+from batchdata import CARPHONE, broken_videos, output_digest, raw_digest, sparse_avi, temporaries
 from conftest import REPO, VIDEOS, checkout_env, run_cli
 
 from flowprep.batch import BatchReport, MergedReport, VideoJob, VideoResult, discover
@@ -209,17 +209,50 @@ def test_a_finished_video_whose_source_changed_is_reported_not_silently_kept(wha
     assert result.returncode == 0 and open_output(out / "whale").meta()["flow_pairs"] == 119
 
 
-def test_a_finished_video_with_a_corrupt_meta_json_is_recomputed_and_reported(whale_run):
-    videos, out, before = whale_run
+def test_a_finished_video_with_a_corrupt_meta_json_is_named_and_left_as_it_is(whale_run):
+    """flowprep renames only complete outputs into place, so a folder there without a valid meta.json is not one
+    of its own finished outputs: it fails, named, and is not touched, even with --overwrite."""
+    videos, out, _ = whale_run
     (out / "whale" / "meta.json").write_text('{"format": "flowprep/1", "frames": ')  # cut short on disk
-    result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q")
-    assert result.returncode == 0, result.stderr
-    warning = f"recomputed {out / 'whale'}, which was there but not finished: {out / 'whale' / 'meta.json'}: not " \
-              "valid JSON"
-    assert f"WARNING {warning}" in result.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert report["done"] == 1 and report["warnings"][0].startswith(warning)
-    assert output_digest(out) == before
+    before = raw_digest(out / "whale")
+    for extra in ((), ("--overwrite",)):
+        result = run_cli("extract", str(videos), str(out), "--algo", "dis", "-q", *extra)
+        assert result.returncode == 1, result.stderr
+        assert f"FAILED {videos / 'whale.mp4'}: {out / 'whale'} is there but is not a finished flowprep output " \
+               f"({out / 'whale' / 'meta.json'}: not valid JSON" in result.stderr
+        assert "move it away or remove it, then rerun" in result.stderr
+        assert raw_digest(out / "whale") == before
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_files_of_another_tool_at_an_output_path_are_never_deleted(tmp_path, pack):
+    """A folder (or .zip) at a video's output path that flowprep did not finish is someone else's: that video fails,
+    naming it and what to do, its files stay byte for byte, and the other videos are extracted."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("clip", "other"):
+        shutil.copyfile(VIDEOS / "rubber-whale.mp4", videos / f"{name}.mp4")
+    out = tmp_path / "flow"
+    if pack == "dir":
+        (out / "clip").mkdir(parents=True)
+        (out / "clip" / "notes.txt").write_text("my notes")
+        (out / "clip" / "x_00001.jpg").write_bytes(b"\xff\xd8 another tool's flow")
+        theirs = out / "clip"
+    else:
+        out.mkdir()
+        theirs = out / "clip.zip"
+        theirs.write_bytes(b"my archive, not a zip")
+    before = raw_digest(out)
+    for extra in ((), ("--overwrite",)):
+        result = run_cli("extract", str(videos), str(out), "--algo", "dis", "--pack", pack, "-q", *extra)
+        assert result.returncode == 1, result.stderr
+        assert f"FAILED {videos / 'clip.mp4'}: {theirs} is there but is not a finished flowprep output" \
+            in result.stderr
+        assert "flowprep does not delete what it did not write: move it away or remove it, then rerun" \
+            in result.stderr
+        assert {k: v for k, v in raw_digest(out).items() if k.startswith("clip")} == before
+        assert finished_meta(out / "other", pack) is not None
+        assert temporaries(out) == []
 
 
 def test_a_video_finished_in_the_other_pack_form_is_reported_and_overwrite_leaves_one_form(whale_run):

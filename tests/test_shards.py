@@ -3,8 +3,10 @@ other's videos, temporaries or records; merged by `flowprep report`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,42 @@ def test_three_shards_at_once_one_killed_then_rerun_give_the_single_run_tree(vid
     assert merged.returncode == 0, merged.stdout
     assert "3 report(s)" in merged.stdout and "12 videos: " in merged.stdout and merged.stdout.strip().endswith(
         "complete")
+
+
+@pytest.mark.slow
+def test_shards_of_different_counts_at_once_never_work_on_the_same_video(videos, clean, tmp_path):
+    """docs/batch.md's case: a smaller array resubmitted while the old one still runs. Shard 2/3 starts while
+    2/2 is mid-way: neither removes the other's temporaries, no finished video is replaced (computed twice), a
+    video the other run holds fails as busy, named; a run of the whole list then completes the clean tree."""
+    out = tmp_path / "flow"
+    jobs = discover(videos, out)
+    both = {j.output for j in select_shard(jobs, out, Shard(2, 2))} & {j.output for j in
+                                                                      select_shard(jobs, out, Shard(2, 3))}
+    assert len(both) >= 2  # the two runs share videos
+    inodes: dict[str, int] = {}  # output -> inode of the finished folder first seen there
+
+    def watch() -> None:
+        for output in both:
+            if output not in inodes and finished_meta(output):
+                inodes[output] = os.stat(output).st_ino
+
+    first = start_cli("extract", str(videos), str(out), *ARGS, "--shard", "2/2")
+    wait_for(lambda: (watch(), inodes)[1] and temporaries(out) or first.poll() is not None, 60, "2/2 mid-way")
+    second = start_cli("extract", str(videos), str(out), *ARGS, "--shard", "2/3")
+    while first.poll() is None or second.poll() is None:
+        watch()
+        time.sleep(0.005)
+    watch()
+    for process in (first, second):
+        stderr = process.communicate()[1]
+        assert process.returncode in (0, 1) and "vanished" not in stderr, stderr
+        failed = [line for line in stderr.splitlines() if line.strip().startswith("FAILED")]
+        assert all("another flowprep run is processing this video right now" in line for line in failed), stderr
+    assert all(os.stat(output).st_ino == inode for output, inode in inodes.items())  # none replaced
+    assert temporaries(out) == [] and not list(out.rglob("*.flowprep-lock"))
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean
 
 
 def test_the_same_shard_twice_is_refused_and_a_whole_run_excludes_shards(tmp_path):
