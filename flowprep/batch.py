@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -39,6 +40,8 @@ DASK_IN_FLIGHT = 64  # videos submitted to a Dask cluster at a time, at least
 STOPPING_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO", "ESTALE", "ENOTCONN",
                                                               "ENODEV", "ENXIO") if hasattr(errno, name))
 EXIT_STOPPED = 3  # the CLI's exit code when the run stopped because the output storage failed
+EXIT_INTERRUPTED = 130  # ... when Ctrl-C (SIGINT) stopped it, as shells report a process that SIGINT ended
+EXIT_TERMINATED = 143  # ... when SIGTERM stopped it (128 + 15, likewise)
 SUMMARY_LISTED = 20  # videos not processed named one by one in the summary on stderr
 # Local worker processes: one thread for the native libraries too (the processes give the parallelism).
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -340,7 +343,7 @@ class BatchReport:
     failed: int = 0
     pairs: int = 0
     seconds: float = 0.0
-    interrupted: bool = False
+    interrupted: str = ""  # the signal that stopped the run early ("SIGINT": Ctrl-C, "SIGTERM"), "" if none
     stopped: str = ""  # why the run stopped early: the output storage failed (see BatchStopped)
     unwritten: str = ""  # why failures.jsonl or report.json could not be written; "" when they were
     mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings or source differ
@@ -371,7 +374,8 @@ class BatchReport:
         """Counts, then every settings difference, failure and warning, and the videos not processed (the first
         SUMMARY_LISTED of them: report.json lists them all)."""
         left = len(self.not_processed)
-        why = ("interrupted" if self.interrupted else "stopped: the output storage failed" if self.stopped
+        why = (_interruption(self.interrupted) if self.interrupted else
+               "stopped: the output storage failed" if self.stopped
                else "the engine returned no result for them: rerun to process them")
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"
                  + (f", {left} not processed ({why})" if left else "")
@@ -435,11 +439,41 @@ def _file_system(path: Path) -> str:
 
 
 class BatchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during run_batch, after cleanup; `report` holds what was finished until then."""
+    """Ctrl-C or SIGTERM during run_batch, after cleanup; `report` holds what was finished until then, and
+    report.interrupted the signal's name."""
 
     def __init__(self, report: BatchReport):
-        super().__init__("batch interrupted")
+        super().__init__(f"batch {_interruption(report.interrupted)}")
         self.report = report
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM while run_batch runs (SLURM's time limit and scancel, docker stop,
+    systemd, kill): the run stops as on Ctrl-C."""
+
+
+def _interruption(signal_name: str) -> str:
+    return "interrupted" if signal_name == "SIGINT" else f"terminated by {signal_name}"
+
+
+@contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises Terminated (once: a second SIGTERM during the
+    cleanup is ignored, so that the cleanup finishes before SIGKILL comes); the former handler is restored after.
+    Elsewhere (a thread, where Python cannot install handlers) SIGTERM keeps its action."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("SIGTERM")
+
+    former = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, former)
 
 
 def run_batch(
@@ -485,7 +519,7 @@ def run_batch(
         """The outputs whose temporaries this run may remove: its videos' (in its pack form) and its records."""
         yield from (output_name(job.output, config.store.pack) for job in jobs)
         yield from (str(out_root / failures_name), str(out_root / report_name))
-    with _exclusive(out_root, shard):
+    with _exclusive(out_root, shard), _sigterm_stops_the_run():
         # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
         # tree's, which no shard can vouch for: no run of the whole list runs beside shards, see _exclusive).
         (out_root / report_name).unlink(missing_ok=True)
@@ -525,7 +559,7 @@ def run_batch(
             remove_temps_of_outputs(own())
             if not isinstance(exc, KeyboardInterrupt):
                 raise
-            report.interrupted = True
+            report.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
             _write_report(out_root, report, config, engine, n_jobs, shard)
@@ -872,7 +906,8 @@ def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, en
              for f in report.failures]
     data = {
         "total": report.total, "done": report.done, "skipped": report.skipped, "failed": report.failed,
-        "interrupted": report.interrupted, "stopped": report.stopped, "pairs": report.pairs,
+        "interrupted": bool(report.interrupted), "signal": report.interrupted or None, "stopped": report.stopped,
+        "pairs": report.pairs,
         "seconds": round(report.seconds, 3),
         "pairs_per_second": round(report.pairs_per_second, 3), "settings_mismatch": report.mismatched,
         "warnings": report.warnings, "not_processed": report.not_processed,

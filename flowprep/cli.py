@@ -1,5 +1,6 @@
 """Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed or were not
-processed, 2 usage, 3 the output storage failed (full, over quota, read-only, gone), 130 interrupted."""
+processed, 2 usage, 3 the output storage failed (full, over quota, read-only, gone), 130 interrupted (Ctrl-C,
+SIGINT), 143 terminated (SIGTERM: SLURM's time limit or scancel, docker stop, kill)."""
 from __future__ import annotations
 
 import sys
@@ -8,8 +9,8 @@ from typing import Any
 import click
 
 from . import __version__, annotations
-from .batch import (ENGINES, EXIT_STOPPED, BatchInterrupted, BatchStopped, Shard, discover, merge_reports, parse_shard,
-                    run_batch)
+from .batch import (ENGINES, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_TERMINATED, BatchInterrupted, BatchStopped, Shard,
+                    Terminated, discover, merge_reports, parse_shard, run_batch)
 from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig, ExtractConfig, FlowConfig, StoreConfig,
                      parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
@@ -139,8 +140,11 @@ def extract(source: str, output: str, algo: str, device: str, impl: str | None, 
     except KeyboardInterrupt as exc:
         if isinstance(exc, BatchInterrupted):
             click.echo(exc.report.summary(), err=True)
-        click.echo("interrupted: finished videos are kept; rerun the same command to resume", err=True)
-        sys.exit(130)
+        terminated = isinstance(exc, Terminated) or isinstance(exc, BatchInterrupted) and \
+            exc.report.interrupted == "SIGTERM"
+        click.echo(f"flowprep: {'terminated by SIGTERM' if terminated else 'interrupted'}: finished videos are kept; "
+                   "rerun the same command to resume", err=True)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     click.echo(report.summary(), err=True)
     sys.exit(1 if report.failed or report.not_processed else 0)
 

@@ -123,6 +123,32 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(videos, clean, tmp_path):
     assert output_digest(out) == clean["dir"]
 
 
+@pytest.mark.parametrize("jobs, to_group", [("2", True), ("1", False)], ids=["jobs2-group", "jobs1-main-alone"])
+def test_sigterm_stops_like_ctrl_c_with_its_own_exit_code(videos, clean, tmp_path, jobs, to_group):
+    """SLURM's time limit and scancel send SIGTERM (to every process of the job, then SIGKILL after KillWait):
+    the run stops, cleans up, writes its report naming the videos not processed, says so, exits 143."""
+    out = tmp_path / "flow"
+    process = start_cli("extract", str(videos), str(out), "--jobs", jobs, *ARGS)
+    wait_for(lambda: _finished(out, "dir") or process.poll() is not None, 60, "a first finished video")
+    if to_group:
+        kill_group(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr
+    assert "not processed (terminated by SIGTERM)" in stderr and "NOT PROCESSED " in stderr
+    assert "flowprep: terminated by SIGTERM: finished videos are kept; rerun the same command to resume" in stderr
+    assert [command for command in group_commands(process.pid) if "popen_loky" in command] == []
+    assert temporaries(out) == [] and not list(out.rglob("*.flowprep-lock"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] is True and report["signal"] == "SIGTERM" and report["not_processed"]
+    assert report["done"] <= len(_finished(out, "dir")) < 8
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean["dir"]
+
+
 def _run_killing_holders(videos, out, target, times):
     """A --jobs 2 run whose worker holding `target` open is SIGKILLed up to `times` times: (process, stderr,
     pids killed)."""
