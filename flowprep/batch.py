@@ -21,7 +21,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import VIDEO_EXTENSIONS, ExtractConfig
 from .errors import ConfigError, FlowprepError, StorageError, require
@@ -51,13 +51,16 @@ SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THR
 class VideoJob:
     """One video to process: its path, its output base path (a directory, or base + '.zip') and the output root.
 
-    A worker checks that `root` still exists before each video: a vanished mount then stops the run instead of
-    having the video written beneath the bare mount point. "" skips the check.
+    A worker checks that `root` still exists before each video, and, when `root_device` is set (run_batch sets
+    it for local workers), that it is still on that file system (st_dev): a vanished mount then stops the run
+    instead of having the video written beneath the bare mount point, even when the root is the mount point
+    itself. "" skips the check.
     """
 
     source: str
     output: str
     root: str = ""
+    root_device: int | None = None
 
 
 @dataclass(frozen=True)
@@ -211,9 +214,9 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
     """
     started = time.perf_counter()
     try:
-        if job.root and not os.path.isdir(job.root):
-            return VideoResult(job.source, job.output, "stopped",
-                               reason=f"{job.root}: the output folder is gone (an unmounted or lost file system?)")
+        lost = root_problem(job)
+        if lost:
+            return VideoResult(job.source, job.output, "stopped", reason=lost)
         if parent_pid is not None:
             _exit_with_parent(parent_pid)
         if single_thread:
@@ -232,7 +235,7 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
                 return found
             return _extract(job, config, gpu, started)
     except StorageError as exc:
-        if exc.errno in STOPPING_ERRNOS or job.root and not os.path.isdir(job.root):
+        if exc.errno in STOPPING_ERRNOS or root_problem(job):
             return VideoResult(job.source, job.output, "stopped", seconds=time.perf_counter() - started,
                                reason=str(exc))
         reason = str(exc)
@@ -241,6 +244,21 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
     except Exception as exc:  # noqa: BLE001 - one video's unexpected error must not stop the batch
         reason = f"{job.source}: unexpected {type(exc).__name__}: {exc}"
     return VideoResult(job.source, job.output, "failed", seconds=time.perf_counter() - started, reason=reason)
+
+
+def root_problem(job: VideoJob) -> str:
+    """Why `job`'s output root can no longer be written (gone, or no longer the file system it was on when the
+    run began: unmounted), or ""."""
+    if not job.root:
+        return ""
+    try:
+        device = os.stat(job.root).st_dev
+    except OSError:
+        return f"{job.root}: the output folder is gone (an unmounted or lost file system?)"
+    if job.root_device is not None and device != job.root_device:
+        return (f"{job.root} is no longer the file system it was when the run began (unmounted? what is there now "
+                "is the folder beneath the mount point): nothing more is written there")
+    return ""
 
 
 def _found_result(job: VideoJob, config: ExtractConfig, overwrite: bool) -> VideoResult | None:
@@ -435,7 +453,11 @@ def _file_system(path: Path) -> str:
         fs = os.statvfs(path)
     except OSError as exc:
         return f"{path} (unreadable: {exc.strerror or exc})"
-    return f"{path} ({fs.f_bavail * fs.f_frsize / 1e6:.1f} MB free of {fs.f_blocks * fs.f_frsize / 1e6:.1f} MB)"
+    space = f"{fs.f_bavail * fs.f_frsize / 1e6:.1f} MB free of {fs.f_blocks * fs.f_frsize / 1e6:.1f} MB"
+    if fs.f_files:  # file systems without an inode table (btrfs, some network ones) report 0
+        space += f", {fs.f_favail} of {fs.f_files} inodes (files) free" + (
+            ": no file can be created, whatever the free space" if fs.f_favail == 0 else "")
+    return f"{path} ({space})"
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -498,7 +520,9 @@ def run_batch(
     the temporaries of this run are removed, the report is written with interrupted=true and BatchInterrupted
     is raised. When the output storage fails (full, over quota, read-only, gone) the run stops the same way and
     raises BatchStopped (the report is written if there is room). Raises ConfigError for a bad engine, jobs
-    count or address, an output root that cannot be created or written, or when another run holds `out_root`.
+    count or address, an output root that cannot be created or written (BatchStopped instead when the file
+    system is at fault: full, out of inodes, over quota, read-only), or when another run holds `out_root`.
+    SIGTERM stops the run as Ctrl-C does (BatchInterrupted, report.interrupted == "SIGTERM").
     """
     config = config or ExtractConfig()
     if engine not in ENGINES:
@@ -508,18 +532,21 @@ def run_batch(
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
     out_root = Path(out_root)
+    jobs = select_shard(jobs, out_root, shard)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the output folder {str(out_root)!r}: {exc.strerror or exc}") from None
-    jobs = select_shard(jobs, out_root, shard)
+        _refuse(exc, jobs, out_root, f"cannot create the output folder {str(out_root)!r}")
+    root = VideoJob("", "", str(out_root), os.stat(out_root).st_dev)  # run_batch's own check before its records
+    if engine == "local":  # remote workers see other device numbers for the same shared file system
+        jobs = [replace(job, root_device=_device(job.root)) if job.root else job for job in jobs]
     failures_name, report_name = record_names(shard)
 
     def own() -> Iterator[str]:
         """The outputs whose temporaries this run may remove: its videos' (in its pack form) and its records."""
         yield from (output_name(job.output, config.store.pack) for job in jobs)
         yield from (str(out_root / failures_name), str(out_root / report_name))
-    with _exclusive(out_root, shard), _sigterm_stops_the_run():
+    with _exclusive(out_root, shard, jobs), _sigterm_stops_the_run():
         # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
         # tree's, which no shard can vouch for: no run of the whole list runs beside shards, see _exclusive).
         (out_root / report_name).unlink(missing_ok=True)
@@ -562,7 +589,7 @@ def run_batch(
             report.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
-            _write_report(out_root, report, config, engine, n_jobs, shard)
+            _write_report(out_root, report, config, engine, n_jobs, shard, root)
             raise BatchInterrupted(report) from None
         if engine != "local" or report.stopped:
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
@@ -571,10 +598,17 @@ def run_batch(
             remove_temps_of_outputs(own())
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
-        _write_report(out_root, report, config, engine, n_jobs, shard)
+        _write_report(out_root, report, config, engine, n_jobs, shard, root)
         if report.stopped or report.unwritten:
             raise BatchStopped(report, out_root, report.stopped or report.unwritten)
     return report
+
+
+def _device(path: str) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:  # checked again, and reported, by each worker
+        return None
 
 
 def record_names(shard: Shard) -> tuple[str, str]:
@@ -585,15 +619,27 @@ def record_names(shard: Shard) -> tuple[str, str]:
     return f"failures.{shard.tag}.jsonl", f"report.{shard.tag}.json"
 
 
+def _refuse(exc: OSError, jobs: Sequence[VideoJob], out_root: Path, what: str) -> NoReturn:
+    """Raise for a run that cannot begin: BatchStopped when the file system is at fault (full, out of inodes,
+    over quota, gone: a rerun once it is fixed does the job), ConfigError otherwise (a bad path, or a read-only
+    one: an output that was never writable is the command's mistake)."""
+    if exc.errno in STOPPING_ERRNOS and exc.errno != errno.EROFS:
+        report = BatchReport(total=len(jobs))
+        report.note_unprocessed(jobs, set())
+        raise BatchStopped(report, out_root, f"{what}: {exc.strerror or exc}") from None
+    raise ConfigError(f"{what}: {exc.strerror or exc}") from None
+
+
 @contextmanager
-def _exclusive(out_root: Path, shard: Shard) -> Iterator[None]:
+def _exclusive(out_root: Path, shard: Shard, jobs: Sequence[VideoJob]) -> Iterator[None]:
     """Hold advisory locks on `out_root` so that two runs never process the same videos at once.
 
     A run of the whole list holds .flowprep.lock exclusively; a shard holds it shared (shards run side by side)
     and its own .flowprep.shard-K-of-N.lock exclusively (the same shard never runs twice). flock locks die
     with their process, so a killed run never blocks the next one. Shards do not rely on these locks to keep
     off each other's work (they share no video, no temporary and no record file): on file systems whose flock
-    is local to each machine, only running the same shard twice at once goes unnoticed.
+    is local to each machine, only running the same shard twice at once goes unnoticed. `jobs` are named as not
+    processed when the lock file cannot be created (see _refuse).
     """
     try:
         import fcntl
@@ -608,8 +654,7 @@ def _exclusive(out_root: Path, shard: Shard) -> Iterator[None]:
             try:
                 lock = locks.enter_context(open(out_root / name, "a+"))
             except OSError as exc:
-                raise ConfigError(f"cannot write into the output folder {str(out_root)!r}: "
-                                  f"{exc.strerror or exc}") from None
+                _refuse(exc, jobs, out_root, f"cannot create {out_root / name} (the run's lock)")
             try:
                 fcntl.flock(lock, mode | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -899,9 +944,11 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
 
 
 def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
-                  shard: Shard) -> None:
+                  shard: Shard, root: VideoJob) -> None:
     """failures.jsonl (one JSON object per failed video), then report.json (record_names(shard)), each replaced
-    atomically; when the file system refuses, report.unwritten says so and no temporary is left."""
+    atomically; when the file system refuses, or `root` (the output root as the run began) is gone or another file
+    system now (a lost mount: nothing is written beneath the bare mount point), report.unwritten names what was
+    not written and why, and no temporary is left."""
     lines = [json.dumps({"source": f.source, "output": f.output, "reason": f.reason}) + "\n"
              for f in report.failures]
     data = {
@@ -913,10 +960,20 @@ def _write_report(out_root: Path, report: BatchReport, config: ExtractConfig, en
         "warnings": report.warnings, "not_processed": report.not_processed,
         "engine": engine, "jobs": n_jobs, "shard": str(shard) if shard.count > 1 else None, "config": asdict(config),
     }
-    failures_name, report_name = record_names(shard)
-    try:
-        write_file_atomic(out_root / failures_name, "".join(lines).encode(), config.store.fsync)
-        write_file_atomic(out_root / report_name, json.dumps(data, indent=1).encode(), config.store.fsync)
-    except OSError as exc:
-        report.unwritten = (f"{failures_name} and {report_name} could not be written in {out_root} "
-                            f"({exc.strerror or exc}): the summary above is this run's only record")
+    records = dict(zip(record_names(shard), ("".join(lines).encode(), json.dumps(data, indent=1).encode())))
+    lost = root_problem(root)
+    if lost:
+        report.stopped = report.stopped or lost
+        problem = lost
+    else:
+        problem = ""
+        for name, content in list(records.items()):
+            try:
+                write_file_atomic(out_root / name, content, config.store.fsync)
+            except OSError as exc:
+                problem = str(exc.strerror or exc)
+                break
+            del records[name]
+    if records:
+        report.unwritten = (f"{' and '.join(records)} could not be written in {out_root} ({problem}): the "
+                            "summary above is this run's only record")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from batchdata import output_digest, start_cli, temporaries, tree_and_clean_run, wait_for
-from conftest import run_cli
+from conftest import VIDEOS, run_cli
 
 from flowprep.store import finished_meta
 from flowprep.verify import verify_tree
@@ -80,6 +80,24 @@ def test_a_read_only_output_is_a_usage_error_before_any_work(videos, tmp_path):
         subprocess.run(["umount", "-l", str(read_only)], check=False)
 
 
+@pytest.mark.parametrize("extra", [(), ("--jobs", "2", "--pack", "zip")], ids=["serial", "jobs2-zip"])
+def test_a_vanished_mount_at_the_output_root_itself_stops_the_run(videos, clean, small_disk, extra):
+    """The output root is the mount point: after a lazy unmount the bare folder is still there, so only the file
+    system's identity (st_dev) tells; the run stops with exit 3 and writes nothing, reports included, beneath it."""
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    process = start_cli("extract", str(videos), str(small_disk), *ARGS, *extra)
+    pack = "zip" if extra else "dir"
+    wait_for(lambda: finished_meta(small_disk / "C0" / "v0", pack) or process.poll() is not None, 60,
+             "a first finished video")
+    subprocess.run(["umount", "-l", str(small_disk)], check=True)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr and "flowprep: stopped" in stderr and "rerun the same command" in stderr
+    assert "is no longer the file system it was when the run began" in stderr
+    time.sleep(0.2)
+    assert list(small_disk.iterdir()) == []  # the bare mount point got nothing
+
+
 def test_a_vanished_mount_stops_the_run(videos, clean, small_disk):
     """The output's file system is unmounted mid-run (lazily, as a lost NFS server looks): the run stops at
     once, and writes nothing beneath the bare mount point."""
@@ -93,3 +111,55 @@ def test_a_vanished_mount_stops_the_run(videos, clean, small_disk):
     assert "Traceback" not in stderr and "flowprep: stopped" in stderr and "rerun the same command" in stderr
     time.sleep(0.2)
     assert list(small_disk.iterdir()) == []  # the bare mount point got nothing
+
+
+def _use_every_inode(folder) -> None:
+    for count in range(100_000):
+        try:
+            (folder / f"filler{count}").touch()
+        except OSError:
+            return
+    raise AssertionError(f"{folder}: still creating files after 100000")
+
+
+@pytest.mark.parametrize("where", ["output folder", "lock file"])
+def test_no_inodes_left_at_the_start_stops_with_exit_3_naming_the_inodes(tmp_path, where):
+    """Inode quotas are the common full disk on clusters: with none left, creating the output folder or the run's
+    lock file is the file system's fault, not a usage error; the message says the files (inodes) ran out."""
+    disk = tmp_path / "disk"
+    _mount(disk, "size=20m", "nr_inodes=32")
+    try:
+        out = disk / "flow"
+        if where == "lock file":
+            out.mkdir()
+        _use_every_inode(disk)
+        result = run_cli("extract", str(VIDEOS / "rubber-whale.mp4"), str(out), *ARGS)
+        assert result.returncode == 3, result.stderr
+        assert "Traceback" not in result.stderr and "Usage:" not in result.stderr
+        assert "No space left on device" in result.stderr and "0 of 32 inodes (files) free: no file can be created, " \
+            "whatever the free space" in result.stderr, result.stderr
+        assert "1 not processed" in result.stderr and "rerun the same command" in result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_records_that_could_not_be_written_are_the_ones_named(tmp_path):
+    """One inode left at the end of a run: failures.jsonl takes it and report.json finds none; the message names
+    report.json alone (it said both), and the run counts as stopped."""
+    disk = tmp_path / "disk"
+    _mount(disk, "size=20m", "nr_inodes=64")
+    try:
+        out = disk / "flow"
+        video = (VIDEOS / "rubber-whale.mp4", str(out), *ARGS)
+        assert run_cli("extract", *map(str, video)).returncode == 0
+        for record in ("report.json", "failures.jsonl"):
+            (out / record).unlink()
+        _use_every_inode(disk)
+        (disk / "filler0").unlink()
+        result = run_cli("extract", *map(str, video))
+        assert result.returncode == 3, result.stderr
+        assert f"NOT WRITTEN report.json could not be written in {out} (No space left on device)" in result.stderr
+        assert "failures.jsonl and" not in result.stderr and (out / "failures.jsonl").read_text() == ""
+        assert not (out / "report.json").exists() and temporaries(out) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
