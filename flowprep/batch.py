@@ -881,6 +881,7 @@ class MergedReport:
     warnings: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     ended_early: list[str] = field(default_factory=list)  # parts that were interrupted or stopped
+    superseded: dict[int, list[str]] = field(default_factory=dict)  # N -> report files of older runs of N shards
 
     @property
     def complete(self) -> bool:
@@ -895,6 +896,8 @@ class MergedReport:
         lines += [f"  MISSING {name}: no report (still running, killed, or never started; rerun that shard)"
                   for name in self.missing]
         lines += [f"  ENDED EARLY {name}" for name in self.ended_early]
+        lines += [f"  SUPERSEDED {', '.join(names)} (an older run of {count} shards: not counted)"
+                  for count, names in sorted(self.superseded.items())]
         lines += _listing(self.mismatched, [f["reason"] for f in self.failures], self.warnings, self.not_processed,
                           ", ".join(self.parts))
         lines.append("complete" if self.complete else "INCOMPLETE")
@@ -902,9 +905,10 @@ class MergedReport:
 
 
 def merge_reports(out_root: str | os.PathLike) -> MergedReport:
-    """Add up the reports under `out_root`: report.json, or report.shard-K-of-N.json of the largest N found
-    (each run of the whole list removes the shards' records, each shard run removes report.json). ConfigError
-    when there is no report at all."""
+    """Add up the reports under `out_root`: report.json, or the report.shard-K-of-N.json of the N whose newest
+    report is the newest (a run of the shards of another N, later, supersedes those of the former N; each run of
+    the whole list removes the shards' records, each shard run removes report.json). ConfigError when there is no
+    report at all."""
     out_root = Path(out_root)
     merged = MergedReport(out_root)
     shards: dict[int, dict[int, Path]] = {}
@@ -913,8 +917,9 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
         if found:
             shards.setdefault(int(found.group(2)), {})[int(found.group(1))] = path
     if shards:
-        count = max(shards)
+        count = max(shards, key=lambda n: max(path.stat().st_mtime_ns for path in shards[n].values()))
         parts = [(Shard(k, count), shards[count].get(k)) for k in range(1, count + 1)]
+        merged.superseded = {n: [shards[n][k].name for k in sorted(shards[n])] for n in shards if n != count}
     elif (out_root / REPORT_NAME).is_file():
         parts = [(Shard(), out_root / REPORT_NAME)]
     else:
@@ -938,7 +943,8 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
         merged.warnings += data.get("warnings", [])
         merged.mismatched += data.get("settings_mismatch", [])
         if data.get("interrupted") or data.get("stopped"):
-            merged.ended_early.append(f"{path.name}: " + ("interrupted" if data.get("interrupted") else
+            merged.ended_early.append(f"{path.name}: " + (_interruption(data.get("signal") or "SIGINT")
+                                                          if data.get("interrupted") else
                                                           f"stopped ({data['stopped']})"))
     return merged
 

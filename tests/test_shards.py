@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -160,6 +161,49 @@ def test_shards_of_different_counts_at_once_never_work_on_the_same_video(videos,
     result = run_cli("extract", str(videos), str(out), *ARGS)
     assert result.returncode == 0, result.stderr
     assert output_digest(out) == clean
+
+
+@pytest.mark.slow
+def test_report_merges_the_newest_shard_count_and_calls_it_incomplete_when_it_is(videos, tmp_path):
+    """Shards 1-3 of 3 finished; a source is then cut short and its output removed; shards 1/2 and 2/2 run and
+    one of them fails that video: `flowprep report` adds up the N=2 reports, the newest, says the N=3 ones are
+    superseded, and calls the tree INCOMPLETE (it added up N=3, the largest, and called it complete)."""
+    out = tmp_path / "flow"
+    tree = tmp_path / "videos"
+    shutil.copytree(videos, tree)
+    for k in (1, 2, 3):
+        assert run_cli("extract", str(tree), str(out), *ARGS, "--shard", f"{k}/3").returncode == 0
+    merged = run_cli("report", str(out))
+    assert merged.returncode == 0 and merged.stdout.strip().endswith("complete"), merged.stdout
+    victim = tree / "C1" / "v2.mp4"
+    victim.write_bytes(victim.read_bytes()[:2000])
+    shutil.rmtree(out / "C1" / "v2")
+    codes = [run_cli("extract", str(tree), str(out), *ARGS, "--shard", f"{k}/2").returncode for k in (1, 2)]
+    assert sorted(codes) == [0, 1]
+    merged = run_cli("report", str(out))
+    assert merged.returncode == 1, merged.stdout
+    assert "2 report(s) (report.shard-1-of-2.json, report.shard-2-of-2.json): 12 videos: 11 done" not in merged.stdout
+    assert "(report.shard-1-of-2.json, report.shard-2-of-2.json): 12 videos: 0 done, 11 skipped, 1 failed" \
+        in merged.stdout
+    assert f"FAILED {victim}" in merged.stdout and merged.stdout.strip().endswith("INCOMPLETE")
+    assert "SUPERSEDED report.shard-1-of-3.json, report.shard-2-of-3.json, report.shard-3-of-3.json (an older " \
+           "run of 3 shards: not counted)" in merged.stdout
+
+
+def test_report_names_the_shards_that_ended_early(tmp_path):
+    """A shard interrupted (Ctrl-C, SIGTERM) or stopped (full disk) counts as ended early, whatever its counts say:
+    the tree is INCOMPLETE and `flowprep report` exits 1 naming it."""
+    parts = {1: {"interrupted": True, "signal": "SIGTERM"}, 2: {"stopped": "disk full"}, 3: {}}
+    for k, ending in parts.items():
+        (tmp_path / f"report.shard-{k}-of-3.json").write_text(json.dumps({"total": 2, "done": 2, **ending}))
+        (tmp_path / f"failures.shard-{k}-of-3.jsonl").write_text("")
+    merged = run_cli("report", str(tmp_path))
+    assert merged.returncode == 1, merged.stdout
+    assert "6 videos: 6 done, 0 skipped, 0 failed, 0 not processed" in merged.stdout
+    assert "ENDED EARLY report.shard-1-of-3.json: terminated by SIGTERM" in merged.stdout
+    assert "ENDED EARLY report.shard-2-of-3.json: stopped (disk full)" in merged.stdout
+    assert "ENDED EARLY report.shard-3-of-3.json" not in merged.stdout
+    assert merged.stdout.strip().endswith("INCOMPLETE")
 
 
 def test_the_same_shard_twice_is_refused_and_a_whole_run_excludes_shards(tmp_path):
