@@ -4,10 +4,13 @@ For each pair (Middlebury RubberWhale 10->11; Sintel alley_1, cave_2, market_5 f
 passes) and each method it prints the end-point error (EPE, pixels, mean over valid pixels), Fl-all (percent of
 valid pixels whose error exceeds both 3 px and 5% of the true motion, the KITTI outlier rate) and CPU seconds
 per pair (one OpenCV thread by default: the time on one dedicated core, robust to other processes sharing the
-machine). Methods run interleaved, `--repeat` times per pair, and the median is reported.
+machine). Methods run interleaved, `--repeat` times per pair, and the median is reported. A method is
+`algo[/impl][:preset]`: `tvl1` is flowprep's CPU TV-L1 (numba, the default), `tvl1/opencv` OpenCV's. For every
+method whose OpenCV twin (`algo/opencv` with the same preset) runs too, a last table gives the mean |flow - the
+twin's flow| in pixels over all pixels, and the EPE as a multiple of the twin's.
 
     python benchmarks/accuracy.py                    # the full table (several minutes: TV-L1 on Sintel is slow)
-    python benchmarks/accuracy.py --pairs rubberwhale,clean/alley_1 --methods tvl1,tvl1:fast --repeat 3
+    python benchmarks/accuracy.py --pairs rubberwhale,clean/alley_1 --methods tvl1,tvl1/opencv --repeat 3
 """
 from __future__ import annotations
 
@@ -33,8 +36,9 @@ DATA = REPO.parent / "shared" / "data"
 MIDDLEBURY = DATA / "flow_gt" / "middlebury"
 SINTEL = DATA / "flow_gt" / "sintel" / "training"
 SINTEL_SEQUENCES = ("alley_1", "cave_2", "market_5")
-# "algo" or "algo:preset"; "tvl1" alone is OpenCV's defaults.
-METHODS = ("tvl1", "tvl1:fast", "farneback", "dis:ultrafast", "dis:fast", "dis:medium")
+# "algo[/impl][:preset]"; "tvl1" alone is flowprep's CPU TV-L1 (numba) with OpenCV's defaults.
+METHODS = ("tvl1", "tvl1/opencv", "tvl1:fast", "tvl1/opencv:fast", "farneback", "dis:ultrafast", "dis:fast",
+           "dis:medium")
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,16 @@ def endpoint_errors(flow: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> tupl
 
 
 def make_backend(method: str, params: dict | None = None) -> FlowBackend:
-    algo, _, preset = method.partition(":")
-    return create_backend(FlowConfig(algo=algo, preset=preset or None, params=tuple((params or {}).items())))
+    name, _, preset = method.partition(":")
+    algo, _, impl = name.partition("/")
+    return create_backend(FlowConfig(algo=algo, impl=impl or None, preset=preset or None,
+                                     params=tuple((params or {}).items())))
+
+
+def opencv_twin(method: str) -> str:
+    """The same algorithm and preset as OpenCV's implementation: 'tvl1:fast' -> 'tvl1/opencv:fast'."""
+    name, colon, preset = method.partition(":")
+    return f"{name.partition('/')[0]}/opencv{colon}{preset}"
 
 
 def timed(backend: FlowBackend, prev: np.ndarray, nxt: np.ndarray) -> tuple[np.ndarray, float]:
@@ -101,6 +113,9 @@ class Result:
     epe: float
     fl_all: float
     seconds: list[float]
+    flow: np.ndarray | None = None  # kept until the pair is done, for the distance to the OpenCV twin
+    apart: float = float("nan")  # mean |flow - the OpenCV twin's flow|, pixels
+    epe_ratio: float = float("nan")  # EPE / the OpenCV twin's EPE
 
     @property
     def median_seconds(self) -> float:
@@ -118,8 +133,15 @@ def run(pairs: list[GroundTruthPair], backends: dict[str, FlowBackend], repeat: 
                 flow, seconds = timed(backend, prev, nxt)
                 key = (method, pair.name)
                 if key not in results:
-                    results[key] = Result(*endpoint_errors(flow, gt, valid), [])
+                    results[key] = Result(*endpoint_errors(flow, gt, valid), [], flow)
                 results[key].seconds.append(seconds)
+        for method in backends:
+            twin = results.get((opencv_twin(method), pair.name))
+            mine = results[(method, pair.name)]
+            if twin is not None and twin is not mine:
+                mine.apart, mine.epe_ratio = float(np.abs(mine.flow - twin.flow).mean()), mine.epe / twin.epe
+        for method in backends:
+            results[(method, pair.name)].flow = None
         if verbose:
             done = ", ".join(f"{m} {results[(m, pair.name)].epe:.3f}" for m in backends)
             print(f"# {pair.name}: EPE {done}", file=sys.stderr, flush=True)
@@ -128,7 +150,8 @@ def run(pairs: list[GroundTruthPair], backends: dict[str, FlowBackend], repeat: 
 
 def table(results: dict[tuple[str, str], Result], methods: list[str], pairs: list[str], value: str) -> str:
     header = f"| method | {' | '.join(pairs)} |\n|---|{'---|' * len(pairs)}\n"
-    fmt = {"epe": "{:.3f}", "fl_all": "{:.1f}", "median_seconds": "{:.3f}"}[value]
+    fmt = {"epe": "{:.3f}", "fl_all": "{:.1f}", "median_seconds": "{:.3f}", "apart": "{:.4f}",
+           "epe_ratio": "{:.4f}"}[value]
     rows = [f"| {m} | " + " | ".join(fmt.format(getattr(results[(m, p)], value)) for p in pairs) + " |"
             for m in methods]
     return header + "\n".join(rows)
@@ -163,6 +186,11 @@ def main() -> None:
     print("EPE (pixels, lower is better)\n\n" + table(results, methods, names, "epe") + "\n")
     print("Fl-all (% of pixels with error > 3 px and > 5% of |gt|)\n\n" + table(results, methods, names, "fl_all") + "\n")
     print(f"CPU seconds per pair (median of {args.repeat}, {args.threads} OpenCV thread(s))\n\n" + table(results, methods, names, "median_seconds"))
+    twinned = [m for m in methods if opencv_twin(m) in methods and opencv_twin(m) != m]
+    if twinned:
+        print("\nMean |flow - OpenCV's flow| (pixels, all pixels; OpenCV's: the same algorithm and preset, "
+              "`/opencv`)\n\n" + table(results, twinned, names, "apart"))
+        print("\nEPE / OpenCV's EPE\n\n" + table(results, twinned, names, "epe_ratio"))
 
 
 if __name__ == "__main__":

@@ -60,8 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
     candidates = json.loads(args.candidates) if args.candidates else CANDIDATES
-    backends = {"defaults": make_backend("tvl1")}
-    backends.update({name: make_backend("tvl1", params) for name, params in candidates.items()})
+    backends = {"defaults": make_backend("tvl1/opencv")}
+    backends.update({name: make_backend("tvl1/opencv", params) for name, params in candidates.items()})
     pairs = [p for p in ground_truth_pairs() if p.name in PAIRS]
     results = run(pairs, backends, args.repeat)
 

@@ -243,8 +243,8 @@ def test_extract_with_torch_cpu_through_the_cli_matches_opencv(tmp_path):
 
     clip = str(VIDEOS / "carphone_pristine.mp4")
     common = ["--fps", "5", "--quiet"]  # 20 frames of 176x144
-    for device in ("torch-cpu", "cpu"):
-        result = run_cli("extract", clip, str(tmp_path / device), "--device", device, *common)
+    for device, impl in (("torch-cpu", "torch"), ("cpu", "opencv")):
+        result = run_cli("extract", clip, str(tmp_path / device), "--device", device, "--impl", impl, *common)
         assert result.returncode == 0, result.stderr
     with open_output(tmp_path / "torch-cpu" / "carphone_pristine") as ours, \
             open_output(tmp_path / "cpu" / "carphone_pristine") as reference:
