@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from string import Formatter
 from typing import Any
 
@@ -125,6 +127,12 @@ class StoreConfig:
         if self.resolved_backward_template == self.resolved_flow_template:
             raise ConfigError(f"backward_template and flow_template must differ; both are {self.resolved_flow_template!r}")
         _check_template("img_template", self.img_template, 1)
+        written = {"flow_template": self.resolved_flow_template} if "forward" in self.directions else {}
+        if "backward" in self.directions:
+            written["backward_template"] = self.resolved_backward_template
+        if self.rgb:
+            written["img_template"] = self.img_template
+        _check_apart(tuple(written.items()), self.start_index)
 
     @property
     def resolved_flow_template(self) -> str:
@@ -141,6 +149,55 @@ def check_directions(directions: Iterable[str]) -> tuple[str, ...]:
     if not asked or any(d not in DIRECTIONS for d in asked) or len(set(asked)) != len(asked):
         raise ConfigError(f"directions must be one or both of {', '.join(DIRECTIONS)}; got {asked!r}")
     return asked
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    """Regex matching the names `template` makes: the index field is captured as 'index' (digits, as written),
+    and in a two-field template the first field as 'axis' (x or y)."""
+    parsed = list(Formatter().parse(template))
+    has_axis = sum(field is not None for _, field, _, _ in parsed) == 2
+    parts, fields = [], 0
+    for literal, field, _, _ in parsed:
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append("(?P<axis>[xy])" if has_axis and fields == 0 else r"(?P<index>\d+)")
+            fields += 1
+    return re.compile("".join(parts))
+
+
+# Indices whose names are compared: the first thousand, then each length of number (where zero padding ends).
+_SAMPLED_INDICES = (*range(1100), *(10 ** k + d for k in range(4, 10) for d in (-1, 0, 1)))
+
+
+@lru_cache(maxsize=64)
+def _names_of(template: str, start_index: int) -> tuple[str, ...]:
+    axes = ("x", "y") if template_pattern(template).groupindex.get("axis") else (None,)
+    return tuple(template.format(*(() if axis is None else (axis,)), start_index + i)
+                 for i in _SAMPLED_INDICES for axis in axes)
+
+
+def _makes(template: str, name: str, start_index: int) -> bool:
+    """Whether `template` gives `name` for some index >= start_index (and axis x or y)."""
+    found = template_pattern(template).fullmatch(name)
+    if found is None or int(found["index"]) < start_index:
+        return False
+    axis = found.groupdict().get("axis")
+    return template.format(*(() if axis is None else (axis,)), int(found["index"])) == name
+
+
+@lru_cache(maxsize=64)
+def _check_apart(items: tuple[tuple[str, str], ...], start_index: int) -> None:
+    """ConfigError when two of these templates ((option name, template) pairs) can name the same file: the later
+    one written would replace the other's (an RGB frame overwritten by flow). Checked over the first thousand
+    indices and at every change of number length, which is where zero-padded templates meet. (Cached: a check
+    takes about 30 ms, and a program may build the same config many times.)"""
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1:]:
+            shared = next((n for n in _names_of(a, start_index) if _makes(b, n, start_index)), None) or next(
+                (n for n in _names_of(b, start_index) if _makes(a, n, start_index)), None)
+            if shared is not None:
+                raise ConfigError(f"{name_a} {a!r} and {name_b} {b!r} can name the same file, e.g. {shared!r}: "
+                                  "choose templates whose names cannot meet")
 
 
 def _check_template(name: str, template: str, fields: int) -> None:

@@ -19,13 +19,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from string import Formatter
 from typing import Any
 
 import cv2
 import numpy as np
 
-from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, DIRECTIONS, LAYOUTS, StoreConfig
+from .config import DEFAULT_BACKWARD_TEMPLATES, DEFAULT_FLOW_TEMPLATES, DIRECTIONS, LAYOUTS, StoreConfig, template_pattern
 from .errors import OutputError, StorageError
 from .flow import legacy_impl
 
@@ -101,20 +100,6 @@ class Naming:
     def img_pattern(self) -> re.Pattern[str]:
         """Regex matching this naming's RGB frame file names (group 'index')."""
         return template_pattern(self.img_template)
-
-
-def template_pattern(template: str) -> re.Pattern[str]:
-    """Regex matching the names `template` makes: the index field is captured as 'index' (digits, as written),
-    and in a two-field template the first field as 'axis' (x or y)."""
-    parsed = list(Formatter().parse(template))
-    has_axis = sum(field is not None for _, field, _, _ in parsed) == 2
-    parts, fields = [], 0
-    for literal, field, _, _ in parsed:
-        parts.append(re.escape(literal))
-        if field is not None:
-            parts.append("(?P<axis>[xy])" if has_axis and fields == 0 else r"(?P<index>\d+)")
-            fields += 1
-    return re.compile("".join(parts))
 
 
 def encode_jpeg(image: np.ndarray, quality: int, *, rgb: bool = False) -> bytes:

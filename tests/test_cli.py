@@ -68,3 +68,13 @@ def test_a_shadowing_opencv_without_contrib_is_explained(tmp_path):
                              capture_output=True, text=True, env=env)
     assert extract.returncode == 2 and "tvl1 on cpu cannot run here: cv2" in extract.stderr
     assert "has no cv2.optflow" in extract.stderr and not (tmp_path / "o").exists()
+
+
+def test_colliding_rgb_and_flow_names_are_a_usage_error_before_any_work(tmp_path):
+    """x_00001.jpg would be RGB frame 1 and pair 1's x flow: refused, nothing written (it overwrote RGB frames)."""
+    out = tmp_path / "flow"
+    result = run_cli("extract", str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "--rgb", "-q",
+                     "--flow-template", "{}_{:05d}.jpg", "--img-template", "x_{:05d}.jpg")
+    assert result.returncode == 2 and "flow_template '{}_{:05d}.jpg' and img_template 'x_{:05d}.jpg' can name the " \
+        "same file, e.g. 'x_00001.jpg'" in result.stderr, result.stderr
+    assert not out.exists()

@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from flowprep.errors import OutputError
+from flowprep.config import StoreConfig
+from flowprep.errors import ConfigError, OutputError
 from flowprep.store import (
     META_FORMAT,
     META_NAME,
@@ -269,3 +270,23 @@ def test_commit_removes_a_finished_output_of_the_other_form_only(tmp_path, pack)
             writer.commit(META)
     assert not output_path(tmp_path / "finished", other).exists() and foreign.exists()
     assert open_output(tmp_path / "finished").read("flow_x_00001.jpg") == b"y"
+
+
+@pytest.mark.parametrize("store, names", [
+    (dict(flow_template="{}_{:05d}.jpg", img_template="x_{:05d}.jpg", rgb=True), "'x_00001.jpg'"),
+    (dict(backward_template="img_{:05d}.jpg", img_template="img_{:05d}.jpg", rgb=True,
+          directions=("forward", "backward"), layout="xy0"), "'img_00001.jpg'"),
+    (dict(flow_template="f{}{:d}.jpg", backward_template="f{}1{:d}.jpg", directions=("forward", "backward")),
+     "'fx11.jpg'"),  # forward 11 and backward 1: only two-digit indices meet
+    (dict(flow_template="{}_{:03d}.jpg", img_template="x_{:05d}.jpg", rgb=True), "'x_10000.jpg'"),
+], ids=["flow-vs-rgb", "xy0-backward-vs-rgb", "forward-vs-backward-past-9", "widths-meet-at-10000"])
+def test_templates_whose_names_can_meet_are_refused_naming_a_shared_name(store, names):
+    with pytest.raises(ConfigError, match=f"can name the same file.*{re.escape(names)}"):
+        StoreConfig(**store)
+
+
+def test_templates_that_cannot_meet_or_are_not_written_are_accepted():
+    StoreConfig(flow_template="{}_{:05d}.jpg", img_template="img_{:05d}.jpg", rgb=True)  # mmaction2's x_/y_ names
+    StoreConfig(flow_template="{}_{:05d}.jpg", img_template="x_{:05d}.jpg")  # RGB frames are not written
+    StoreConfig(flow_template="flow_{}_{:05d}.jpg", backward_template="flow_{}_m1_{:05d}.jpg",
+                directions=("forward", "backward"), start_index=0)  # denseflow's names
