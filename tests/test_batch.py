@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from batchdata import CARPHONE, broken_videos, output_digest, raw_digest, sparse_avi, temporaries
@@ -322,50 +323,48 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
     assert not (out / "rubber-whale").exists()
 
 
-def _fsynced_paths(log: str) -> tuple[list[str], list[str]]:
-    """From an strace log of openat, fsync and rename: (paths fsync'ed, in order; renames 'old -> new')."""
-    open_fds: dict[str, str] = {}
-    events, synced = [], []
-    for line in log.splitlines():
-        if opened := re.search(r'openat\(AT_FDCWD, "([^"]+)".* = (\d+)$', line):
-            open_fds[opened.group(2)] = opened.group(1)
-        elif synced_fd := re.search(r"fsync\((\d+)\)\s+= 0", line):
-            synced.append(open_fds.get(synced_fd.group(1), "?"))
-            events.append(("fsync", synced[-1]))
-        elif renamed := re.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line):
-            events.append(("rename", f"{renamed.group(1)} -> {renamed.group(2)}"))
-    return synced, [f"{kind} {what}" for kind, what in events]
+TRACER = Path(__file__).parent / "durability_trace"  # a sitecustomize logging fsyncs and renames, in order
+
+
+def _traced_extract(tmp_path, *args: str) -> list[str]:
+    """Run `flowprep extract ARGS` with every os.fsync and rename logged: the events, 'fsync PATH' and
+    'rename OLD -> NEW', in the order they happened."""
+    log = tmp_path / "durability.log"
+    log.unlink(missing_ok=True)
+    env = {**checkout_env(), "FLOWPREP_TRACE": str(log)}
+    env["PYTHONPATH"] = os.pathsep.join([str(TRACER), env["PYTHONPATH"]])
+    result = subprocess.run([sys.executable, "-m", "flowprep", "extract", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def _renamed_to(events: list[str], final: Path) -> int:
+    return next(i for i, e in enumerate(events) if e.startswith("rename ") and e.endswith(f" -> {final}"))
 
 
 @pytest.mark.parametrize("pack", ["dir", "zip"])
-def test_a_committed_video_is_fsynced_before_and_after_its_rename(tmp_path, pack):
-    """Under strace: every file (or the zip), then the temporary folder, is fsync'ed before the rename into place,
-    the parent folder after it; --no-fsync skips all of it."""
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
+def test_a_committed_video_and_the_records_are_fsynced_before_and_after_their_renames(tmp_path, pack):
+    """Every file (or the zip), then the temporary folder, is fsync'ed before the rename into place, meta.json
+    among them, the parent folder after it; failures.jsonl and report.json likewise, report.json last of all;
+    --no-fsync skips all of it."""
     out = tmp_path / "flow"
-    for extra in ((), ("--no-fsync",)):
-        log = tmp_path / "strace.log"
-        result = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,rename,renameat,renameat2", "-o",
-                                 str(log), sys.executable, "-m", "flowprep", "extract",
-                                 str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "--pack", pack,
-                                 "--overwrite", "-q", *extra],
-                                cwd=REPO, env=checkout_env(), capture_output=True, text=True)
-        if result.returncode != 0 and "ptrace" in result.stderr:
-            pytest.skip(f"strace cannot trace here: {result.stderr.strip()}")
-        assert result.returncode == 0, result.stderr
-        synced, events = _fsynced_paths(log.read_text())
-        final = str(out / ("rubber-whale.zip" if pack == "zip" else "rubber-whale"))
-        commit = next(i for i, e in enumerate(events) if e.startswith("rename ") and e.endswith(f" -> {final}"))
-        temp = events[commit].split()[1]
-        before = [e.split(" ", 1)[1] for e in events[:commit] if e.startswith("fsync ")]
-        if extra:
-            assert not any(path.startswith(temp) or path == str(out) for path in synced)
-            continue
-        if pack == "dir":
-            files = {f"{temp}/{name}" for name in os.listdir(final)}
-            assert len(files) == 15 and files <= set(before)  # 7 x/y pairs and meta.json
-            assert before[-1] == temp  # the folder's entries, after its files
-        else:
-            assert before[-1] == temp  # the whole pack, central directory included
-        assert f"fsync {out}" in events[commit + 1:commit + 2]  # the parent folder, right after the rename
+    final = out / ("rubber-whale.zip" if pack == "zip" else "rubber-whale")
+    args = (str(VIDEOS / "rubber-whale.mp4"), str(out), "--algo", "dis", "--pack", pack, "--overwrite", "-q")
+    events = _traced_extract(tmp_path, *args)
+    commit = _renamed_to(events, final)
+    temp = events[commit].split()[1]
+    before = [e.split(" ", 1)[1] for e in events[:commit] if e.startswith("fsync ")]
+    if pack == "dir":
+        files = {f"{temp}/{name}" for name in os.listdir(final)}
+        assert len(files) == 15 and files <= set(before) and f"{temp}/meta.json" in files  # 7 x/y pairs
+    assert before[-1] == temp  # the folder's entries after its files; the whole pack, central directory included
+    assert events[commit + 1] == f"fsync {out}"  # the parent folder, right after the rename
+    for record in ("failures.jsonl", "report.json"):
+        renamed = _renamed_to(events, out / record)
+        record_temp = events[renamed].split()[1]
+        assert events[renamed - 1] == f"fsync {record_temp}" and events[renamed + 1] == f"fsync {out}"
+        assert renamed > commit
+    assert _renamed_to(events, out / "report.json") == max(i for i, e in enumerate(events) if e.startswith("rename"))
+    unsynced = _traced_extract(tmp_path, *args, "--no-fsync")
+    assert _renamed_to(unsynced, final) >= 0 and not any(e.startswith("fsync ") for e in unsynced)

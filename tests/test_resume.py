@@ -228,3 +228,30 @@ def test_ctrl_c_to_the_main_process_alone_stops_its_workers_before_cleaning_up(v
     assert json.loads((out / "report.json").read_text())["done"] <= finished < 8
     time.sleep(1.0)  # a worker still running would commit a video after the report
     assert len(_finished(out, "dir")) == finished and temporaries(out) == []
+
+
+def test_a_killed_run_leaves_no_earlier_report_vouching_for_the_tree(videos, tmp_path):
+    """A report says a run finished: a run removes the stale one as it starts (a shard: the whole list's report;
+    a run of the whole list: every shard's records too), so after kill -9 no report is left to call the tree
+    complete."""
+    out = tmp_path / "flow"
+
+    def killed_mid_way(*extra: str) -> None:
+        process = start_cli("extract", str(videos), str(out), *ARGS, "--overwrite", *extra)
+        wait_for(lambda: any(f"-{process.pid}-" in t.name for t in temporaries(out)) or process.poll() is not None,
+                 60, "a video being written by this run")  # (not a temporary the run killed before left)
+        kill_group(process.pid)
+        process.wait()
+
+    assert run_cli("extract", str(videos), str(out), *ARGS).returncode == 0
+    killed_mid_way("--shard", "1/2")
+    assert not (out / "report.json").exists() and not list(out.glob("report*"))
+    for k in (1, 2):
+        assert run_cli("extract", str(videos), str(out), *ARGS, "--shard", f"{k}/2").returncode == 0
+    assert run_cli("report", str(out)).returncode == 0
+    killed_mid_way("--shard", "1/2")
+    merged = run_cli("report", str(out))
+    assert merged.returncode == 1 and "MISSING report.shard-1-of-2.json" in merged.stdout, merged.stdout
+    killed_mid_way()
+    assert not list(out.glob("report*")) and not list(out.glob("failures.shard-*"))
+    assert run_cli("report", str(out)).returncode == 2  # no report at all: nothing vouches for the tree
