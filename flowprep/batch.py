@@ -325,15 +325,15 @@ def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> st
 
 
 def _source_change(recorded: Any, source: str) -> str:
-    """How the source differs from the size and modification time meta.json recorded, or "" (also when nothing
-    was recorded: trees from before flowprep recorded it). Times within a second count as equal: copies made
+    """How the source differs from the size and modification time meta.json recorded (or that it is gone), or ""
+    (also when nothing was recorded: trees from before flowprep recorded it). Times within a second count as equal: copies made
     with `cp -p` or rsync, and file systems that keep whole seconds (or two, FAT), round them."""
     if not isinstance(recorded, dict):
         return ""
     try:
         now = source_stamp(source)
-    except OSError:
-        return ""  # a source that is gone: the finished output is all there is; nothing to compare
+    except OSError:  # the finished output is all there is of that video now
+        return f"its source {source} is gone; the finished output is kept"
     changes = []
     if recorded.get("bytes") != now["bytes"]:
         changes.append(f"{recorded.get('bytes')} bytes recorded, {now['bytes']} bytes now")

@@ -14,7 +14,8 @@ import pytest
 from batchdata import CARPHONE, broken_videos, output_digest, raw_digest, sparse_avi, temporaries
 from conftest import REPO, VIDEOS, checkout_env, run_cli
 
-from flowprep.batch import BatchReport, MergedReport, VideoJob, VideoResult, discover
+from flowprep.batch import BatchReport, MergedReport, VideoJob, VideoResult, discover, process_video
+from flowprep.config import ExtractConfig, FlowConfig
 from flowprep.errors import ConfigError, OutputError
 from flowprep.store import finished_meta, open_output
 
@@ -323,7 +324,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path):
     assert not (out / "rubber-whale").exists()
 
 
-TRACER = Path(__file__).parent / "durability_trace"  # a sitecustomize logging fsyncs and renames, in order
+IO_HOOKS = Path(__file__).parent / "io_hooks"  # a sitecustomize that logs fsyncs and renames, or fails writes
 
 
 def _traced_extract(tmp_path, *args: str) -> list[str]:
@@ -332,7 +333,7 @@ def _traced_extract(tmp_path, *args: str) -> list[str]:
     log = tmp_path / "durability.log"
     log.unlink(missing_ok=True)
     env = {**checkout_env(), "FLOWPREP_TRACE": str(log)}
-    env["PYTHONPATH"] = os.pathsep.join([str(TRACER), env["PYTHONPATH"]])
+    env["PYTHONPATH"] = os.pathsep.join([str(IO_HOOKS), env["PYTHONPATH"]])
     result = subprocess.run([sys.executable, "-m", "flowprep", "extract", *args], cwd=REPO, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -368,3 +369,40 @@ def test_a_committed_video_and_the_records_are_fsynced_before_and_after_their_re
     assert _renamed_to(events, out / "report.json") == max(i for i, e in enumerate(events) if e.startswith("rename"))
     unsynced = _traced_extract(tmp_path, *args, "--no-fsync")
     assert _renamed_to(unsynced, final) >= 0 and not any(e.startswith("fsync ") for e in unsynced)
+
+
+def test_every_recorded_setting_that_differs_is_reported_not_skipped_silently(whale_run, tmp_path):
+    """Each setting meta.json records decides the output bytes: a finished video whose recorded value differs from
+    this run's, in any one of them, is kept and named with that setting (not only bound and directions)."""
+    videos, out, _ = whale_run
+    config = ExtractConfig(flow=FlowConfig(algo="dis"))
+    settings = open_output(out / "whale").meta()["settings"]
+    assert len(settings) >= 18
+    job = VideoJob(str(videos / "whale.mp4"), str(out / "whale"), str(out))
+    assert process_video(job, config) == VideoResult(job.source, job.output, "skipped", 7, 8, 0.0, "")
+    meta_path = out / "whale" / "meta.json"
+    original = meta_path.read_text()
+    valid_only = {"layout": "xy0", "flow_template": "f_{:05d}.jpg", "backward_template": "b_{:05d}.jpg"}  # checked
+    for key, value in settings.items():
+        changed = valid_only[key] if key in valid_only else (not value if isinstance(value, bool) else value + 1 if isinstance(value, (int, float))
+                   else f"{value}, changed" if isinstance(value, str) else [*value, "changed"] if isinstance(value, list)
+                   else {**value, "changed": 1} if isinstance(value, dict) else "changed")
+        meta = json.loads(original)
+        meta["settings"][key] = changed
+        meta_path.write_text(json.dumps(meta))
+        result = process_video(job, config)
+        assert result.status == "skipped" and f"{key}: {changed!r} recorded" in result.reason, (key, result)
+    meta_path.write_text(original)
+
+
+def test_a_finished_video_whose_source_is_gone_is_kept_and_named(whale_run):
+    """A list file still names a video deleted since: its finished output is kept, and the summary says why."""
+    videos, out, before = whale_run
+    listing = videos / "list.txt"
+    listing.write_text("whale.mp4\n")
+    (videos / "whale.mp4").unlink()
+    result = run_cli("extract", str(listing), str(out), "--algo", "dis", "-q")
+    assert result.returncode == 0, result.stderr
+    assert f"KEPT {out / 'whale'}: its source {videos / 'whale.mp4'} is gone; the finished output is kept" \
+        in result.stderr
+    assert output_digest(out) == before

@@ -3,12 +3,15 @@ keeps what was finished, and the rerun after freeing space completes the clean r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from batchdata import output_digest, start_cli, temporaries, tree_and_clean_run, wait_for
-from conftest import VIDEOS, run_cli
+from conftest import REPO, VIDEOS, checkout_env, run_cli
 
 from flowprep.store import finished_meta
 from flowprep.verify import verify_tree
@@ -163,3 +166,29 @@ def test_records_that_could_not_be_written_are_the_ones_named(tmp_path):
         assert not (out / "report.json").exists() and temporaries(out) == []
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+IO_HOOKS = Path(__file__).parent / "io_hooks"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_exceeded_quota_stops_the_run_like_a_full_disk(videos, clean, tmp_path, jobs):
+    """EDQUOT (a user's block or file quota: what clusters enforce) is the file system's, not the video's: the
+    run stops at once with exit 3 and one message, keeps the finished videos, and the rerun completes the tree.
+    tmpfs quotas cannot be set here, so the subprocess's file creations under the output fail with EDQUOT
+    after the 600th (io_hooks), as the quota would."""
+    out = tmp_path / "flow"
+    env = {**checkout_env(), "FLOWPREP_FAIL_ERRNO": "EDQUOT", "FLOWPREP_FAIL_AFTER": "600",
+           "FLOWPREP_FAIL_UNDER": str(out)}
+    env["PYTHONPATH"] = os.pathsep.join([str(IO_HOOKS), env["PYTHONPATH"]])
+    result = subprocess.run([sys.executable, "-m", "flowprep", "extract", str(videos), str(out), *ARGS,
+                             "--jobs", jobs], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    message = [line for line in result.stderr.splitlines() if line.startswith("flowprep: stopped")]
+    assert len(message) == 1 and "Disk quota exceeded" in message[0], result.stderr
+    assert "FAILED" not in result.stderr  # no video is blamed for the quota
+    finished = [job for job in (out / f"C{c}" / f"v{v}" for c in range(2) for v in range(4)) if finished_meta(job)]
+    assert 0 < len(finished) < 8 and temporaries(out) == []
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean
