@@ -209,11 +209,14 @@ def main() -> None:
         f"flowprep, {pack}": FlowStackDataset(trees[pack], entries, length=args.length,
                                                                  segments=args.segments, mode="train", seed=0)
         for pack in trees}
+    for dataset in loaders.values():
+        dataset.set_epoch(0)  # the same seeded items are read again on purpose (else the dataset warns once)
     ours = loaders["flowprep, dir"]
     loaders["PIL, tsn-pytorch, dir"] = PILStacks(ours, "tsn-pytorch")
     loaders["PIL, lean, dir"] = PILStacks(ours, "lean")
     codes = FlowStackDataset(trees["zip"], entries, length=args.length, segments=args.segments, mode="train", seed=0,
                              output="uint8")
+    codes.set_epoch(0)
     for i in range(0, args.items, max(1, args.items // 10)):
         expected = ours[i][0]
         for name, loader in loaders.items():

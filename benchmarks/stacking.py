@@ -39,6 +39,8 @@ def main() -> None:
         "flow, mean subtracted": FlowStackDataset(tree, flow_entries, mean_subtract=True, **common),
         "rgbdiff": FlowStackDataset(tree, rgb_entries, stacking="rgbdiff", **common),
     }
+    for dataset in datasets.values():
+        dataset.set_epoch(0)  # the same seeded items are read again on purpose (else the dataset warns once)
     # (K, L, 2, H, W) uint8 codes of an item: the trajectory's own input, to time the resampling alone
     codes = FlowStackDataset(tree, flow_entries, output="uint8", **common)[0][0].unflatten(1, (args.length, 2))
     runs = {name: read_each(dataset) for name, dataset in datasets.items()}
