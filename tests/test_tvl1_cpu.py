@@ -96,10 +96,11 @@ def level_state(prev: np.ndarray, nxt: np.ndarray, channels: int):
     flow = create_backend(FlowConfig("dis")).compute(prev, nxt)
     u = np.zeros((channels, height, width), np.float32)
     u[:2] = np.moveaxis(flow, -1, 0)
-    warped = np.empty((height, width, 3), np.float32)
+    warped, to_warp = np.empty((height, width, 3), np.float32), np.empty((height, width, 3), np.float32)
     map_x, map_y = np.empty_like(i0), np.empty_like(i0)
     _tvl1_numba._flow_map(u, map_x, map_y)
-    cv2.remap(cv2.merge([i1, *_tvl1_numba.centred_gradient(i1)]), map_x, map_y, cv2.INTER_CUBIC, dst=warped)
+    _tvl1_numba._to_warp(i1, to_warp)
+    cv2.remap(to_warp, map_x, map_y, cv2.INTER_CUBIC, dst=warped)
     data_grad = np.full((channels, height, width), 0.4, np.float32)  # channel 2: gamma
     rho_c, l_grad, grad_div = (np.empty_like(i0) for _ in range(3))
     l_t = np.float32(0.15 * 0.3)
@@ -163,7 +164,7 @@ start = time.process_time()
 tvl1_cpu.NumbaTVL1()
 kernels = tvl1_cpu._entry_points()
 print(json.dumps({"warm_before": before, "warm_after": tvl1_cpu.cache_state()["warm"],
-                  "cpu_s": time.process_time() - start,
+                  "cpu_s": time.process_time() - start, "kernels": len(kernels),
                   "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
 """
@@ -172,17 +173,18 @@ print(json.dumps({"warm_before": before, "warm_after": tvl1_cpu.cache_state()["w
 @pytest.mark.slow
 def test_the_second_process_compiles_nothing_and_workers_on_a_cold_cache_compile_once(tmp_path):
     first = cache_run(tmp_path / "one", STATS)
-    assert first["warm_before"] is False and first["misses"] == 3 and first["warm_after"] is True
+    kernels = first["kernels"]
+    assert first["warm_before"] is False and first["misses"] == kernels and first["warm_after"] is True
     second = cache_run(tmp_path / "one", STATS)
-    assert second["warm_before"] is True and second == {**second, "hits": 3, "misses": 0}
+    assert second["warm_before"] is True and second == {**second, "hits": kernels, "misses": 0}
     # Three processes starting together on a cold cache (what --jobs 3 starts): one compiles, under the cache
     # folder's lock, the others wait for it and load what it wrote.
     command = [sys.executable, "-c", STATS]
     env = {**checkout_env(), "NUMBA_CACHE_DIR": str(tmp_path / "two")}
     workers = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     results = [json.loads(w.communicate(timeout=600)[0].splitlines()[-1]) for w in workers]
-    assert sorted(r["misses"] for r in results) == [0, 0, 3], results
-    assert sum(r["hits"] for r in results) == 6
+    assert sorted(r["misses"] for r in results) == [0, 0, kernels], results
+    assert sum(r["hits"] for r in results) == 2 * kernels
 
 
 def test_backends_lists_the_implementations_the_default_why_and_the_cache(tmp_path):

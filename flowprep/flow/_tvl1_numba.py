@@ -178,12 +178,18 @@ def _data_term(i0, warped, u, l_t, data_grad, rho_c, l_grad, grad_div):  # pragm
             grad_div[y, x] = grad if grad > _FLT_EPSILON else np.inf
 
 
-def centred_gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """OpenCV's centeredGradient of a float32 HxW image: 0.5 (next - previous), halved one-sided differences at
-    the borders (what replicating the border gives)."""
-    padded = np.pad(image, 1, mode="edge")
+@njit(**_JIT)
+def _to_warp(image, out):  # pragma: no cover - compiled
+    """out (H,W,3) = (I1, I1x, I1y): OpenCV's centeredGradient, 0.5 (next - previous), halved one-sided
+    differences at the borders (what replicating the border gives), beside the image, for one remap of all three."""
+    height, width = image.shape
     half = np.float32(0.5)
-    return half * (padded[1:-1, 2:] - padded[1:-1, :-2]), half * (padded[2:, 1:-1] - padded[:-2, 1:-1])
+    for y in range(height):
+        above, below = max(y - 1, 0), min(y + 1, height - 1)
+        for x in range(width):
+            out[y, x, 0] = image[y, x]
+            out[y, x, 1] = half * (image[y, min(x + 1, width - 1)] - image[y, max(x - 1, 0)])
+            out[y, x, 2] = half * (image[below, x] - image[above, x])
 
 
 def pyramid(image: np.ndarray, nscales: int, scale_step: float) -> list[np.ndarray]:
@@ -225,7 +231,8 @@ def _solve_level(i0: np.ndarray, i1: np.ndarray, u: np.ndarray, params: Mapping[
     inner, outer = int(params["inner_iterations"]), int(params["outer_iterations"])
     scaled_epsilon = float(np.float32(float(params["epsilon"]) ** 2 * height * width))
 
-    to_warp = cv2.merge([i1, *centred_gradient(i1)])  # one remap warps I1 and both gradients alike
+    to_warp = np.empty((height, width, 3), np.float32)
+    _to_warp(i1, to_warp)  # one remap warps I1 and both gradients alike
     map_x, map_y = np.empty((height, width), np.float32), np.empty((height, width), np.float32)
     warped = np.empty((height, width, 3), np.float32)
     data_grad = np.empty((channels, height, width), np.float32)

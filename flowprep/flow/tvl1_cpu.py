@@ -33,7 +33,7 @@ def _kernels() -> Any:
 def _entry_points() -> list[Any]:
     """The dispatchers Python calls; the kernels they call are compiled into them."""
     module = _kernels()
-    return [module._iterate, module._flow_map, module._data_term]
+    return [module._iterate, module._flow_map, module._data_term, module._to_warp]
 
 
 def cache_state() -> dict[str, Any]:
