@@ -16,7 +16,8 @@ from batchdata import (
 )
 from conftest import run_cli
 
-from flowprep.batch import _run_on_local_processes, discover
+from flowprep.batch import discover
+from flowprep.batch.engines import run_on_local_processes
 from flowprep.config import ExtractConfig, FlowConfig
 from flowprep.store import finished_meta
 
@@ -200,7 +201,7 @@ def test_closing_the_local_engine_returns_once_its_workers_are_dead(videos, tmp_
     others = workers()
     (tmp_path / "flow").mkdir()  # run_batch's work
     config = ExtractConfig(flow=FlowConfig(algo="dis"))
-    results = _run_on_local_processes(discover(videos, tmp_path / "flow"), config, False, 2, threading.Event())
+    results = run_on_local_processes(discover(videos, tmp_path / "flow"), config, False, 2, threading.Event())
     first = next(results)
     assert first.status == "done", first
     # A third video begun (being written, or done): the one submitted after the first result was taken up by its

@@ -1,0 +1,114 @@
+"""What is at an output path (finished, someone else's, a temporary), and the walk that finds every output of
+a tree."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DIRECTIONS
+from ..errors import OutputError
+from .atomic import is_temporary
+from .meta import META_NAME
+from .naming import PACK_SUFFIX, Naming, output_path
+from .readers import DirectoryReader, OutputReader, ZipReader, open_output
+
+
+
+def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] | None:
+    """meta.json of the finished output of form `pack` at `base`, or None if there is none. The form is checked:
+    for video `a.zip.mp4` the directory `a.zip` is its output, and the file `a.zip` is video `a.mp4`'s pack."""
+    return inspect_output(base, pack)[0]
+
+
+def inspect_output(base: str | os.PathLike, pack: str = "dir") -> tuple[dict[str, Any] | None, str]:
+    """(meta.json of the finished output of form `pack` at `base`, or None; why what is there is not finished).
+
+    The reason is "" when nothing of that form is there; otherwise it names the file and the fault (a corrupt or
+    missing meta.json, a zip that does not open), so that a run recomputing it can say what it replaces.
+    """
+    final = output_path(base, pack)
+    if not (final.is_dir() if pack == "dir" else final.is_file()):
+        return None, ""
+    try:
+        with open_output(final) as reader:
+            return reader.meta(), ""
+    except OutputError as exc:
+        return None, str(exc)
+
+
+def not_ours_message(final: Path, problem: str) -> str:
+    """Why the output at `final`, which is there but not finished (`problem`, from inspect_output), is left alone.
+
+    flowprep renames only complete outputs into place, so such a folder or file is another tool's (or damaged):
+    never deleted, not even by --overwrite."""
+    return (f"{final} is there but is not a finished flowprep output ({problem}); flowprep does not delete what it "
+            "did not write: move it away or remove it, then rerun")
+
+
+FINISHED, UNFINISHED, TEMPORARY, UNREADABLE = "finished", "unfinished", "temporary", "unreadable"
+
+
+@dataclass
+class FoundOutput:
+    """One thing find_outputs found: a video output, or a leftover that is none.
+
+    kind: FINISHED (holds meta.json), UNFINISHED (holds files of the naming but no meta.json: an unfinished
+    output, or one written by another tool), TEMPORARY (a killed run's temporary) or UNREADABLE (a .zip that
+    does not open; `problem` says why).
+    """
+
+    path: Path
+    kind: str
+    names: list[str]  # file names in it (directory listing or zip members); [] for leftovers
+    reader: OutputReader | None = None  # open until the walk moves on; None for leftovers
+    problem: str = ""
+
+
+def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator[FoundOutput]:
+    """Walk `root` (a directory, or itself one output) and yield its video outputs and leftovers, parents before
+    their subfolders, names sorted.
+
+    The one rule: a directory or .zip holding meta.json is a finished output; one holding flow (either
+    direction) or RGB frame files named by `naming` but no meta.json is unfinished (or another tool's); an output holds no further
+    outputs. Hidden names are skipped, except flowprep's temporaries (``.name.flowprep-tmp-…``), yielded as
+    TEMPORARY. A .zip is opened once, here: its reader comes with it and closes when the walk moves on.
+    """
+    patterns = (*(naming.flow_pattern(d) for d in DIRECTIONS), naming.img_pattern())
+
+    def kind_of(names: list[str]) -> str | None:
+        if META_NAME in names:
+            return FINISHED
+        return UNFINISHED if any(p.fullmatch(n) for n in names for p in patterns) else None
+
+    def packs(paths: list[Path]) -> Iterator[FoundOutput]:
+        for path in paths:
+            try:
+                reader = ZipReader(path)
+            except OutputError as exc:
+                yield FoundOutput(path, UNREADABLE, [], problem=str(exc))
+                continue
+            with reader:
+                names = reader.names()
+                kind = kind_of(names)
+                if kind is not None:
+                    yield FoundOutput(path, kind, names, reader)
+
+    root = Path(root)
+    if root.is_file():
+        yield from packs([root] if root.suffix == PACK_SUFFIX else [])
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            if is_temporary(name):
+                yield FoundOutput(here / name, TEMPORARY, [])
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        kind = kind_of(filenames)
+        if kind is not None:
+            dirnames.clear()  # an output holds no further outputs
+            yield FoundOutput(here, kind, sorted(filenames), DirectoryReader(here))
+            continue
+        yield from packs([here / n for n in sorted(filenames) if n.endswith(PACK_SUFFIX) and not n.startswith(".")])
