@@ -15,13 +15,24 @@ from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig,
                      parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, list_backends
-from .store import Naming
-from .verify import verify_tree
+from .store import Naming, require_local
+from .verify import write_report
 from .visualize import write_preview
 
 
 # --direction's values -> StoreConfig.directions
 DIRECTION_CHOICES = {"forward": ("forward",), "backward": ("backward",), "both": DIRECTIONS}
+
+
+class LocalPath(click.Path):
+    """click.Path that refuses a URL first, naming it (s3://b/flow would otherwise be a folder named 's3:')."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        try:
+            require_local(value, param.human_readable_name if param is not None else "location")
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class SizeType(click.ParamType):
@@ -53,8 +64,8 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("source", type=click.Path(exists=True))
-@click.argument("output", type=click.Path(file_okay=False))
+@click.argument("source", type=LocalPath(exists=True))
+@click.argument("output", type=LocalPath(file_okay=False))
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True, help="Flow algorithm.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or torch-cpu.")
 @click.option("--impl", default=None,
@@ -150,7 +161,7 @@ def extract(source: str, output: str, algo: str, device: str, impl: str | None, 
 
 
 @main.command("report")
-@click.argument("root", metavar="OUT", type=click.Path(exists=True, file_okay=False))
+@click.argument("root", metavar="OUT", type=LocalPath(exists=True, file_okay=False))
 def report_command(root: str) -> None:
     """Add up the reports of the runs (or of all shards) that wrote into OUT. Exit 0 when every part reported
     and every video is done or skipped, 1 otherwise."""
@@ -178,15 +189,15 @@ def backends() -> None:
 
 
 @main.command("list")
-@click.argument("root", metavar="OUT", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True,
+@click.argument("root", metavar="OUT", type=LocalPath(exists=True, file_okay=False))
+@click.option("--out", "out_file", type=LocalPath(dir_okay=False, writable=True), default="-", show_default=True,
               help="Annotation list to write ('-': standard output).")
 @click.option("--modality", type=click.Choice(annotations.MODALITIES), default="flow", show_default=True,
               help="num_frames counts flow pairs (flow) or RGB frames (rgb).")
-@click.option("--classes", "class_file", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--classes", "class_file", type=LocalPath(exists=True, dir_okay=False), default=None,
               help="Class index file ('1 ApplyEyeMakeup' lines, as UCF101's classInd.txt, or one name a line). "
                    "Default: labels from the sorted class folder names.")
-@click.option("--split", "split_file", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--split", "split_file", type=LocalPath(exists=True, dir_okay=False), default=None,
               help="Only the videos of this split list (UCF101 trainlist01.txt style), in its order.")
 @click.option("--skip-missing", is_flag=True, help="With --split, leave out split videos not found under OUT "
                                                    "(with a warning) instead of failing.")
@@ -206,28 +217,26 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
                             start_index=start_index)
         class_index = annotations.read_class_index(class_file) if class_file else None
         split = annotations.read_split(split_file) if split_file else None
-        entries = annotations.build_annotations(annotations.find_outputs(root, Naming.from_config(store)),
-                                                modality, class_index)
+        entries = annotations.list_annotations(root, Naming.from_config(store), modality=modality,
+                                               class_index=class_index, split=split)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except OutputError as exc:
         raise click.ClickException(str(exc)) from None
-    if split is not None:
-        entries, missing = annotations.apply_split(entries, split)
-        if missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            message = f"{len(missing)} of {len(split)} videos of {split_file} are not under {root}: {shown}"
-            if not skip_missing:
-                raise click.ClickException(message + " (--skip-missing leaves them out)")
-            click.echo(f"warning: {message}; left out", err=True)
+    if entries.missing:
+        missing = entries.missing
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        message = f"{len(missing)} of {len(split)} videos of {split_file} are not under {root}: {shown}"
+        if not skip_missing:
+            raise click.ClickException(message + " (--skip-missing leaves them out)")
+        click.echo(f"warning: {message}; left out", err=True)
     with click.open_file(out_file, "w") as stream:
         annotations.write_annotations(entries, stream)
-    labels = {entry.label for entry in entries}
-    click.echo(f"{len(entries)} videos, {len(labels)} classes -> {out_file}", err=True)
+    click.echo(f"{entries.videos} videos, {entries.classes} classes -> {out_file}", err=True)
 
 
 @main.command()
-@click.argument("output", type=click.Path(exists=True))
+@click.argument("output", type=LocalPath(exists=True))
 @click.option("--roundtrip", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
               help="Recompute K random pairs per video from its source and check the JPEG round-trip error.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the round-trip pair choice.")
@@ -235,14 +244,12 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
               help="Worker processes checking videos side by side.")
 def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
     """Check that every video output under OUTPUT is complete and readable. Exit 0 clean, 1 on any problem."""
-    report = verify_tree(output, roundtrip, seed=seed, n_jobs=n_jobs)
-    click.echo(report.summary())
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if write_report(output, click.echo, roundtrip, seed=seed, n_jobs=n_jobs) else 1)
 
 
 @main.command()
-@click.argument("video_output", type=click.Path())  # a directory, a .zip, or its base path (as `list` writes it)
-@click.option("--out", "target", required=True, type=click.Path(dir_okay=False),
+@click.argument("video_output", type=LocalPath())  # a directory, a .zip, or its base path (as `list` writes it)
+@click.option("--out", "target", required=True, type=LocalPath(dir_okay=False),
               help="preview.png (one pair), or .gif / .mp4 (a sequence of pairs).")
 @click.option("--pair", type=click.IntRange(min=1), default=None,
               help="Pair number, the first pair is 1 (PNG default: the middle pair; GIF/MP4 default: the first).")

@@ -155,11 +155,11 @@ def template_pattern(template: str) -> re.Pattern[str]:
     """Regex matching the names `template` makes: the index field is captured as 'index' (digits, as written),
     and in a two-field template the first field as 'axis' (x or y)."""
     parsed = list(Formatter().parse(template))
-    has_axis = sum(field is not None for _, field, _, _ in parsed) == 2
+    has_axis = sum(name is not None for _, name, _, _ in parsed) == 2
     parts, fields = [], 0
-    for literal, field, _, _ in parsed:
+    for literal, name, _, _ in parsed:
         parts.append(re.escape(literal))
-        if field is not None:
+        if name is not None:
             parts.append("(?P<axis>[xy])" if has_axis and fields == 0 else r"(?P<index>\d+)")
             fields += 1
     return re.compile("".join(parts))

@@ -78,3 +78,36 @@ def test_colliding_rgb_and_flow_names_are_a_usage_error_before_any_work(tmp_path
     assert result.returncode == 2 and "flow_template '{}_{:05d}.jpg' and img_template 'x_{:05d}.jpg' can name the " \
         "same file, e.g. 'x_00001.jpg'" in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ("extract", str(VIDEOS / "rubber-whale.mp4"), "s3://bucket/flow"),
+    ("extract", "s3://bucket/videos", "flow"),
+    ("list", "gs://bucket/flow"),
+    ("verify", "s3://bucket/flow"),
+    ("report", "az://container/flow"),
+    ("show", "s3://bucket/flow/v", "--out", "p.png"),
+], ids=["extract-output", "extract-input", "list", "verify", "report", "show"])
+def test_an_object_store_url_is_a_usage_error_naming_it(tmp_path, command):
+    """s3://bucket/flow as OUTPUT wrote a local folder named 's3:' and exited 0; every location is checked."""
+    result = run_cli(*command, cwd=tmp_path)
+    url = next(arg for arg in command if "://" in arg)
+    assert result.returncode == 2 and f"{url!r} is a URL: flowprep reads and writes local paths only" \
+        in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_refuses_urls_too(tmp_path):
+    from flowprep.batch import discover, run_batch
+    from flowprep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'s3://bucket/flow' is a URL"):
+        run_batch([], "s3://bucket/flow")
+    with pytest.raises(ConfigError, match="'s3://bucket/videos' is a URL"):
+        discover("s3://bucket/videos", tmp_path)
+    pytest.importorskip("torch")
+    from flowprep.data import FlowStackDataset
+
+    with pytest.raises(ConfigError, match="'s3://bucket/flow' is a URL"):
+        FlowStackDataset("s3://bucket/flow")
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import VIDEO_EXTENSIONS
 from ..errors import ConfigError
+from ..store import require_local
 from .video import VideoJob
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -20,7 +21,7 @@ def discover(
     Outputs mirror the input tree: ``videos/Archery/v_1.avi`` -> ``out_root/Archery/v_1``. List entries are
     relative to the list file's folder (or absolute); outputs mirror them relative to that folder.
     """
-    source, out_root = Path(source), Path(out_root)
+    source, out_root = require_local(source, "input"), require_local(out_root, "output")
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if source.is_dir():
         # Strings, not Path objects, sorted by their parts as paths sort ("\0" below every other character keeps

@@ -9,13 +9,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from ..config import ExtractConfig
 from ..errors import ConfigError
 from ..flow import check_flow_config
-from ..store import output_name, remove_temps_of_outputs
+from ..store import output_name, remove_temps_of_outputs, require_local
 from .engines import DASK_IN_FLIGHT, ENGINES, run_on_engine
 from .locks import hold_run_locks
 from .reports import REPORT_NAME, BatchReport, write_report, record_names
@@ -58,7 +57,7 @@ def run_batch(
     check_flow_config(config.flow, here=engine == "local")
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
-    out_root = Path(out_root)
+    out_root = require_local(out_root, "output")
     jobs = select_shard(jobs, out_root, shard)
     try:
         out_root.mkdir(parents=True, exist_ok=True)

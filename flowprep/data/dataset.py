@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, get_worker_info
 from ..annotations import Annotation, VideoOutput, build_annotations, describe_output, find_outputs, read_annotations
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
-from ..store import Naming, OutputReader, open_output
+from ..store import Naming, OutputReader, open_output, require_local
 from .sampling import Sampler, check_length, check_mode, is_integer, make_sampler
 from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
 from .transforms import apply_transform
@@ -105,7 +105,7 @@ class FlowStackDataset(Dataset):
         if mean_subtract and (output == "uint8" or not self.stacking.is_flow):
             raise ConfigError("mean_subtract needs float flow values: use output='pixels' or 'unit', not 'uint8', "
                               f"with a flow stacking (got {self.stacking!r})")
-        self.root = Path(root)
+        self.root = require_local(root, "root")
         self.length = length
         self.mode = mode
         self.transform = transform

@@ -5,11 +5,12 @@ with meta.json as the last file written: a directory or zip without a valid meta
 
 One module per seam: naming (file names and the two forms' paths), meta (meta.json's fields), jpeg (the codec),
 atomic (temporaries, per-output locks, atomic replacement), readers, writers, outputs (what is at an output
-path, and the walk that finds a tree's outputs). A new storage target is a reader and a writer beside these.
+path, and the walk that finds a tree's outputs), location (local paths; URLs are refused for now). A new storage target is a reader and a writer beside these.
 """
 from .atomic import (LOCK_SUFFIX, TEMP_MARKER, is_temporary, lock_path, output_lock, remove_temps_of_outputs,
                      temp_path, write_file_atomic)
 from .jpeg import codes_from_images, decode_jpeg, encode_flow_codes, encode_jpeg
+from .location import is_url, require_local
 from .meta import META_FORMAT, META_NAME, check_meta, meta_field, recorded_settings
 from .naming import PACK_SUFFIX, Naming, other_pack, output_name, output_path, template_pattern
 from .outputs import (FINISHED, TEMPORARY, UNFINISHED, UNREADABLE, FoundOutput, find_outputs, finished_meta,
@@ -21,8 +22,8 @@ __all__ = [
     "DirectoryReader", "DirectoryWriter", "FINISHED", "FoundOutput", "LOCK_SUFFIX", "META_FORMAT", "META_NAME",
     "Naming", "OutputReader", "OutputWriter", "PACK_SUFFIX", "TEMPORARY", "TEMP_MARKER", "UNFINISHED", "UNREADABLE",
     "ZipReader", "ZipWriter", "check_meta", "codes_from_images", "decode_jpeg", "encode_flow_codes", "encode_jpeg",
-    "find_outputs", "finished_meta", "inspect_output", "is_temporary", "lock_path", "meta_field", "not_ours_message",
-    "open_output", "open_writer", "other_pack", "output_lock", "output_name", "output_path", "read_flow_codes",
-    "read_flow_pair", "recorded_settings", "remove_temps_of_outputs", "temp_path", "template_pattern",
-    "write_file_atomic",
+    "find_outputs", "finished_meta", "inspect_output", "is_temporary", "is_url", "lock_path", "meta_field",
+    "not_ours_message", "open_output", "open_writer", "other_pack", "output_lock", "output_name", "output_path",
+    "read_flow_codes", "read_flow_pair", "recorded_settings", "remove_temps_of_outputs", "require_local", "temp_path",
+    "template_pattern", "write_file_atomic",
 ]
