@@ -192,3 +192,21 @@ def test_an_exceeded_quota_stops_the_run_like_a_full_disk(videos, clean, tmp_pat
     result = run_cli("extract", str(videos), str(out), *ARGS)
     assert result.returncode == 0, result.stderr
     assert output_digest(out) == clean
+
+
+@pytest.mark.parametrize("small_disk", ["dir"], indirect=True)
+def test_ray_workers_stop_starting_videos_when_the_disk_is_full(videos, clean, small_disk):
+    """The stop reaches Ray too (untested until now): the run leaves Ray's pool at the stop, which ends its actors,
+    exits 3 with one message and nothing half-written or locked, and the rerun completes the tree."""
+    pytest.importorskip("ray")
+    out = small_disk / "flow"
+    result = run_cli("extract", str(videos), str(out), *ARGS, "--engine", "ray")
+    assert result.returncode == 3, result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("flowprep: stopped")]) == 1
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    assert report is None or report["engine"] == "ray" and report["not_processed"]
+    assert temporaries(out) == [] and not list(out.rglob("*.flowprep-lock")) and verify_tree(out).ok
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    result = run_cli("extract", str(videos), str(out), *ARGS, "--engine", "ray")
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean
