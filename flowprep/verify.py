@@ -2,17 +2,22 @@
 
 Outputs are found by store.find_outputs: a directory or ``.zip`` pack holding meta.json is one video's
 output; one holding flow or RGB frame files (default names) but no meta.json is an unfinished one. Videos are
-checked one at a time (optionally in worker processes) and only their statistics are kept, so memory does not
-grow with the tree.
+checked one at a time (optionally in worker processes, a bounded number in flight) in the order of their sorted
+paths, as the walk finds them; write_report keeps only counts and spools problems to a temporary file, so its
+memory does not grow with the tree.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
-from collections.abc import Iterator
-from contextlib import closing
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +31,14 @@ from .flow.base import FlowBackend
 from .flow.pairs import flow_stream
 from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
-from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, Naming, OutputReader, codes_from_images,
-                    meta_field, open_output, read_flow_codes, recorded_settings)
+from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, FoundOutput, Naming, OutputReader,
+                    ZipReader, codes_from_images, meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
 _LISTED = 10  # missing or unexpected files listed one by one per video; the rest are counted
+_CHUNK = 16  # videos per task sent to a worker (--jobs): tiny videos take well under a ms each
+_SPOOL_MEMORY = 2**20  # bytes of spooled problems kept in memory before they go to a temporary file
 
 
 @dataclass
@@ -79,8 +86,25 @@ class RoundTrip:
         return not self.failing()
 
 
+class _FlowStatistics:
+    """The clipped fraction and mean magnitude of the flow values counted in values, clipped and magnitude_sum."""
+
+    values: int
+    clipped: int
+    magnitude_sum: float
+
+    @property
+    def clipped_fraction(self) -> float:
+        return self.clipped / self.values if self.values else 0.0
+
+    @property
+    def mean_magnitude(self) -> float:
+        """Mean flow magnitude in pixels over the pixels read."""
+        return 2.0 * self.magnitude_sum / self.values if self.values else 0.0
+
+
 @dataclass
-class VideoCheck:
+class VideoCheck(_FlowStatistics):
     """What verify found in one video's output (a directory or a .zip pack)."""
 
     path: Path
@@ -100,19 +124,40 @@ class VideoCheck:
     def ok(self) -> bool:
         return not self.problems
 
-    @property
-    def clipped_fraction(self) -> float:
-        return self.clipped / self.values if self.values else 0.0
 
-    @property
-    def mean_magnitude(self) -> float:
-        """Mean flow magnitude in pixels over the pixels read."""
-        return 2.0 * self.magnitude_sum / self.values if self.values else 0.0
+@dataclass
+class Totals(_FlowStatistics):
+    """Counts over checked videos: all that verify's last line needs, the same size for any number of videos."""
+
+    videos: int = 0
+    bad: int = 0  # videos with problems
+    problems: int = 0  # the videos' problems
+    pairs: int = 0
+    values: int = 0
+    clipped: int = 0
+    magnitude_sum: float = 0.0
+
+    def add(self, check: VideoCheck) -> None:
+        self.videos += 1
+        self.bad += not check.ok
+        self.problems += len(check.problems)
+        self.pairs += check.pairs
+        self.values += check.values
+        self.clipped += check.clipped
+        self.magnitude_sum += check.magnitude_sum
+
+    def line(self, tree_problems: int) -> str:
+        """verify's last line, with the tree's own problems (unfinished outputs, leftovers) counted in."""
+        problems = tree_problems + self.problems
+        return (f"{self.videos} video outputs, {self.bad} with problems, {problems} problems; {self.pairs} flow "
+                f"pairs, mean |flow| {self.mean_magnitude:.3f} px, clipped {100 * self.clipped_fraction:.3f}%: "
+                + ("FAILED" if problems else "OK"))
 
 
 @dataclass
 class VerifyReport:
-    """Per-video checks of a tree plus the problems of the tree itself (unfinished outputs, leftovers)."""
+    """Per-video checks of a tree plus the problems of the tree itself (unfinished outputs, leftovers), held in
+    memory (write_report streams the same report for a tree of any size)."""
 
     root: Path
     videos: list[VideoCheck] = field(default_factory=list)
@@ -129,30 +174,26 @@ class VerifyReport:
     def all_warnings(self) -> list[str]:
         return self.warnings + [w for v in self.videos for w in v.warnings]
 
+    def totals(self) -> Totals:
+        totals = Totals()
+        for check in self.videos:
+            totals.add(check)
+        return totals
+
     @property
     def clipped_fraction(self) -> float:
-        values = sum(v.values for v in self.videos)
-        return sum(v.clipped for v in self.videos) / values if values else 0.0
+        return self.totals().clipped_fraction
 
     @property
     def mean_magnitude(self) -> float:
-        values = sum(v.values for v in self.videos)
-        return 2.0 * sum(v.magnitude_sum for v in self.videos) / values if values else 0.0
+        return self.totals().mean_magnitude
 
-    def summary(self) -> str:
-        """Human-readable report: every problem and warning with its path, per-video and overall statistics."""
-        lines = [f"{'PROBLEM' if v.problems else 'ok':7s} {v.path}: {v.pairs} pairs{_kind_text(v)}, "
-                 f"{v.rgb_frames} rgb, "
-                 f"mean |flow| {v.mean_magnitude:.3f} px, clipped {100 * v.clipped_fraction:.3f}% at bound "
-                 f"{v.bound:g}" + _roundtrip_text(v.roundtrip) for v in self.videos]
-        lines += [f"PROBLEM {p}" for p in self.all_problems()]
-        lines += [f"warning {w}" for w in self.all_warnings()]
-        bad = sum(not v.ok for v in self.videos)
-        lines.append(
-            f"{len(self.videos)} video outputs, {bad} with problems, {len(self.all_problems())} problems; "
-            f"{sum(v.pairs for v in self.videos)} flow pairs, mean |flow| {self.mean_magnitude:.3f} px, "
-            f"clipped {100 * self.clipped_fraction:.3f}%: " + ("OK" if self.ok else "FAILED"))
-        return "\n".join(lines)
+
+def _video_line(check: VideoCheck) -> str:
+    """A video's line of the report: status, path, counts and statistics."""
+    return (f"{'PROBLEM' if check.problems else 'ok':7s} {check.path}: {check.pairs} pairs{_kind_text(check)}, "
+            f"{check.rgb_frames} rgb, mean |flow| {check.mean_magnitude:.3f} px, clipped "
+            f"{100 * check.clipped_fraction:.3f}% at bound {check.bound:g}" + _roundtrip_text(check.roundtrip))
 
 
 def _kind_text(check: VideoCheck) -> str:
@@ -172,25 +213,61 @@ def _roundtrip_text(rt: RoundTrip | None) -> str:
     return text
 
 
-def find_outputs(root: str | os.PathLike) -> tuple[list[Path], list[str]]:
-    """(finished video outputs under `root`, problems): unfinished outputs, temporaries of killed runs and .zip
-    files that do not open are problems (see store.find_outputs). `root` may itself be one video's output."""
-    root = Path(root)
+def _outputs(root: Path, problem: Callable[[str], None]) -> Iterator[Path]:
+    """The finished video outputs under `root` in sorted(paths) order, as the walk finds them (see
+    store.find_outputs); `problem` gets, in the walk's order, each thing that is no finished output but should be
+    one: unfinished outputs, temporaries of killed runs and .zip files that do not open. `root` may itself be one
+    video's output."""
     if not root.exists():
-        return [], [f"{root}: no such file or directory"]
+        problem(f"{root}: no such file or directory")
+        return
     if root.is_file() and root.suffix != PACK_SUFFIX:
-        return [], [f"{root}: not a directory or .zip pack"]
-    outputs, problems = [], []
+        problem(f"{root}: not a directory or .zip pack")
+        return
+    # The walk yields a folder's packs before it enters the folder's subfolders, and sorted(paths) puts each pack
+    # among those by name: a folder's packs wait here (no more than the walk's own listing of the folder) until
+    # the walk reaches a subfolder named after them, or leaves the folder.
+    held: list[tuple[tuple[str, ...], deque[Path]]] = []  # folders on the walk's path, their packs not yet due
     for found in walk_outputs(root):
-        if found.kind == FINISHED:
-            outputs.append(found.path)
-        elif found.kind == UNFINISHED:
-            problems.append(f"{found.path}: {len(found.names)} JPEG files but no {META_NAME}: unfinished output")
-        elif found.kind == TEMPORARY:
-            problems.append(f"{found.path}: temporary left by a killed run (rerun extract to finish)")
+        if found.kind != FINISHED:
+            problem(_leftover_problem(found))
+            continue
+        parts = found.path.parts
+        while held and parts[:len(held[-1][0])] != held[-1][0]:
+            yield from held.pop()[1]
+        packed = isinstance(found.reader, ZipReader)
+        for folder, packs in held:
+            if packed and len(folder) == len(parts) - 1:
+                break  # the pack's own folder: its packs come in name order
+            while packs and packs[0].name < parts[len(folder)]:
+                yield packs.popleft()
+        if not packed:
+            yield found.path
+        elif held and held[-1][0] == parts[:-1]:
+            held[-1][1].append(found.path)
         else:
-            problems.append(found.problem)
-    return sorted(outputs), problems
+            held.append((parts[:-1], deque([found.path])))
+    while held:
+        yield from held.pop()[1]
+
+
+def _leftover_problem(found: FoundOutput) -> str:
+    if found.kind == UNFINISHED:
+        return f"{found.path}: {len(found.names)} JPEG files but no {META_NAME}: unfinished output"
+    if found.kind == TEMPORARY:
+        return f"{found.path}: temporary left by a killed run (rerun extract to finish)"
+    return found.problem
+
+
+def _no_outputs_problem(root: str | os.PathLike) -> str:
+    return f"{root}: no flow outputs (directories with {META_NAME} or .zip packs) found"
+
+
+def _tree_warnings(root: str | os.PathLike, totals: Totals, clip_warning: float) -> list[str]:
+    if totals.videos and totals.clipped_fraction > clip_warning:
+        return [f"{root}: {100 * totals.clipped_fraction:.2f}% of all flow values are clipped at the bound: the "
+                "bound is too small for this data (extract again with a larger --bound)"]
+    return []
 
 
 def verify_tree(
@@ -201,29 +278,97 @@ def verify_tree(
     n_jobs: int = 1,
     clip_warning: float = CLIP_WARNING,
 ) -> VerifyReport:
-    """Check every video output under `root` (see check_video); `n_jobs` > 1 checks videos in processes."""
-    outputs, problems = find_outputs(root)
-    report = VerifyReport(Path(root), problems=problems)
-    if not outputs and not problems:
-        report.problems.append(f"{root}: no flow outputs (directories with {META_NAME} or .zip packs) found")
+    """Check every video output under `root` (see check_video) into a report that holds every video's check
+    (write_report streams it instead); `n_jobs` > 1 checks videos in processes."""
+    report = VerifyReport(Path(root))
+    outputs = _outputs(report.root, report.problems.append)
     report.videos = list(_check_all(outputs, roundtrip, seed, n_jobs, clip_warning))
-    if report.videos and report.clipped_fraction > clip_warning:
-        report.warnings.append(
-            f"{root}: {100 * report.clipped_fraction:.2f}% of all flow values are clipped at the bound: "
-            "the bound is too small for this data (extract again with a larger --bound)")
+    if not report.videos and not report.problems:
+        report.problems.append(_no_outputs_problem(root))
+    report.warnings += _tree_warnings(root, report.totals(), clip_warning)
     return report
 
 
-def _check_all(outputs: list[Path], roundtrip: int, seed: int, n_jobs: int, clip_warning: float
+def write_report(
+    root: str | os.PathLike,
+    echo: Callable[[str], None],
+    roundtrip: int = 0,
+    *,
+    seed: int = 0,
+    n_jobs: int = 1,
+    clip_warning: float = CLIP_WARNING,
+) -> bool:
+    """Check every video output under `root` as verify_tree does and write the report a line at a time through
+    `echo`, in memory that does not grow with the tree: each video's line (sorted by path) once it is checked,
+    then the tree's problems, the videos' problems, the warnings (all spooled to temporary files until then)
+    and the counts. Returns True when nothing is wrong."""
+    totals = Totals()
+    with ExitStack() as stack:
+        tree_problems, problems, warnings = (stack.enter_context(_Spool()) for _ in range(3))
+        for check in _check_all(_outputs(Path(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning):
+            totals.add(check)
+            echo(_video_line(check))
+            problems.extend(check.problems)
+            warnings.extend(check.warnings)
+        if not totals.videos and not tree_problems.count:
+            tree_problems.add(_no_outputs_problem(root))
+        for text in chain(tree_problems, problems):
+            echo(f"PROBLEM {text}")
+        for text in chain(_tree_warnings(root, totals, clip_warning), warnings):
+            echo(f"warning {text}")
+        echo(totals.line(tree_problems.count))
+        return tree_problems.count + totals.problems == 0
+
+
+class _Spool:
+    """Texts kept in order in a temporary file (in memory up to _SPOOL_MEMORY bytes), one JSON string a line so
+    that any text (a path with a newline) reads back as written."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY, "w+", encoding="ascii")
+        self.count = 0
+
+    def add(self, text: str) -> None:
+        self._file.write(json.dumps(text) + "\n")
+        self.count += 1
+
+    def extend(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            self.add(text)
+
+    def __iter__(self) -> Iterator[str]:
+        self._file.seek(0)
+        return (json.loads(line) for line in self._file)
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def _check_all(outputs: Iterator[Path], roundtrip: int, seed: int, n_jobs: int, clip_warning: float
                ) -> Iterator[VideoCheck]:
+    """check_video of each output, in order; with `n_jobs` > 1 in loky worker processes, _CHUNK videos a task and
+    at most 2 * n_jobs tasks in flight (their results wait for the earlier ones, so memory stays bounded)."""
     if n_jobs == 1:
         for path in outputs:
             yield check_video(path, roundtrip, seed=seed, clip_warning=clip_warning)
         return
-    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
 
-    yield from Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(check_video)(path, roundtrip, seed=seed, clip_warning=clip_warning) for path in outputs)
+    executor = get_reusable_executor(max_workers=n_jobs)
+    window: deque = deque()  # futures of the tasks in flight, oldest first
+    while chunk := list(islice(outputs, _CHUNK)):
+        window.append(executor.submit(_check_chunk, chunk, roundtrip, seed, clip_warning))
+        if len(window) == 2 * n_jobs:
+            yield from window.popleft().result()
+    while window:
+        yield from window.popleft().result()
+
+
+def _check_chunk(paths: list[Path], roundtrip: int, seed: int, clip_warning: float) -> list[VideoCheck]:
+    return [check_video(path, roundtrip, seed=seed, clip_warning=clip_warning) for path in paths]
 
 
 def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,

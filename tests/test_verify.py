@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -10,11 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extract_video
+from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extract_video, verify
 from flowprep.quantize import RoundTripBound
-from flowprep.verify import RoundTrip, _roundtrip_text, check_video, find_outputs, verify_tree
+from flowprep.verify import RoundTrip, _roundtrip_text, check_video, verify_tree, write_report
 
 from conftest import VIDEOS, run_cli
+from fake_trees import write_video
+from golden_trees import golden, mixed_tree, real_tree
 
 CARPHONE = VIDEOS / "carphone_pristine.mp4"
 MR_BUBZ = VIDEOS / "mr-bubz.webm"
@@ -142,9 +147,9 @@ def test_not_a_zip_and_leftover_temporary(tree: Path) -> None:
 def test_batch_records_at_root_are_ignored_and_empty_tree_fails(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text("{}")
     (tmp_path / "failures.jsonl").write_text("")
-    assert find_outputs(tmp_path) == ([], [])
     report = verify_tree(tmp_path)
-    assert not report.ok and "no flow outputs" in report.problems[0]
+    assert not report.ok and not report.videos
+    assert report.problems == [f"{tmp_path}: no flow outputs (directories with meta.json or .zip packs) found"]
 
 
 def test_clipping_warns_but_passes(tmp_path: Path) -> None:
@@ -234,3 +239,129 @@ def test_round_trip_worst_errors_per_direction_and_over_all():
     assert _roundtrip_text(rt) == ("; round trip of 2 pairs: worst pair mean 0.0500 px (bound 0.0400), max 0.6000 px "
                                    "(bound 0.5000), forward worst pair mean 0.0300 max 0.2000, backward worst pair "
                                    "mean 0.0500 max 0.6000")
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """golden_trees' mixed tree under WORK/mixed (WORK: the folder the golden outputs name)."""
+    return mixed_tree(tmp_path_factory.mktemp("work") / "mixed")
+
+
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]])
+def test_verify_prints_what_main_printed_before_it_streamed(mixed: Path, jobs: list[str]) -> None:
+    """Every kind of problem and warning, in the order main printed them when it held a record per video and
+    sorted at the end: videos by path (a folder's packs among its subfolders), then the tree's problems in the
+    walk's order, the videos' problems, the warnings and the counts; in worker processes too."""
+    result = run_cli("verify", str(mixed), *jobs)
+    assert (result.returncode, result.stdout, result.stderr) == (1, golden("verify_mixed.out", mixed.parent), "")
+
+
+def test_spooled_problems_survive_the_temporary_file(mixed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Problems past the spool's memory go to disk and come back as written, a newline in a name included."""
+    monkeypatch.setattr(verify, "_SPOOL_MEMORY", 64)
+    lines: list[str] = []
+    assert not write_report(mixed, lines.append)
+    assert "\n".join(lines) + "\n" == golden("verify_mixed.out", mixed.parent)
+
+    odd = write_video(mixed.parent / "odd" / "two\nlines", 2)  # fake_trees' meta.json has no output_size
+    lines.clear()
+    write_report(odd.parent, lines.append)
+    assert f"PROBLEM {odd / 'meta.json'}: missing or invalid field output_size: it is missing" in lines
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return real_tree(tmp_path_factory.mktemp("work") / "real")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [("verify_real", []),
+                                           ("verify_real_roundtrip", ["--roundtrip", "2", "--seed", "3"])])
+def test_verify_of_a_real_tree_prints_what_main_printed(real: Path, name: str, options: list[str]) -> None:
+    result = run_cli("verify", str(real), *options)
+    assert (result.returncode, result.stdout, result.stderr) == (1, golden(f"{name}.out", real.parent), "")
+
+
+def _random_tree(root: Path, rng: random.Random, depth: int = 0) -> list[Path]:
+    """Folders of video folders and packs (meta.json alone: enough to be found) and subfolders, with names that
+    sort apart from the walk's order ('a', 'a b', 'a-b', 'a.zip' ...); the finished outputs' paths."""
+    found = []
+    root.mkdir(parents=True, exist_ok=True)
+    for name in rng.sample(["a", "a b", "a-b", "a.b", "a.zip", "b", "B", "c"], rng.randint(1, 5)):
+        kinds = ["pack", "video"] + (["folder"] * 2 if depth < 3 else [])
+        for kind in rng.sample(kinds, rng.randint(1, 2)):  # a folder and a pack may share a name
+            path = root / (f"{name}.zip" if kind == "pack" else name)
+            if path.exists():  # the folder a.zip and the pack of a
+                continue
+            if kind == "pack":
+                with zipfile.ZipFile(path, "w") as pack:
+                    pack.writestr("meta.json", "{}")
+                found.append(path)
+            elif kind == "video":
+                path.mkdir()
+                (path / "meta.json").write_text("{}")
+                found.append(path)
+            else:
+                found += _random_tree(path, rng, depth + 1)
+    return found
+
+
+def test_videos_come_in_sorted_path_order_as_the_walk_finds_them(tmp_path: Path) -> None:
+    for seed in range(20):
+        root = tmp_path / str(seed)
+        paths = _random_tree(root, random.Random(seed))
+        assert [check.path for check in verify_tree(root).videos] == sorted(paths), seed
+
+
+def _copies(root: Path, count: int) -> Path:
+    """`count` videos in 10 class folders: one fake video and copies of it (hard-linked files)."""
+    model = write_video(root / "model", 2, rgb_frames=3)
+    meta = json.loads((model / "meta.json").read_text())
+    meta["settings"]["jpeg_quality"], meta["output_size"] = 95, [12, 8]
+    (model / "meta.json").write_text(json.dumps(meta))
+    tree = root / "tree"
+    for v in range(count):
+        target = tree / f"class_{v % 10}" / f"v{v:05d}"
+        target.mkdir(parents=True)
+        for name in os.listdir(model):
+            os.link(model / name, target / name)
+    return tree
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_report_memory_does_not_grow_with_the_tree(tmp_path: Path, jobs: int) -> None:
+    """Python's peak allocations while the report is written: the same for 3000 videos as for 300 (main held
+    about 1 KB a video, 2.7 MB more here)."""
+    peaks = []
+    for count in (300, 3000):
+        tree = _copies(tmp_path / str(count), count)
+        lines = 0
+
+        def echo(line: str) -> None:
+            nonlocal lines
+            lines += 1
+
+        tracemalloc.start()
+        assert write_report(tree, echo, n_jobs=jobs)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert lines == count + 1
+    assert peaks[1] < peaks[0] + 200_000, peaks
+
+
+def test_workers_take_a_bounded_window_of_videos(tmp_path: Path) -> None:
+    """With --jobs 2, the first check comes back while at most 2 x 2 tasks of videos have been taken from the
+    walk; the rest follow in order."""
+    paths = sorted(_copies(tmp_path, 300).glob("*/*"))
+    taken = 0
+
+    def walk():
+        nonlocal taken
+        for path in paths:
+            taken += 1
+            yield path
+
+    checks = verify._check_all(walk(), 0, 0, 2, verify.CLIP_WARNING)
+    assert next(checks).ok and taken <= 2 * 2 * verify._CHUNK
+    assert [check.path for check in checks] == paths[1:]
