@@ -3,13 +3,19 @@
 A list has one line per video, ``relative_dir num_frames label`` (TSN / mmaction2 rawframe format), where
 num_frames counts flow pairs (flow lists) or RGB frames (rgb lists) and labels are 0-based. Trees written by
 flowprep are described by each video's meta.json; trees written by other tools (denseflow, mmaction2's
-script) by a Naming given by the caller, and frames are counted by listing files.
+script) by a Naming given by the caller, and frames are counted by listing files. list_annotations makes a
+tree's list in memory that does not grow with the tree: what a line needs is spooled to a temporary file and
+sorted there.
 """
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Iterable, Sequence
+import pickle
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +26,9 @@ from .quantize import DEFAULT_BOUND
 from .store import META_NAME, PACK_SUFFIX, Naming, OutputReader, ZipReader, open_output, template_pattern
 
 MODALITIES = ("flow", "rgb")
+# The sorted spool of list_annotations: records sorted in memory per run, pickled per batch, merged so many runs at
+# a time; about 300 bytes a record, so a few MB whatever the tree's size.
+_RUN, _BATCH, _FAN_IN = 10_000, 50, 256
 
 
 @dataclass(frozen=True)
@@ -81,24 +90,30 @@ def _describe(reader: OutputReader, naming: Naming, bound: float, names: list[st
 
 def find_outputs(root: str | os.PathLike, naming: Naming = Naming(), bound: float = DEFAULT_BOUND
                  ) -> dict[str, VideoOutput]:
-    """Every video output under `root`, keyed by its path relative to root ('Class/video', no '.zip'), sorted.
+    """Every video output under `root`, keyed by its path relative to root ('Class/video', no '.zip'), sorted
+    (list_annotations lists a tree of any size without holding it).
 
     Videos are what store.find_outputs finds: directories or zip packs holding meta.json, or files named by
     `naming` (other tools' trees); hidden entries (flowprep's temporaries), zips that do not open and folders
-    without such files are not videos.
+    without such files are not videos. A folder and a pack of one name are one video: the folder.
     """
+    found = dict(_described(root, naming, bound))  # of one name, the walk's later: the folder
+    return dict(sorted(found.items()))
+
+
+def _described(root: str | os.PathLike, naming: Naming, bound: float) -> Iterator[tuple[str, VideoOutput]]:
+    """(path relative to root without '.zip', description) of each video output under `root` in the walk's
+    order: a folder's packs before its subfolders."""
     root = Path(root)
     if not root.is_dir():
         raise OutputError(f"{root}: not a directory")
-    found = {}
     for output in store.find_outputs(root, naming):
         if output.reader is None:  # a leftover, not a video
             continue
         relative = output.path.relative_to(root).as_posix()
         if isinstance(output.reader, ZipReader):
             relative = relative[: -len(PACK_SUFFIX)]
-        found[relative] = _describe(output.reader, naming, bound, output.names)
-    return dict(sorted(found.items()))
+        yield relative, _describe(output.reader, naming, bound, output.names)
 
 
 def class_of(relative: str) -> str:
@@ -141,35 +156,137 @@ def build_annotations(outputs: dict[str, VideoOutput], modality: str = "flow",
                       class_index: dict[str, int] | None = None) -> list[Annotation]:
     """One Annotation per video of `outputs` (as from find_outputs); labels from `class_index`, or else the
     position of the video's class among the sorted class names of all `outputs`."""
+    _check_modality(modality)
+    if class_index is None:
+        class_index = _labels(class_of(p) for p in outputs)
+    return [_annotation(relative, output.path, output.frames(modality), modality, class_index)
+            for relative, output in outputs.items()]
+
+
+def _check_modality(modality: str) -> None:
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}; got {modality!r}")
-    if class_index is None:
-        class_index = {name: label for label, name in enumerate(sorted({class_of(p) for p in outputs}))}
-    entries = []
-    for relative, output in outputs.items():
-        name = class_of(relative)
-        if name not in class_index:
-            raise ConfigError(f"{output.path}: class {name!r} is not in the class index")
-        frames = output.frames(modality)
-        if frames == 0:
-            raise OutputError(f"{output.path}: no {modality} frames (RGB frames are written with --rgb)")
-        entries.append(Annotation(relative, frames, class_index[name]))
-    return entries
 
 
-def apply_split(entries: Sequence[Annotation], split: Sequence[str]) -> tuple[list[Annotation], list[str]]:
+def _labels(classes: Iterable[str]) -> dict[str, int]:
+    """Class name -> its position among the sorted names."""
+    return {name: label for label, name in enumerate(sorted(set(classes)))}
+
+
+def _annotation(relative: str, path: str | os.PathLike, frames: int, modality: str, class_index: dict[str, int]
+                ) -> Annotation:
+    """The line of the video at `path` (`relative` to the root); ConfigError or OutputError naming it when its
+    class is not in `class_index` or it has no frames of `modality`."""
+    name = class_of(relative)
+    if name not in class_index:
+        raise ConfigError(f"{path}: class {name!r} is not in the class index")
+    if frames == 0:
+        raise OutputError(f"{path}: no {modality} frames (RGB frames are written with --rgb)")
+    return Annotation(relative, frames, class_index[name])
+
+
+def apply_split(entries: Iterable[Annotation], split: Sequence[str]) -> tuple[list[Annotation], list[str]]:
     """The entries named by `split`, in split order, and the split's videos that have no entry."""
-    by_path = {entry.path: entry for entry in entries}
+    wanted = set(split)
+    by_path = {entry.path: entry for entry in entries if entry.path in wanted}
     return [by_path[p] for p in split if p in by_path], [p for p in split if p not in by_path]
+
+
+def list_annotations(root: str | os.PathLike, naming: Naming = Naming(), bound: float = DEFAULT_BOUND,
+                     modality: str = "flow", class_index: dict[str, int] | None = None,
+                     split: Sequence[str] | None = None) -> AnnotationList:
+    """build_annotations(find_outputs(root, naming, bound), modality, class_index), narrowed by apply_split to
+    `split` when one is given: the same entries in the same order, the same errors (raised here, before any line
+    is written), for a tree of any size. Each video's line is spooled to a temporary file and sorted there, so
+    memory does not grow with the tree (beyond the split's entries, when there is a split)."""
+    _check_modality(modality)
+    spool = _SortedSpool()
+    classes = set()
+    for seq, (relative, output) in enumerate(_described(root, naming, bound)):
+        spool.add((relative, seq, str(output.path), output.frames(modality)))
+        classes.add(class_of(relative))
+    return AnnotationList(spool, modality, _labels(classes) if class_index is None else class_index, split)
+
+
+class AnnotationList:
+    """A list's entries in order, read back from list_annotations' spool at each iteration; `videos` and
+    `classes` count its entries and their distinct labels, `missing` names the split's videos not in the tree."""
+
+    def __init__(self, spool: _SortedSpool, modality: str, class_index: dict[str, int],
+                 split: Sequence[str] | None) -> None:
+        self._spool, self._modality, self._class_index = spool, modality, class_index
+        self.missing: list[str] = []
+        self._split_entries: list[Annotation] | None = None
+        if split is not None:
+            self._split_entries, self.missing = apply_split(self._sorted(), split)
+        labels: set[int] = set()
+        self.videos = 0
+        for entry in self:  # checks every entry, as build_annotations does, before anything is written
+            self.videos += 1
+            labels.add(entry.label)
+        self.classes = len(labels)
+
+    def __iter__(self) -> Iterator[Annotation]:
+        return iter(self._split_entries) if self._split_entries is not None else self._sorted()
+
+    def _sorted(self) -> Iterator[Annotation]:
+        """Every video's entry sorted by path; of a folder and a pack of one name, the folder (the walk's later,
+        as find_outputs keeps it)."""
+        last = None
+        for record in self._spool:  # (relative, walk order, path, frames), sorted
+            if last is not None and record[0] != last[0]:
+                yield _annotation(last[0], last[2], last[3], self._modality, self._class_index)
+            last = record
+        if last is not None:
+            yield _annotation(last[0], last[2], last[3], self._modality, self._class_index)
+
+
+class _SortedSpool:
+    """Tuples read back sorted, in bounded memory: each _RUN of them sorted and pickled (_BATCH a pickle) to one
+    temporary file; reading merges the runs, _FAN_IN at most at a time (more are merged into longer runs first)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._runs: list[tuple[int, int]] = []  # (start, end) of each sorted run in the file
+        self._pending: list[tuple] = []
+
+    def add(self, record: tuple) -> None:
+        self._pending.append(record)
+        if len(self._pending) == _RUN:
+            self._pending.sort()
+            self._runs.append(self._write(iter(self._pending)))
+            self._pending = []
+
+    def __iter__(self) -> Iterator[tuple]:
+        while len(self._runs) > _FAN_IN:
+            merged = self._write(heapq.merge(*map(self._read, self._runs[:_FAN_IN])))
+            self._runs = self._runs[_FAN_IN:] + [merged]
+        return heapq.merge(*map(self._read, self._runs), sorted(self._pending))
+
+    def _write(self, records: Iterator[tuple]) -> tuple[int, int]:
+        start = self._file.seek(0, os.SEEK_END)
+        while batch := list(islice(records, _BATCH)):
+            data = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+            self._file.write(len(data).to_bytes(8, "little") + data)
+        self._file.flush()
+        return start, self._file.tell()
+
+    def _read(self, run: tuple[int, int]) -> Iterator[tuple]:
+        offset, end = run
+        while offset < end:  # positioned reads: the runs are read side by side from the one file
+            size = int.from_bytes(os.pread(self._file.fileno(), 8, offset), "little")
+            yield from pickle.loads(os.pread(self._file.fileno(), size, offset + 8))
+            offset += 8 + size
 
 
 def write_annotations(entries: Iterable[Annotation], out: str | os.PathLike | IO[str]) -> None:
     """Write a list, one ``relative_dir num_frames label`` line per entry, to a path or an open text stream."""
-    text = "".join(entry.line() + "\n" for entry in entries)
-    if hasattr(out, "write"):
-        out.write(text)
-    else:
-        Path(out).write_text(text)
+    if not hasattr(out, "write"):
+        with open(out, "w") as stream:
+            write_annotations(entries, stream)
+        return
+    for entry in entries:
+        out.write(entry.line() + "\n")
 
 
 def read_annotations(path: str | os.PathLike) -> list[Annotation]:

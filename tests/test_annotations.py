@@ -1,16 +1,21 @@
 """Annotation lists: `flowprep list` (real subprocess) and the library behind it, on small trees."""
 from __future__ import annotations
 
+import io
 import json
+import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
 from fake_trees import write_foreign_video, write_video
+from golden_trees import golden, mixed_tree, real_tree
 
+from flowprep import annotations
 from flowprep.annotations import (
-    Annotation, apply_split, build_annotations, find_outputs, read_annotations, read_class_index, read_split,
-    write_annotations,
+    Annotation, apply_split, build_annotations, find_outputs, list_annotations, read_annotations, read_class_index,
+    read_split, write_annotations,
 )
 from flowprep.errors import ConfigError, OutputError
 from flowprep.store import Naming
@@ -168,3 +173,80 @@ def test_list_and_show_name_a_meta_json_without_settings(tmp_path: Path):
         assert result.returncode != 0, args
         assert f"{video / 'meta.json'}: missing or invalid field settings" in result.stderr, args
         assert "Traceback" not in result.stderr, args
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """golden_trees' mixed tree under WORK/mixed with the class index and split the golden outputs were made with."""
+    work = tmp_path_factory.mktemp("work")
+    mixed_tree(work / "mixed")
+    (work / "classes.txt").write_text("1 Talk\n2 Bad\n3 P\n")
+    (work / "split.txt").write_text("zzz.mp4\nTalk/a\ndrinking/v1.avi\nNope/v.avi\nBad/ended\n")
+    return work
+
+
+@pytest.mark.parametrize("name, options, code", [
+    ("list_mixed", [], 0),
+    ("list_mixed_rgb", ["--modality", "rgb"], 1),  # the first video in list order without RGB frames
+    ("list_mixed_classes", ["--classes", "{work}/classes.txt"], 2),  # the first whose class is not indexed
+    ("list_mixed_split", ["--split", "{work}/split.txt", "--skip-missing"], 0),
+])
+def test_list_prints_what_main_printed_before_it_streamed(work: Path, name: str, options: list[str], code: int):
+    """Lines sorted as main sorted them (drinking beer/v1 before drinking/v1, the folder Talk/a over the pack
+    Talk/a.zip, class '' for a video in the root), the same labels, errors and counts."""
+    options = [option.replace("{work}", str(work)) for option in options]
+    result = run_cli("list", str(work / "mixed"), *options)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        code, golden(f"{name}.out", work), golden(f"{name}.err", work))
+
+
+def test_list_that_fails_writes_nothing(work: Path, tmp_path: Path):
+    out = tmp_path / "list.txt"
+    result = run_cli("list", str(work / "mixed"), "--modality", "rgb", "--out", str(out))
+    assert result.returncode == 1 and not out.exists()
+
+
+def test_list_sorted_across_spooled_runs(work: Path, monkeypatch: pytest.MonkeyPatch):
+    """Runs of 3 records, pickled 2 a batch, merged 2 runs at a time: 21 videos go through every path of the
+    spool (runs merged into longer runs first, the folder and pack of one name in different runs)."""
+    for constant, value in (("_RUN", 3), ("_BATCH", 2), ("_FAN_IN", 2)):
+        monkeypatch.setattr(annotations, constant, value)
+    entries = list_annotations(work / "mixed")
+    text = io.StringIO()
+    write_annotations(entries, text)
+    assert text.getvalue() == golden("list_mixed.out", work)
+    assert (entries.videos, entries.classes, entries.missing) == (21, 8, [])
+    assert list(entries) == build_annotations(find_outputs(work / "mixed"))  # and again, read back once more
+
+
+@pytest.mark.slow
+def test_list_of_a_real_tree_prints_what_main_printed(tmp_path: Path):
+    real = real_tree(tmp_path / "real")
+    result = run_cli("list", str(real))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0, golden("list_real.out", tmp_path), golden("list_real.err", tmp_path))
+
+
+@pytest.mark.slow
+def test_list_memory_does_not_grow_with_the_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Python's peak allocations while a list is made and written: the same for 3000 videos as for 300, once
+    the spool's runs are shorter than the tree (main held every video's description, about 1.3 KB)."""
+    for constant, value in (("_RUN", 100), ("_BATCH", 10), ("_FAN_IN", 8)):
+        monkeypatch.setattr(annotations, constant, value)
+    model = write_video(tmp_path / "model", 2)
+    peaks = []
+    for count in (300, 3000):
+        tree = tmp_path / str(count)
+        for v in range(count):
+            target = tree / f"class_{v % 10}" / f"v{v:05d}"
+            target.mkdir(parents=True)
+            for name in os.listdir(model):
+                os.link(model / name, target / name)
+        with open(os.devnull, "w") as null:
+            tracemalloc.start()
+            entries = list_annotations(tree)
+            write_annotations(entries, null)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        assert entries.videos == count
+    assert peaks[1] < peaks[0] + 100_000, peaks
