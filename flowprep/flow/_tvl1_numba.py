@@ -19,9 +19,10 @@ Where this may differ from OpenCV's bits: OpenCV sums the error in one float32 a
 here each row is summed in float32 lanes and the rows in float64 (the sequential sum made an iteration 11%
 dearer: 3.9 against 3.5 ns per pixel at 340x256), so a warp could stop one iteration earlier or later where the
 error lies within a float rounding of the threshold (not seen on the test pairs, whose flows are OpenCV's bit for
-bit). The rest follows
-OpenCV's operations and their order, because the flow is sensitive to the last bit: |grad u| as sqrt(ux^2 +
-uy^2) in float32 instead of OpenCV's hypot moved the flow of `--preset fast` on RubberWhale by 0.009 px on average.
+bit, nor on the 120 pairs of benchmarks/tvl1_cpu.py). The rest follows OpenCV's operations and their order,
+because the flow is sensitive to the last bit: |grad u| as sqrt(ux^2 + uy^2) in float32 instead of OpenCV's
+hypot moved the flow of `--preset fast` on RubberWhale by 0.009 px on average, and a hypot that missed OpenCV's
+rounding once in 2.5e7 calls moved a pair of mr-bubz by 0.28 px.
 
 Speed (why the loops look as they do): numba's default error_model='python' adds a zero-division check that
 keeps LLVM from vectorising the divisions; 'numpy' lets it. Each row function loops over a few planes only, so
@@ -93,14 +94,20 @@ def _take_sum(values):  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def _hypot(x, y):  # pragma: no cover - compiled
-    """float32(sqrt(x^2 + y^2)) of float32 x, y with the sum in float64: what OpenCV's hypot gives (checked
-    bit for bit). A float64 square root would double the dual step's time (it vectorises half as wide), so: the
-    float32 root of the rounded sum, then one Newton step in float64."""
+    """float32(sqrt(x^2 + y^2)) of float32 x, y, the root taken in float64 and rounded to float32: what OpenCV's
+    hypot gives, twice rounded as there (equal to numpy's float64 root on 3e8 random pairs). The float64 root
+    itself vectorises half as wide (1.18 against 0.93 ns per pixel and channel of the dual step), so: the
+    float32 root r of the rounded sum s, then r + c with c = (s - r^2) / (2 r) taken to second order, the
+    reciprocal from float32 refined once, in float64 (a first-order c misses OpenCV's rounding where the root
+    lies within 2^-49 of a float32 midpoint: 4 pairs in 1e8, which real flows met)."""
     xd, yd = np.float64(x), np.float64(y)
     square = xd * xd + yd * yd
     root = np.sqrt(np.float32(square))
     rd = np.float64(root)
-    return np.float32(rd + np.float64(np.float32(0.5) / root) * (square - rd * rd)) if root > 0 else root
+    half_inverse = np.float64(np.float32(0.5) / root)
+    half_inverse = half_inverse * (2.0 - (rd + rd) * half_inverse)
+    step = half_inverse * (square - rd * rd)
+    return np.float32(rd + (step - step * step * half_inverse)) if root > 0 else root
 
 
 @njit(**_JIT)
