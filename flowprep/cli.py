@@ -15,7 +15,7 @@ from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig,
                      parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, list_backends
-from .store import Naming, require_local
+from .store import Naming, ObjectStore, is_url, require_local
 from .verify import write_report
 from .visualize import write_preview
 
@@ -32,6 +32,18 @@ class LocalPath(click.Path):
             require_local(value, param.human_readable_name if param is not None else "location")
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class OutputLocation(click.Path):
+    """A local folder (click.Path), or an object store's URL whose fsspec package is installed (s3://bucket/flow)."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if is_url(value):
+            try:
+                return ObjectStore(value).url
+            except ConfigError as exc:
+                self.fail(str(exc), param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -65,7 +77,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("source", type=LocalPath(exists=True))
-@click.argument("output", type=LocalPath(file_okay=False))
+@click.argument("output", type=OutputLocation(file_okay=False))
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True, help="Flow algorithm.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or torch-cpu.")
 @click.option("--impl", default=None,

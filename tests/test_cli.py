@@ -81,18 +81,18 @@ def test_colliding_rgb_and_flow_names_are_a_usage_error_before_any_work(tmp_path
 
 
 @pytest.mark.parametrize("command", [
-    ("extract", str(VIDEOS / "rubber-whale.mp4"), "s3://bucket/flow"),
     ("extract", "s3://bucket/videos", "flow"),
     ("list", "gs://bucket/flow"),
     ("verify", "s3://bucket/flow"),
     ("report", "az://container/flow"),
     ("show", "s3://bucket/flow/v", "--out", "p.png"),
-], ids=["extract-output", "extract-input", "list", "verify", "report", "show"])
-def test_an_object_store_url_is_a_usage_error_naming_it(tmp_path, command):
-    """s3://bucket/flow as OUTPUT wrote a local folder named 's3:' and exited 0; every location is checked."""
+], ids=["extract-input", "list", "verify", "report", "show"])
+def test_an_object_store_url_where_none_is_read_yet_is_a_usage_error_naming_it(tmp_path, command):
+    """Only extract's OUTPUT may be an object store (tests/test_object_store.py); elsewhere a URL is refused by
+    name, never taken for a local folder named 's3:' (as extract's OUTPUT was, exit 0, nothing in the bucket)."""
     result = run_cli(*command, cwd=tmp_path)
     url = next(arg for arg in command if "://" in arg)
-    assert result.returncode == 2 and f"{url!r} is a URL: flowprep reads and writes local paths only" \
+    assert result.returncode == 2 and f"{url!r} is a URL: this command reads and writes local paths only" \
         in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -101,8 +101,8 @@ def test_the_library_refuses_urls_too(tmp_path):
     from flowprep.batch import discover, run_batch
     from flowprep.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'s3://bucket/flow' is a URL"):
-        run_batch([], "s3://bucket/flow")
+    with pytest.raises(ConfigError, match="'s3://bucket/flow' is an object store: write it with --pack zip"):
+        run_batch([], "s3://bucket/flow")  # (a run that would need s3fs; the test extra has it)
     with pytest.raises(ConfigError, match="'s3://bucket/videos' is a URL"):
         discover("s3://bucket/videos", tmp_path)
     pytest.importorskip("torch")

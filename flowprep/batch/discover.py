@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import VIDEO_EXTENSIONS
 from ..errors import ConfigError
-from ..store import require_local
+from ..store import ObjectStore, parse_location, require_local
 from .video import VideoJob
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -19,9 +19,11 @@ def discover(
     """Jobs for a video file, a directory tree (searched recursively) or a list file of video paths.
 
     Outputs mirror the input tree: ``videos/Archery/v_1.avi`` -> ``out_root/Archery/v_1``. List entries are
-    relative to the list file's folder (or absolute); outputs mirror them relative to that folder.
+    relative to the list file's folder (or absolute); outputs mirror them relative to that folder. `out_root`
+    may be an object store's URL (``s3://bucket/flow``): outputs are then URLs under it, and their jobs have no
+    root to check (see VideoJob).
     """
-    source, out_root = require_local(source, "input"), require_local(out_root, "output")
+    source, store = require_local(source, "input"), parse_location(out_root)
     exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     if source.is_dir():
         # Strings, not Path objects, sorted by their parts as paths sort ("\0" below every other character keeps
@@ -45,7 +47,10 @@ def discover(
             relative = video.relative_to(root)
         except ValueError:
             relative = Path(video.name)
-        jobs.append(VideoJob(str(video), str(out_root / relative.with_suffix("")), str(out_root)))
+        if isinstance(store, ObjectStore):
+            jobs.append(VideoJob(str(video), store.join(relative.with_suffix("").as_posix())))
+        else:
+            jobs.append(VideoJob(str(video), str(store / relative.with_suffix("")), str(store)))
     return jobs
 
 

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import ExtractConfig
-from ..errors import ConfigError
-from ..store import write_file_atomic
+from ..errors import ConfigError, StorageError
+from ..store import ObjectStore, write_file_atomic
+from ..store.objects import write_object
 from .shards import Shard
 from .video import VideoJob, VideoResult, root_problem
 
@@ -189,7 +190,7 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
     return merged
 
 
-def write_report(out_root: Path, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
+def write_report(out_root: Path | ObjectStore, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
                   shard: Shard, root: VideoJob) -> None:
     """failures.jsonl (one JSON object per failed video), then report.json (record_names(shard)), each replaced
     atomically; when the file system refuses, or `root` (the output root as the run began) is gone or another file
@@ -215,7 +216,13 @@ def write_report(out_root: Path, report: BatchReport, config: ExtractConfig, eng
         problem = ""
         for name, content in list(records.items()):
             try:
-                write_file_atomic(out_root / name, content, config.store.fsync)
+                if isinstance(out_root, ObjectStore):
+                    write_object(out_root.join(name), content)
+                else:
+                    write_file_atomic(out_root / name, content, config.store.fsync)
+            except StorageError as exc:
+                problem = str(exc)
+                break
             except OSError as exc:
                 problem = str(exc.strerror or exc)
                 break

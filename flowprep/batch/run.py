@@ -8,18 +8,17 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import replace
 from typing import Any
 
 from ..config import ExtractConfig
 from ..errors import ConfigError
 from ..flow import check_flow_config
-from ..store import output_name, remove_temps_of_outputs, require_local
+from ..store import ObjectStore, output_name, parse_location
 from .engines import DASK_IN_FLIGHT, ENGINES, run_on_engine
-from .locks import hold_run_locks
-from .reports import REPORT_NAME, BatchReport, write_report, record_names
+from .reports import BatchReport, record_names, write_report
+from .roots import LocalRoot, ObjectRoot
 from .shards import Shard, select_shard
-from .stopping import BatchInterrupted, BatchStopped, Terminated, refuse_to_start, sigterm_stops_the_run
+from .stopping import BatchInterrupted, BatchStopped, Terminated, sigterm_stops_the_run
 from .video import VideoJob, VideoResult
 
 
@@ -57,30 +56,12 @@ def run_batch(
     check_flow_config(config.flow, here=engine == "local")
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
-    out_root = require_local(out_root, "output")
-    jobs = select_shard(jobs, out_root, shard)
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        refuse_to_start(exc, jobs, out_root, f"cannot create the output folder {str(out_root)!r}")
-    root = VideoJob("", "", str(out_root), os.stat(out_root).st_dev)  # run_batch's own check before its records
-    if engine == "local":  # remote workers see other device numbers for the same shared file system
-        jobs = [replace(job, root_device=_device(job.root)) if job.root else job for job in jobs]
-    failures_name, report_name = record_names(shard)
-
-    def own() -> Iterator[str]:
-        """The outputs whose temporaries this run may remove: its videos' (in its pack form) and its records."""
-        yield from (output_name(job.output, config.store.pack) for job in jobs)
-        yield from (str(out_root / failures_name), str(out_root / report_name))
-    with hold_run_locks(out_root, shard, jobs), sigterm_stops_the_run():
-        # The report says "this run finished"; a stale one must not vouch for a run that gets killed (nor the whole
-        # tree's, which no shard can vouch for: no run of the whole list runs beside shards, see hold_run_locks).
-        (out_root / report_name).unlink(missing_ok=True)
-        (out_root / REPORT_NAME).unlink(missing_ok=True)
-        if shard.count == 1:  # no shard runs beside a run of the whole list: their records are stale now
-            for stale in (*out_root.glob("report.shard-*.json"), *out_root.glob("failures.shard-*.jsonl")):
-                stale.unlink(missing_ok=True)
-        remove_temps_of_outputs(own())
+    location = parse_location(out_root)
+    jobs = select_shard(jobs, location.url if isinstance(location, ObjectStore) else location, shard)
+    target = (ObjectRoot(location, jobs, shard, config.store.pack) if isinstance(location, ObjectStore)
+              else LocalRoot(location, jobs, shard, config.store.pack, engine))
+    jobs, root, report_name = target.jobs, target.root, record_names(shard)[1]
+    with target.session(), sigterm_stops_the_run():
         report = BatchReport(total=len(jobs), record=report_name)
         reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
@@ -109,32 +90,25 @@ def run_batch(
                     bar.update(1)
         except BaseException as exc:
             # Ctrl-C or a lost cluster: workers may have left temporaries behind; none of them looks finished.
-            remove_temps_of_outputs(own())
+            target.clean()
             if not isinstance(exc, KeyboardInterrupt):
                 raise
             report.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
-            write_report(out_root, report, config, engine, n_jobs, shard, root)
+            write_report(location, report, config, engine, n_jobs, shard, root)
             raise BatchInterrupted(report) from None
         if engine != "local" or report.stopped:
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
             # task elsewhere), or one a stopped worker could not remove. Local runs remove a dead worker's
             # temporary at once.
-            remove_temps_of_outputs(own())
+            target.clean()
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
-        write_report(out_root, report, config, engine, n_jobs, shard, root)
+        write_report(location, report, config, engine, n_jobs, shard, root)
         if report.stopped or report.unwritten:
-            raise BatchStopped(report, out_root, report.stopped or report.unwritten)
+            raise BatchStopped(report, location, report.stopped or report.unwritten)
     return report
-
-
-def _device(path: str) -> int | None:
-    try:
-        return os.stat(path).st_dev
-    except OSError:  # checked again, and reported, by each worker
-        return None
 
 
 def _split_collisions(jobs: Sequence[VideoJob], pack: str) -> tuple[list[VideoJob], list[VideoResult]]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..store import is_url
 from .video import VideoJob
 
 
@@ -80,11 +81,14 @@ def select_shard(jobs: Sequence[VideoJob], out_root: str | os.PathLike, shard: S
     """The jobs of `shard`, in their order; the parts of all K for one N are disjoint and cover `jobs`."""
     if shard.count == 1:
         return list(jobs)
-    out_root = Path(out_root)
     return [job for job in jobs if shard.owns(_relative(job.output, out_root))]
 
 
-def _relative(output: str, out_root: Path) -> str:
+def _relative(output: str, out_root: str | os.PathLike) -> str:
+    if is_url(output):  # the same relative path as a local tree's, so a video keeps its part on either
+        root = str(out_root).rstrip("/") + "/"
+        return output[len(root):] if output.startswith(root) else output
+    out_root = Path(out_root)
     try:
         return Path(output).relative_to(out_root).as_posix()
     except ValueError:  # an output outside the root (a hand-made job): its own path decides

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ConfigError, StorageError
+from ..store import ObjectStore
 from .reports import BatchReport, interruption
 from .video import STOPPING_ERRNOS, VideoJob
 
@@ -39,7 +40,10 @@ class BatchStopped(StorageError):
 
 
 def _file_system(path: Path) -> str:
-    """The mount point holding `path` (its nearest existing ancestor) and its free space, for messages."""
+    """The mount point holding `path` (its nearest existing ancestor) and its free space, for messages; an
+    object store's URL as it is."""
+    if isinstance(path, ObjectStore):
+        return path.url
     path = path.absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -91,12 +95,14 @@ def sigterm_stops_the_run() -> Iterator[None]:
         signal.signal(signal.SIGTERM, former)
 
 
-def refuse_to_start(exc: OSError, jobs: Sequence[VideoJob], out_root: Path, what: str) -> NoReturn:
-    """Raise for a run that cannot begin: BatchStopped when the file system is at fault (full, out of inodes,
-    over quota, gone: a rerun once it is fixed does the job), ConfigError otherwise (a bad path, or a read-only
-    one: an output that was never writable is the command's mistake)."""
+def refuse_to_start(exc: OSError | StorageError, jobs: Sequence[VideoJob], out_root: Path | ObjectStore,
+                    what: str) -> NoReturn:
+    """Raise for a run that cannot begin: BatchStopped when the storage is at fault (full, out of inodes, over
+    quota, gone, an object store that refuses: a rerun once it is fixed does the job), ConfigError otherwise (a
+    bad path, or a read-only one: an output that was never writable is the command's mistake)."""
     if exc.errno in STOPPING_ERRNOS and exc.errno != errno.EROFS:
-        report = BatchReport(total=len(jobs))
+        problem = f"{what}: {getattr(exc, 'strerror', None) or exc}"
+        report = BatchReport(total=len(jobs), stopped=problem)
         report.note_unprocessed(jobs, set())
-        raise BatchStopped(report, out_root, f"{what}: {exc.strerror or exc}") from None
-    raise ConfigError(f"{what}: {exc.strerror or exc}") from None
+        raise BatchStopped(report, out_root, problem) from None
+    raise ConfigError(f"{what}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StorageError
+from .location import is_url
 
 TEMP_MARKER = ".flowprep-tmp-"
 LOCK_SUFFIX = ".flowprep-lock"  # ".NAME.flowprep-lock": the lock of output NAME while a run writes it
@@ -77,11 +78,14 @@ def output_lock(final: str | os.PathLike) -> Iterator[bool]:
     The lock is an flock on lock_path(final), created here and unlinked before it is released, so finished trees
     keep no lock files (a killed holder leaves one; its lock died with it). A lock taken on a file unlinked
     meanwhile is no lock: the file is opened again until the one locked is the one at the path. StorageError
-    (with the errno) when the lock file cannot be created. Where flock does not exist (not POSIX) it yields True.
+    (with the errno) when the lock file cannot be created. Where flock does not exist (not POSIX), and on object
+    stores (`final` a URL: see store.objects), it yields True.
     """
     try:
         import fcntl
     except ImportError:
+        fcntl = None
+    if fcntl is None or is_url(final):
         yield True
         return
     path = lock_path(Path(final))

@@ -17,7 +17,7 @@ _SETTINGS_FIELDS = {"layout": str, "flow_template": str, "img_template": str, "s
                     "bound": (int, float)}
 
 
-def check_meta(meta: Any, where: Path) -> None:
+def check_meta(meta: Any, where: Path | str) -> None:
     """OutputError naming `where` unless `meta` is a flowprep meta.json with the fields every reader relies on:
     format, frames, flow_pairs, and settings with layout, flow_template, img_template, start_index, bound."""
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:

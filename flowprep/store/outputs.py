@@ -11,6 +11,7 @@ from typing import Any
 from ..config import DIRECTIONS
 from ..errors import OutputError
 from .atomic import is_temporary
+from .location import is_url
 from .meta import META_NAME
 from .naming import PACK_SUFFIX, Naming, output_path
 from .readers import DirectoryReader, OutputReader, ZipReader, open_output
@@ -27,8 +28,13 @@ def inspect_output(base: str | os.PathLike, pack: str = "dir") -> tuple[dict[str
     """(meta.json of the finished output of form `pack` at `base`, or None; why what is there is not finished).
 
     The reason is "" when nothing of that form is there; otherwise it names the file and the fault (a corrupt or
-    missing meta.json, a zip that does not open), so that a run recomputing it can say what it replaces.
+    missing meta.json, a zip that does not open), so that a run recomputing it can say what it replaces. On an
+    object store (`base` a URL) only the zip form exists.
     """
+    if is_url(base):
+        from .objects import inspect_object  # imports this module (through the writers)
+
+        return inspect_object(str(base)) if pack == "zip" else (None, "")
     final = output_path(base, pack)
     if not (final.is_dir() if pack == "dir" else final.is_file()):
         return None, ""

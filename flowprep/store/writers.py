@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import OutputError
 from .atomic import fsync_directory, remove_path, replace_path, storage_errors, write_bytes, temp_path
+from .location import is_url
 from .meta import META_NAME
 from .naming import other_pack, output_path
 from .outputs import finished_meta, inspect_output, not_ours_message
@@ -162,5 +163,10 @@ class ZipWriter(OutputWriter):
 
 def open_writer(base: str | os.PathLike, pack: str = "dir", durable: bool = True) -> OutputWriter:
     """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place, fsync'ed
-    to the disk first unless not `durable` (see OutputWriter)."""
+    to the disk first unless not `durable` (see OutputWriter). On an object store (`base` a URL) a zip pack,
+    uploaded whole (see store.objects)."""
+    if is_url(base):
+        from .objects import ObjectZipWriter  # imports this module
+
+        return ObjectZipWriter(str(base), durable)
     return ZipWriter(Path(base), durable) if pack == "zip" else DirectoryWriter(Path(base), durable)

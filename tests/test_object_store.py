@@ -1,0 +1,158 @@
+"""Extraction to an object store: a real S3 API server (moto's, on 127.0.0.1, started and stopped here) reached
+over HTTP by the real CLI through s3fs, configured the standard way (AWS_* variables, AWS_ENDPOINT_URL)."""
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+import zipfile
+
+import pytest
+from batchdata import kill_group, output_digest, start_cli, tree_and_clean_run, wait_for
+from conftest import run_cli
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+ARGS = ("--algo", "dis", "--pack", "zip", "-q")
+videos, clean = tree_and_clean_run(2, 2, *ARGS)  # 4 carphone copies in 2 class folders, and their local zip run
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint, monkeypatch):
+    """A fresh bucket on the server; the environment (inherited by the CLI subprocesses) points S3 clients at it."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    name = f"flow-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(name)
+    return fs, name
+
+
+def _download(fs, prefix: str, local):
+    """The objects under `prefix` as local files (keys -> paths), to compare with a local run."""
+    for key in fs.find(prefix):
+        target = local / key[len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(fs.cat_file(key))
+    return local
+
+
+def test_extract_to_s3_writes_the_local_packs_as_objects_and_resumes_by_skipping(videos, clean, bucket, tmp_path):
+    fs, name = bucket
+    url = f"s3://{name}/flow"
+    result = run_cli("extract", str(videos), url, *ARGS)
+    assert result.returncode == 0, result.stderr
+    keys = sorted(key[len(name) + 1:] for key in fs.find(name))
+    assert keys == ["flow/C0/v0.zip", "flow/C0/v1.zip", "flow/C1/v0.zip", "flow/C1/v1.zip", "flow/failures.jsonl",
+                    "flow/report.json"]  # one object per video, the records at the prefix's root, nothing else
+    assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+    report = json.loads(fs.cat_file(f"{name}/flow/report.json"))
+    assert (report["done"], report["failed"]) == (4, 0)
+
+    result = run_cli("extract", str(videos), url, *ARGS)
+    assert result.returncode == 0, result.stderr
+    fs.invalidate_cache()
+    assert json.loads(fs.cat_file(f"{name}/flow/report.json"))["skipped"] == 4
+    result = run_cli("extract", str(videos), url, *ARGS[:-3], "--pack", "zip", "--bound", "40", "-q")
+    assert result.returncode == 0 and f"KEPT {url}/C0/v0: settings differ from this run" in result.stderr
+
+
+def test_shards_on_s3_cover_the_list_and_report_as_objects(videos, clean, bucket, tmp_path):
+    fs, name = bucket
+    url = f"s3://{name}/flow"
+    for k in (1, 2):
+        result = run_cli("extract", str(videos), url, *ARGS, "--shard", f"{k}/2")
+        assert result.returncode == 0, result.stderr
+    keys = {key.rsplit("/", 1)[1] for key in fs.find(f"{name}/flow")}
+    assert {"report.shard-1-of-2.json", "report.shard-2-of-2.json"} <= keys and "report.json" not in keys
+    got = _download(fs, f"{name}/flow", tmp_path / "got")
+    assert output_digest(got) == clean
+    result = run_cli("extract", str(videos), url, *ARGS)  # the whole list removes the shards' records
+    fs.invalidate_cache()
+    assert result.returncode == 0 and not fs.glob(f"{name}/flow/report.shard-*")
+
+
+def test_kill_9_leaves_only_complete_packs_under_the_prefix_and_the_rerun_completes(videos, clean, bucket,
+                                                                                    tmp_path):
+    fs, name = bucket
+    url = f"s3://{name}/flow"
+    process = start_cli("extract", str(videos), url, *ARGS)
+    wait_for(lambda: fs.invalidate_cache() or any(k.endswith(".zip") for k in fs.find(name))
+             or process.poll() is not None, 60, "a first uploaded pack")
+    kill_group(process.pid, signal.SIGKILL)
+    process.wait()
+    fs.invalidate_cache()
+    keys = fs.find(name)
+    assert keys and not any(key.endswith("report.json") for key in keys)
+    for key in keys:  # every visible object is a whole pack
+        with fs.open(key, "rb") as handle, zipfile.ZipFile(handle) as pack:
+            assert pack.testzip() is None and "meta.json" in pack.namelist()
+    result = run_cli("extract", str(videos), url, *ARGS)
+    assert result.returncode == 0, result.stderr
+    fs.invalidate_cache()
+    assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+
+
+def test_a_bucket_that_refuses_the_writes_stops_the_run_with_exit_3(videos, bucket):
+    result = run_cli("extract", str(videos), f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/flow", *ARGS)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr and "The specified bucket does not exist" in result.stderr
+    assert "4 not processed (stopped: the output storage failed)" in result.stderr
+
+
+def test_object_store_usage_errors_name_the_url_and_what_to_do(videos, bucket):
+    _, name = bucket
+    result = run_cli("extract", str(videos), f"s3://{name}/flow", "--algo", "dis", "-q")
+    assert result.returncode == 2 and "is an object store: write it with --pack zip" in result.stderr
+    result = run_cli("extract", str(videos), "nosuch://bucket/flow", *ARGS)
+    assert result.returncode == 2 and "'nosuch://bucket/flow': Protocol not known: nosuch" in result.stderr
+    pytest.importorskip("fsspec")
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        result = run_cli("extract", str(videos), "gs://bucket/flow", *ARGS)
+        assert result.returncode == 2 and "pip install 'flowprep[gcs]'" in result.stderr, result.stderr
+
+
+def test_a_server_that_goes_away_stops_the_run_and_the_rerun_completes(videos, clean, bucket, monkeypatch,
+                                                                        tmp_path):
+    """The S3 server stops mid-run: exit 3 with one message (no video blamed), nothing partial visible; a server
+    back on the same address (moto keeps its buckets in this process) lets the rerun complete the tree."""
+    fs, name = bucket
+    url = f"s3://{name}/flow"
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's retries, bounded so that the test is quick
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    process = start_cli("extract", str(videos), url, *ARGS)
+    wait_for(lambda: fs.invalidate_cache() or any(k.endswith(".zip") for k in fs.find(name))
+             or process.poll() is not None, 60, "a first uploaded pack")
+    server.stop()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr and "FAILED" not in stderr
+    assert len([line for line in stderr.splitlines() if line.startswith("flowprep: stopped")]) == 1, stderr
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        result = run_cli("extract", str(videos), url, *ARGS)
+        assert result.returncode == 0, result.stderr
+        fs.invalidate_cache()
+        assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+    finally:
+        server.stop()
