@@ -8,10 +8,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -232,3 +234,48 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def dask_cluster_at(scratch, scheduler_config: dict[str, str] | None = None, workers: int = 1):
+    """A Dask scheduler and `workers` workers (1 thread each, each under a nanny) started with Dask's own CLI;
+    yields the scheduler's address and the workers' process group (their own session, so tests can find their
+    processes)."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = checkout_env()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    processes = []
+    try:
+        processes.append(subprocess.Popen(
+            [os.path.join(bin_dir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+             "--no-dashboard"], env={**env, **(scheduler_config or {})}, cwd=scratch, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL))
+        processes.append(subprocess.Popen(
+            [os.path.join(bin_dir, "dask"), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
+             "--no-dashboard", "--local-directory", str(scratch)],
+            env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_for_workers(address, workers)
+        yield address, processes[-1].pid
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        kill_group(processes[-1].pid)
+
+
+def wait_for_workers(address: str, count: int, timeout: float = 90) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=timeout) as client:
+        client.wait_for_workers(count, timeout=timeout)

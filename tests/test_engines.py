@@ -6,18 +6,14 @@ subprocesses on 127.0.0.1), the CLI pointed at the scheduler with --address.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
-from contextlib import contextmanager
 
 import pytest
 from batchdata import (
-    CARPHONE, broken_videos, class_tree, kill_group, kill_holders_while_running, output_digest, start_cli, temporaries,
+    CARPHONE, broken_videos, class_tree, dask_cluster_at, free_port, kill_holders_while_running, output_digest,
+    start_cli, temporaries,
 )
-from conftest import VIDEOS, checkout_env, run_cli
+from conftest import VIDEOS, run_cli
 
 from flowprep import DecodeConfig, ExtractConfig, FlowConfig
 from flowprep.batch import discover, run_batch
@@ -70,55 +66,10 @@ def test_local_processes_match_a_single_process(videos, local, tmp_path):
     _assert_same(_outcome(tmp_path), local)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _dask_cluster(scratch, scheduler_config: dict[str, str] | None = None, workers: int = 1):
-    """A Dask scheduler and `workers` workers (1 thread each, each under a nanny) started with Dask's own CLI;
-    yields the scheduler's address and the workers' process group (their own session, so tests can find their
-    processes)."""
-    bin_dir = os.path.dirname(sys.executable)
-    env = checkout_env()
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    processes = []
-    try:
-        processes.append(subprocess.Popen(
-            [os.path.join(bin_dir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-             "--no-dashboard"], env={**env, **(scheduler_config or {})}, cwd=scratch, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL))
-        processes.append(subprocess.Popen(
-            [os.path.join(bin_dir, "dask"), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
-             "--no-dashboard", "--local-directory", str(scratch)],
-            env=env, cwd=scratch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        _wait_for_workers(address, workers)
-        yield address, processes[-1].pid
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        kill_group(processes[-1].pid)
-
-
 @pytest.fixture
 def dask_cluster(tmp_path_factory):
-    with _dask_cluster(tmp_path_factory.mktemp("dask")) as (address, _):
+    with dask_cluster_at(tmp_path_factory.mktemp("dask")) as (address, _):
         yield address
-
-
-def _wait_for_workers(address: str, count: int, timeout: float = 90) -> None:
-    from distributed import Client
-
-    with Client(address, timeout=timeout) as client:
-        client.wait_for_workers(count, timeout=timeout)
 
 
 def test_dask_cluster_gives_the_local_tree(videos, local, dask_cluster, tmp_path):
@@ -134,7 +85,7 @@ def test_dask_runs_every_video_beyond_its_in_flight_window(tmp_path_factory, tmp
     """8 videos, 3 in flight: the five others run only if each finished task is replaced by the next video."""
     videos = class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=4, clip=VIDEOS / "rubber-whale.mp4")
     config = ExtractConfig(decode=DecodeConfig(short_side=96), flow=FlowConfig(algo="dis"))
-    with _dask_cluster(tmp_path_factory.mktemp("dask")) as (address, _):
+    with dask_cluster_at(tmp_path_factory.mktemp("dask")) as (address, _):
         report = run_batch(discover(videos, tmp_path), tmp_path, config, engine="dask", address=address,
                            dask_in_flight=3)
     assert (report.total, report.done, report.not_processed) == (8, 8, [])
@@ -154,7 +105,7 @@ def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_pat
     target = videos / target_class / "v0.mp4"
     other = tmp_path / ("C1" if target_class == "C0" else "C0") / "v0"
     config = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
-    with _dask_cluster(tmp_path_factory.mktemp("dask"), config, workers=2) as (address, worker_group):
+    with dask_cluster_at(tmp_path_factory.mktemp("dask"), config, workers=2) as (address, worker_group):
         process = start_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
         stderr, killed = kill_holders_while_running(process, worker_group, target, tmp_path / target_class / "v0")
     assert len(killed) == 1 and process.returncode == 1, stderr
@@ -167,7 +118,7 @@ def test_dask_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_pat
 
 def test_unreachable_dask_scheduler_is_a_usage_error(videos, tmp_path, monkeypatch):
     monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")  # Dask's default waits 30 s
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     result = run_cli("extract", str(videos), str(tmp_path), "--engine", "dask", "--address", address, *ARGS)
     assert result.returncode == 2 and f"cannot reach the Dask scheduler at {address!r}" in result.stderr
 

@@ -8,7 +8,7 @@ import uuid
 import zipfile
 
 import pytest
-from batchdata import kill_group, output_digest, start_cli, tree_and_clean_run, wait_for
+from batchdata import dask_cluster_at, kill_group, output_digest, start_cli, tree_and_clean_run, wait_for
 from conftest import run_cli
 
 pytest.importorskip("s3fs")
@@ -156,3 +156,18 @@ def test_a_server_that_goes_away_stops_the_run_and_the_rerun_completes(videos, c
         assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_dask_workers_write_straight_to_the_bucket(videos, clean, bucket, tmp_path_factory, tmp_path):
+    """Workers of a real Dask cluster (their own processes, started with the credentials and endpoint in their
+    environment, as cluster nodes would be) upload the packs themselves: no shared file system is involved."""
+    pytest.importorskip("distributed")
+    fs, name = bucket
+    url = f"s3://{name}/flow"
+    with dask_cluster_at(tmp_path_factory.mktemp("dask"), workers=2) as (address, _):
+        result = run_cli("extract", str(videos), url, *ARGS, "--engine", "dask", "--address", address)
+    assert result.returncode == 0, result.stderr
+    fs.invalidate_cache()
+    assert json.loads(fs.cat_file(f"{name}/flow/report.json"))["engine"] == "dask"
+    assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
