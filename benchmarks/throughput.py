@@ -76,7 +76,7 @@ def timed(run: Callable[[], object]) -> tuple[object, float, float]:
 
 def cli_run(video: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
     """(CPU seconds of the child, wall seconds) of `python -m flowprep extract` in a fresh process."""
-    command = [sys.executable, "-m", "flowprep", "extract", str(video), str(out), "--algo", args.algo,
+    command = [sys.executable, "-m", "flowprep", "extract", str(video), str(out), "--algo", args.algo, "--impl", "opencv",
                "--size", args.size, "--quiet", "--overwrite", "--jobs", "1"] + (["--fps", str(args.fps)] if args.fps else [])
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENCV_FOR_THREADS_NUM": str(args.threads)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -99,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
     size, fps = parse_size(args.size), args.fps or None
-    config = ExtractConfig(decode=DecodeConfig(decoder="decord", fps=fps, size=size), flow=FlowConfig(algo=args.algo))
+    config = ExtractConfig(decode=DecodeConfig(decoder="decord", fps=fps, size=size), flow=FlowConfig(algo=args.algo, impl="opencv"))  # the bare loop's flow
     bare_cpu, bare_wall, lib_cpu, lib_wall, cli_cpu, cli_wall, metas = [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):

@@ -16,6 +16,7 @@ same command on the warm cache are what compiling costs, once per machine.
     python benchmarks/tvl1_cpu.py                      # defaults and --preset fast, carphone + mr-bubz at 6 fps
     python benchmarks/tvl1_cpu.py --presets default --repeat 3
     python benchmarks/tvl1_cpu.py --impls numba,opencv,torch-cpu    # also flowprep's PyTorch TV-L1 on the CPU
+    python benchmarks/tvl1_cpu.py --batch-sizes 1,2,4,8   # also: in-process CPU s per pair of the torch solver
 
 Data is read from ../shared/data next to the repository root.
 """
@@ -151,6 +152,29 @@ def cold_rows(args: argparse.Namespace, source: Path, tmp: Path) -> list[str]:
     return rows
 
 
+def batch_rows(args: argparse.Namespace) -> list[str]:
+    """In-process CPU seconds per pair of the torch solver's tvl1_flow by batch size, one torch thread."""
+    import cv2
+    import torch
+
+    from flowprep.config import DecodeConfig, parse_size
+    from flowprep.decode import flow_frames, open_reader
+    from flowprep.flow.torch_tvl1 import tvl1_flow
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    with open_reader(VIDEOS / CLIPS[0], "pyav") as reader:  # the frames flowprep extract gives the flow
+        frames = [gray for _, (_, gray) in zip(range(17), flow_frames(reader, DecodeConfig(size=parse_size(args.size))))]
+    stack = torch.from_numpy(np.stack(frames)).float()
+    rows = []
+    for batch in args.batch_sizes:
+        start = time.process_time()
+        for first in range(0, 16, batch):
+            tvl1_flow(stack[first : first + batch], stack[first + 1 : first + batch + 1])
+        rows.append(f"| {batch} | {(time.process_time() - start) / 16:.3f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", default=",".join(CLIPS), help="comma-separated file names in ../shared/data/videos")
@@ -161,9 +185,11 @@ def main() -> None:
                                                                  "opencv is the reference and always runs")
     parser.add_argument("--repeat", type=int, default=2, help="runs per implementation and preset; the median counts")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache rows")
+    parser.add_argument("--batch-sizes", default="", help="also time the torch solver in-process at these batch sizes")
     args = parser.parse_args()
     args.presets = [p for p in args.presets.split(",") if p]
     args.impls = list(dict.fromkeys([i for i in args.impls.split(",") if i] + ["opencv"]))
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "videos"
         source.mkdir()
@@ -183,6 +209,10 @@ def main() -> None:
               "whole command\n")
         print("| run | cold cache | warm cache | extra, once per machine | wall s cold / warm |\n|---|---|---|---|---|")
         print("\n".join(cold))
+    if args.batch_sizes:
+        print("\nIn-process torch `tvl1_flow`, one torch thread, 16 carphone pairs: CPU s per pair by batch size\n")
+        print("| batch size | CPU s per pair |\n|---|---|")
+        print("\n".join(batch_rows(args)))
 
 
 if __name__ == "__main__":
