@@ -47,8 +47,10 @@ def test_extract_a_file_then_skip_it(tmp_path):
 def test_backends_says_what_runs_here():
     result = run_cli("backends")
     assert result.returncode == 0
-    lines = {tuple(line.split()[:3]) for line in result.stdout.splitlines() if line and not line.startswith(" ")}
-    assert ("tvl1", "cpu", "usable") in lines and ("dis", "cpu", "usable") in lines
+    lines = result.stdout.splitlines()
+    assert "tvl1       cpu        --impl numba (default): usable [presets: fast]" in lines
+    assert "tvl1       cpu        --impl opencv: usable [presets: fast]" in lines
+    assert any(line.startswith("dis        cpu        --impl opencv (default): usable") for line in lines)
 
 
 def test_module_and_version():
@@ -62,10 +64,12 @@ def test_a_shadowing_opencv_without_contrib_is_explained(tmp_path):
               "sys.argv = ['flowprep'] + sys.argv[1:]; main()")
     env = {"PYTHONPATH": str(REPO)}
     backends = subprocess.run([sys.executable, "-c", script, "backends"], capture_output=True, text=True, env=env)
-    assert "tvl1       cpu        NOT usable: cv2" in backends.stdout
+    assert "tvl1       cpu        --impl opencv: NOT usable: cv2" in backends.stdout
     assert "pip install opencv-contrib-python-headless" in backends.stdout
-    extract = subprocess.run([sys.executable, "-c", script, "extract", CLIP, str(tmp_path / "o"), "-q"],
-                             capture_output=True, text=True, env=env)
+    # flowprep's own TV-L1, the default, needs no cv2.optflow; OpenCV's, by name, is refused with the fix.
+    assert "tvl1       cpu        --impl numba (default): usable" in backends.stdout
+    extract = subprocess.run([sys.executable, "-c", script, "extract", CLIP, str(tmp_path / "o"), "-q", "--impl",
+                              "opencv"], capture_output=True, text=True, env=env)
     assert extract.returncode == 2 and "tvl1 on cpu cannot run here: cv2" in extract.stderr
     assert "has no cv2.optflow" in extract.stderr and not (tmp_path / "o").exists()
 
