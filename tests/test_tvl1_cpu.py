@@ -116,10 +116,10 @@ def level_state(prev: np.ndarray, nxt: np.ndarray, channels: int):
     _tvl1_numba._to_warp(i1, to_warp)
     cv2.remap(to_warp, map_x, map_y, cv2.INTER_CUBIC, dst=warped)
     data_grad = np.full((channels, height, width), 0.4, np.float32)  # channel 2: gamma
-    rho_c, l_grad, grad_div = (np.empty_like(i0) for _ in range(3))
+    rho_c, grad = np.empty_like(i0), np.empty_like(i0)
     l_t = np.float32(0.15 * 0.3)
-    _tvl1_numba._data_term(i0, warped, u, l_t, data_grad, rho_c, l_grad, grad_div)
-    return u, data_grad, rho_c, l_grad, grad_div, l_t
+    _tvl1_numba._data_term(i0, warped, u, data_grad, rho_c, grad)
+    return u, data_grad, rho_c, grad, l_t
 
 
 @pytest.mark.parametrize("channels", [2, 3])
@@ -130,20 +130,20 @@ def test_fused_sweep_is_the_unfused_iteration_of_the_torch_solver(crop_pair, cha
     torch = pytest.importorskip("torch")
     from flowprep.flow import _tvl1_torch
 
-    u, data_grad, rho_c, l_grad, grad_div, l_t = level_state(*crop_pair, channels)
+    u, data_grad, rho_c, grad_plane, l_t = level_state(*crop_pair, channels)
     theta, tau = np.float32(0.3), 0.25
     taut = np.float32(tau / 0.3)
     p = np.zeros((channels, 2) + u.shape[1:], np.float32)
     width = u.shape[2]
     u_torch = torch.from_numpy(u.copy())[None]
-    grad = torch.from_numpy(data_grad[0] ** 2 + data_grad[1] ** 2)
+    grad = torch.from_numpy(grad_plane.copy())
     neg_inv_grad = torch.where(grad > _tvl1_numba._FLT_EPSILON, -1 / grad.clamp_min(_tvl1_numba._FLT_EPSILON),
                                -_tvl1_torch._FLAT)
     work = _tvl1_torch._WorkingSet(u_torch, torch.zeros((1, 2, channels) + u.shape[1:]),
                                    torch.from_numpy(data_grad)[None], (torch.from_numpy(rho_c) * neg_inv_grad)[None, None],
                                    (torch.from_numpy(data_grad) * neg_inv_grad)[None])
     for _ in range(10):
-        _, error = _tvl1_numba._iterate(u, p, data_grad, rho_c, l_grad, grad_div, np.empty(width, np.float32),
+        _, error = _tvl1_numba._iterate(u, p, data_grad, rho_c, grad_plane, np.empty(width, np.float32),
                                         np.empty(width, np.float32), l_t, theta, taut, 1, -1.0)
         change = _tvl1_torch._iterate(work, None, float(l_t), tau, float(taut))
         assert error == pytest.approx(float(change[0]) ** 2, rel=1e-3)
@@ -152,10 +152,10 @@ def test_fused_sweep_is_the_unfused_iteration_of_the_torch_solver(crop_pair, cha
 
 
 def test_a_warp_stops_after_the_first_iteration_whose_change_is_small_enough(crop_pair):
-    u, data_grad, rho_c, l_grad, grad_div, l_t = level_state(*crop_pair, 2)
+    u, data_grad, rho_c, grad, l_t = level_state(*crop_pair, 2)
     p = np.zeros((2, 2) + u.shape[1:], np.float32)
     scratch = [np.empty(u.shape[2], np.float32) for _ in range(2)]
-    args = (data_grad, rho_c, l_grad, grad_div, *scratch, l_t, np.float32(0.3), np.float32(0.25 / 0.3))
+    args = (data_grad, rho_c, grad, *scratch, l_t, np.float32(0.3), np.float32(0.25 / 0.3))
     errors = [_tvl1_numba._iterate(u.copy(), p.copy(), *args, n, -1.0)[1] for n in (1, 2)]
     assert errors[0] > errors[1]
     done, error = _tvl1_numba._iterate(u, p, *args, 30, errors[1])
