@@ -78,12 +78,14 @@ def extract_video(
     config: ExtractConfig | None = None,
     *,
     backend: FlowBackend | None = None,
+    commit_check: Callable[[], str] | None = None,
 ) -> dict[str, Any]:
     """Extract flow (and RGB frames if asked) of `source` into `output` (a directory, or `output.zip`).
 
     Returns the meta.json written. Raises DecodeError (naming the file) when no reader can decode at least
     two frames; nothing is left at `output` then. A reader that fails is replaced by the next one of
-    config.decode.readers, starting the video again.
+    config.decode.readers, starting the video again. `commit_check`, called right before the output is renamed
+    into place, gives a reason not to (a lost mount): StorageError then, and nothing is left at `output`.
     """
     config = config or ExtractConfig()
     backend = backend or cached_backend(config.flow)
@@ -94,6 +96,7 @@ def extract_video(
         try:
             with open_reader(source, decoder) as reader, \
                     open_writer(output, config.store.pack, config.store.fsync) as writer:
+                writer.commit_check = commit_check
                 return _extract(reader, writer, config, backend, problems)
         except VideoTooShortError:
             raise

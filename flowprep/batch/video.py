@@ -76,6 +76,9 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
                 return VideoResult(job.source, job.output, "failed", reason=(
                     f"{job.source}: another flowprep run is processing this video right now (it holds "
                     f"{lock_path(final)}); left to that run: rerun once it has ended to check the video"))
+            lost = root_problem(job)  # unmounted while the lock was taken: write nothing beneath the mount point
+            if lost:
+                return VideoResult(job.source, job.output, "stopped", reason=lost)
             found = _found_result(job, config, overwrite)  # that run may have finished it just before
             if found is not None:
                 return found
@@ -134,7 +137,8 @@ def _found_result(job: VideoJob, config: ExtractConfig, overwrite: bool) -> Vide
 
 def _extract(job: VideoJob, config: ExtractConfig, gpu: int | None, started: float) -> VideoResult:
     flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
-    meta = extract_video(job.source, job.output, config, backend=cached_backend(flow))
+    meta = extract_video(job.source, job.output, config, backend=cached_backend(flow),
+                         commit_check=lambda: root_problem(job))
     return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
                        time.perf_counter() - started, warning=meta["stream_problem"] or "")
 

@@ -1,21 +1,22 @@
 """Per-video writers (a directory or an uncompressed zip) that commit atomically, meta.json last."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import zipfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from ..errors import OutputError, StorageError
 from .atomic import fsync_directory, remove_path, replace_path, storage_errors, write_bytes, temp_path
 from .location import is_url
 from .meta import META_NAME
 from .naming import other_pack, output_path
 from .outputs import finished_meta, inspect_output, not_ours_message
-
 
 
 class OutputWriter(ABC):
@@ -26,6 +27,8 @@ class OutputWriter(ABC):
     """
 
     pack: str  # the form this writer writes: "dir" or "zip"
+    # Called right before the rename into place: a reason not to commit ("" to go on), e.g. a lost mount.
+    commit_check: Callable[[], str] | None = None
 
     def __init__(self, base: Path, durable: bool = True):
         self.base = base
@@ -77,6 +80,9 @@ class OutputWriter(ABC):
             except OSError as exc:
                 raise OutputError(f"{other_final}: cannot remove this video's {other!r} output before writing its "
                                   f"{self.pack!r} one ({exc.strerror or exc})") from None
+        lost = self.commit_check() if self.commit_check is not None else ""
+        if lost:  # e.g. the output's file system was unmounted while the video was computed
+            raise StorageError(lost, errno.ENODEV)
         with storage_errors(self.final):
             replace_path(self.temp, self.final)
             if self.durable:
