@@ -1,6 +1,7 @@
 """A tree that holds every kind of thing verify and list meet, with names whose sorted order is not the walk's,
 and the outputs of `flowprep verify` and `flowprep list` on it (and on a real extracted tree) as main printed them
-before they streamed (commit cb201c3, when both held a record per video and sorted at the end): tests/golden/.
+before they streamed (commit 1b415c9, when both held a record per video and sorted at the end; their code there
+is cb201c3's): tests/golden/.
 
 Names that order differently: a folder's packs and its subfolders interleave (P/a.zip, P/b/v, P/c.zip), a class
 folder is a prefix of others (drinking, drinking beer, drinking shots: list sorts 'drinking beer/v' before
