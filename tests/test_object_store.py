@@ -3,6 +3,7 @@ over HTTP by the real CLI through s3fs, configured the standard way (AWS_* varia
 from __future__ import annotations
 
 import json
+import re
 import signal
 import uuid
 import zipfile
@@ -145,8 +146,11 @@ def test_a_server_that_goes_away_stops_the_run_and_the_rerun_completes(videos, c
     server.stop()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 3, stderr
-    assert "Traceback" not in stderr and "FAILED" not in stderr
+    # No traceback through flowprep's code. (aiohttp's background tasks may log "Task exception was never
+    # retrieved" for the connection the server dropped: asyncio's logger, not an error of the run.)
+    assert not re.search(r'File "[^"]*flowprep/', stderr) and "FAILED" not in stderr, stderr
     assert len([line for line in stderr.splitlines() if line.startswith("flowprep: stopped")]) == 1, stderr
+    assert f"could not be written in {url} (" in stderr or "NOT WRITTEN" not in stderr
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -44,6 +44,9 @@ class ObjectStore:
         object.__setattr__(self, "url", self.url.rstrip("/"))
         self.filesystem()  # the package is there and the protocol known: a usage error before any work
 
+    def __str__(self) -> str:
+        return self.url
+
     @property
     def protocol(self) -> str:
         return _URL.match(self.url).group(1).lower()
