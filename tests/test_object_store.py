@@ -54,8 +54,11 @@ def _download(fs, prefix: str, local):
 def test_extract_to_s3_writes_the_local_packs_as_objects_and_resumes_by_skipping(videos, clean, bucket, tmp_path):
     fs, name = bucket
     url = f"s3://{name}/flow"
-    result = run_cli("extract", str(videos), url, *ARGS)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    result = run_cli("extract", str(videos), url, *ARGS, cwd=work)
     assert result.returncode == 0, result.stderr
+    assert list(work.iterdir()) == []  # nothing local, no lock folder named 's3:' in the working directory
     keys = sorted(key[len(name) + 1:] for key in fs.find(name))
     assert keys == ["flow/C0/v0.zip", "flow/C0/v1.zip", "flow/C1/v0.zip", "flow/C1/v1.zip", "flow/failures.jsonl",
                     "flow/report.json"]  # one object per video, the records at the prefix's root, nothing else

@@ -12,7 +12,7 @@ from functools import partial
 from ..config import ExtractConfig
 from ..errors import ConfigError, require
 from ..flow import device_kind
-from ..store import output_path, remove_temps_of_outputs
+from ..store import output_name, remove_temps_of_outputs
 from .video import VideoJob, VideoResult, process_video
 
 ENGINES = ("local", "dask", "ray")
@@ -94,7 +94,7 @@ def run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, over
                     result = future.result()
                 except BrokenProcessPool as exc:
                     discard(slot)
-                    remove_temps_of_outputs([output_path(job.output, pack)])
+                    remove_temps_of_outputs([output_name(job.output, pack)])
                     deaths[job] += 1
                     if deaths[job] < 2:
                         waiting.appendleft(job)

@@ -14,7 +14,7 @@ from ..config import ExtractConfig
 from ..errors import FlowprepError, StorageError
 from ..flow import backend_class, cached_backend, check_flow_config
 from ..pipeline import extract_video, settings_of, source_stamp
-from ..store import (inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_path,
+from ..store import (inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_name, output_path,
                      recorded_settings)
 
 # Write errors that are the file system's, not the video's: every later video would fail the same way.
@@ -70,7 +70,7 @@ def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False,
         found = _found_result(job, config, overwrite)  # finished videos are skipped without taking their lock
         if found is not None:
             return found
-        final = output_path(job.output, config.store.pack)
+        final = output_name(job.output, config.store.pack)  # a string: a URL stays one (Path would mangle it)
         with output_lock(final) as held:
             if not held:
                 return VideoResult(job.source, job.output, "failed", reason=(
@@ -117,7 +117,7 @@ def _found_result(job: VideoJob, config: ExtractConfig, overwrite: bool) -> Vide
     existing, broken = inspect_output(job.output, pack)
     if broken:
         return VideoResult(job.source, job.output, "failed",
-                           reason=f"{job.source}: {not_ours_message(output_path(job.output, pack), broken)}")
+                           reason=f"{job.source}: {not_ours_message(output_name(job.output, pack), broken)}")
     if overwrite:
         return None
     other = None if existing is not None else inspect_output(job.output, other_pack(pack))[0]

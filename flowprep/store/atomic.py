@@ -64,8 +64,9 @@ def remove_temps_of_outputs(finals: Iterable[str | os.PathLike]) -> list[Path]:
     return removed
 
 
-def lock_path(final: Path) -> Path:
+def lock_path(final: str | os.PathLike) -> Path:
     """The lock file of output `final` (a directory or .zip path): ``.NAME.flowprep-lock`` beside it."""
+    final = Path(final)
     return final.with_name(f".{final.name}{LOCK_SUFFIX}")
 
 
@@ -88,7 +89,7 @@ def output_lock(final: str | os.PathLike) -> Iterator[bool]:
     if fcntl is None or is_url(final):
         yield True
         return
-    path = lock_path(Path(final))
+    path = lock_path(final)
     while True:
         with storage_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def inspect_output(base: str | os.PathLike, pack: str = "dir") -> tuple[dict[str
         return None, str(exc)
 
 
-def not_ours_message(final: Path, problem: str) -> str:
+def not_ours_message(final: str | os.PathLike, problem: str) -> str:
     """Why the output at `final`, which is there but not finished (`problem`, from inspect_output), is left alone.
 
     flowprep renames only complete outputs into place, so such a folder or file is another tool's (or damaged):
