@@ -8,13 +8,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ..config import ExtractConfig
 from ..errors import ConfigError, StorageError
-from ..store import ObjectStore, write_file_atomic
-from ..store.objects import write_object
+from ..store import ObjectStore
 from .shards import Shard
-from .video import VideoJob, VideoResult, root_problem
+from .video import VideoJob, VideoResult
 
 FAILURES_NAME = "failures.jsonl"
 REPORT_NAME = "report.json"
@@ -190,12 +190,23 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
     return merged
 
 
-def write_report(out_root: Path | ObjectStore, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
-                  shard: Shard, root: VideoJob) -> None:
+class RecordTarget(Protocol):
+    """Where a run's records go (batch.roots' LocalRoot and ObjectRoot)."""
+
+    path: Path | ObjectStore
+
+    def lost(self) -> str:
+        """Why nothing may be written there any more (a lost mount), or ""."""
+
+    def put(self, name: str, content: bytes, durable: bool) -> None:
+        """Replace record `name` by `content` whole; OSError or StorageError when the storage refuses."""
+
+
+def write_report(target: RecordTarget, report: BatchReport, config: ExtractConfig, engine: str, n_jobs: int,
+                 shard: Shard) -> None:
     """failures.jsonl (one JSON object per failed video), then report.json (record_names(shard)), each replaced
-    atomically; when the file system refuses, or `root` (the output root as the run began) is gone or another file
-    system now (a lost mount: nothing is written beneath the bare mount point), report.unwritten names what was
-    not written and why, and no temporary is left."""
+    whole; when the storage refuses, or `target` is lost (a lost mount: nothing is written beneath the bare
+    mount point), report.unwritten names what was not written and why, and no temporary is left."""
     lines = [json.dumps({"source": f.source, "output": f.output, "reason": f.reason}) + "\n"
              for f in report.failures]
     data = {
@@ -208,7 +219,7 @@ def write_report(out_root: Path | ObjectStore, report: BatchReport, config: Extr
         "engine": engine, "jobs": n_jobs, "shard": str(shard) if shard.count > 1 else None, "config": asdict(config),
     }
     records = dict(zip(record_names(shard), ("".join(lines).encode(), json.dumps(data, indent=1).encode())))
-    lost = root_problem(root)
+    lost = target.lost()
     if lost:
         report.stopped = report.stopped or lost
         problem = lost
@@ -216,10 +227,7 @@ def write_report(out_root: Path | ObjectStore, report: BatchReport, config: Extr
         problem = ""
         for name, content in list(records.items()):
             try:
-                if isinstance(out_root, ObjectStore):
-                    write_object(out_root.join(name), content)
-                else:
-                    write_file_atomic(out_root / name, content, config.store.fsync)
+                target.put(name, content, config.store.fsync)
             except StorageError as exc:
                 problem = str(exc)
                 break
@@ -228,5 +236,5 @@ def write_report(out_root: Path | ObjectStore, report: BatchReport, config: Extr
                 break
             del records[name]
     if records:
-        report.unwritten = (f"{' and '.join(records)} could not be written in {out_root} ({problem}): the "
+        report.unwritten = (f"{' and '.join(records)} could not be written in {target.path} ({problem}): the "
                             "summary above is this run's only record")

@@ -9,13 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ConfigError, StorageError
-from ..store import ObjectStore, output_name, remove_temps_of_outputs
-from ..store.objects import list_objects, remove_object
+from ..store import ObjectStore, output_name, remove_temps_of_outputs, write_file_atomic
+from ..store.objects import list_objects, remove_object, write_object
 from .locks import hold_run_locks
 from .reports import REPORT_NAME, record_names
 from .shards import Shard
 from .stopping import refuse_to_start
-from .video import VideoJob
+from .video import VideoJob, root_problem
 
 
 class LocalRoot:
@@ -52,6 +52,12 @@ class LocalRoot:
         """Remove what killed or stopped workers left of this run's outputs and records (not what others hold)."""
         remove_temps_of_outputs(self._own)
 
+    def lost(self) -> str:
+        return root_problem(self.root)
+
+    def put(self, name: str, content: bytes, durable: bool) -> None:
+        write_file_atomic(self.path / name, content, durable)
+
 
 class ObjectRoot:
     """An object-store prefix: no lock exists there (run one run, or the shards of one N, per prefix at a time),
@@ -63,7 +69,6 @@ class ObjectRoot:
             raise ConfigError(f"{store.url!r} is an object store: write it with --pack zip (one object per video, "
                               "uploaded whole once complete); a folder of objects per video cannot appear at once")
         self.path, self.shard, self.jobs = store, shard, list(jobs)
-        self.root = VideoJob("", "", "")
 
     @contextmanager
     def session(self) -> Iterator[None]:
@@ -80,6 +85,12 @@ class ObjectRoot:
 
     def clean(self) -> None:
         pass
+
+    def lost(self) -> str:
+        return ""
+
+    def put(self, name: str, content: bytes, durable: bool) -> None:
+        write_object(self.path.join(name), content)
 
 
 def _device(path: str) -> int | None:

@@ -57,10 +57,10 @@ def run_batch(
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
     location = parse_location(out_root)
-    jobs = select_shard(jobs, location.url if isinstance(location, ObjectStore) else location, shard)
+    jobs = select_shard(jobs, str(location), shard)
     target = (ObjectRoot(location, jobs, shard, config.store.pack) if isinstance(location, ObjectStore)
               else LocalRoot(location, jobs, shard, config.store.pack, engine))
-    jobs, root, report_name = target.jobs, target.root, record_names(shard)[1]
+    jobs, report_name = target.jobs, record_names(shard)[1]
     with target.session(), sigterm_stops_the_run():
         report = BatchReport(total=len(jobs), record=report_name)
         reported: set[str] = set()  # outputs of the jobs that got a result
@@ -96,7 +96,7 @@ def run_batch(
             report.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
-            write_report(location, report, config, engine, n_jobs, shard, root)
+            write_report(target, report, config, engine, n_jobs, shard)
             raise BatchInterrupted(report) from None
         if engine != "local" or report.stopped:
             # Every task has ended: a temporary left now is a dead remote worker's (Dask retries a lost worker's
@@ -105,7 +105,7 @@ def run_batch(
             target.clean()
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
-        write_report(location, report, config, engine, n_jobs, shard, root)
+        write_report(target, report, config, engine, n_jobs, shard)
         if report.stopped or report.unwritten:
             raise BatchStopped(report, location, report.stopped or report.unwritten)
     return report
