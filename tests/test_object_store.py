@@ -110,7 +110,9 @@ def test_kill_9_leaves_only_complete_packs_under_the_prefix_and_the_rerun_comple
     assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
 
 
-def test_a_bucket_that_refuses_the_writes_stops_the_run_with_exit_3(videos, bucket):
+def test_a_missing_bucket_stops_the_run_before_any_work_with_exit_3(videos, bucket):
+    """The store refuses at the first request (listing the prefix's stale reports): exit 3, every video named as
+    not processed, no traceback."""
     result = run_cli("extract", str(videos), f"s3://no-such-bucket-{uuid.uuid4().hex[:6]}/flow", *ARGS)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and "The specified bucket does not exist" in result.stderr

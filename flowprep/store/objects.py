@@ -38,7 +38,8 @@ class ObjectZipWriter(ZipWriter):
     """The zip pack of the video whose output base is `base` (a URL), built in a local temporary file and
     uploaded whole as ``base.zip`` by commit()."""
 
-    def __init__(self, base: str, durable: bool = True):  # noqa: super().__init__ is for local paths
+    def __init__(self, base: str, durable: bool = True):
+        # Not OutputWriter.__init__: that one makes the temporary a sibling of the final path, on the store here.
         self.base = base
         self.durable = durable
         self.final = base + PACK_SUFFIX
