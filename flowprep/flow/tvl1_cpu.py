@@ -8,8 +8,8 @@ load what it wrote.
 """
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator, Mapping
 
@@ -18,10 +18,6 @@ import numpy as np
 
 from .base import FlowBackend
 from .opencv import OpenCVTVL1
-
-_ready = threading.Lock()
-_compiled = False
-
 
 def _kernels() -> Any:
     """flowprep.flow._tvl1_numba, imported on first use (numba's import costs a fraction of a second)."""
@@ -72,18 +68,15 @@ def _cache_lock(folder: str) -> Iterator[None]:
         yield
 
 
+@functools.cache
 def ensure_compiled() -> None:
-    """Compile (or load from the disk cache) every kernel, once per process, one process at a time per cache."""
-    global _compiled
-    with _ready:
-        if _compiled:
-            return
-        module = _kernels()
-        with _cache_lock(module._iterate._cache.cache_path):
-            tiny = np.zeros((16, 16), np.uint8)
-            module.tvl1_flow(tiny, tiny, {**OpenCVTVL1.defaults, "nscales": 1, "warps": 1, "inner_iterations": 1,
-                                          "outer_iterations": 1})
-        _compiled = True
+    """Compile (or load from the disk cache) every kernel, once per process, one process at a time per cache.
+    (Threads whose first calls meet both run it: the second waits on the lock, then finds the kernels loaded.)"""
+    module = _kernels()
+    with _cache_lock(module._iterate._cache.cache_path):
+        tiny = np.zeros((16, 16), np.uint8)
+        module.tvl1_flow(tiny, tiny, {**OpenCVTVL1.defaults, "nscales": 1, "warps": 1, "inner_iterations": 1,
+                                      "outer_iterations": 1})
 
 
 class NumbaTVL1(FlowBackend):
