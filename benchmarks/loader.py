@@ -39,8 +39,8 @@ from flowprep import DecodeConfig, ExtractConfig, FlowConfig, StoreConfig, extra
 from flowprep.annotations import Annotation, VideoOutput, describe_output
 from flowprep.config import parse_size
 from flowprep.data import FlowStackDataset
-from flowprep.data.dataset import OPEN_READERS
 from flowprep.data.transforms import Dequantize
+from flowprep.reader_cache import OPEN_READERS
 from flowprep.store import finished_meta, output_path
 
 REPO = Path(__file__).resolve().parents[1]

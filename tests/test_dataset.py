@@ -25,6 +25,7 @@ from flowprep.data import FlowStackDataset, TwoStreamDataset
 from flowprep.data.transforms import Compose, FlowHorizontalFlip, HorizontalFlip, RandomCrop, Transform
 from flowprep.errors import ConfigError, OutputError
 from flowprep.quantize import dequantize
+from flowprep.reader_cache import OPEN_READERS
 from flowprep.store import Naming
 
 CLIP = "carphone_pristine"
@@ -554,3 +555,23 @@ def test_index_seed_and_epoch_errors_quote_the_value(tmp_path):
         dataset.set_epoch(-1)
     with pytest.raises(ConfigError, match="stack length must be an integer >= 1, got 2.5"):
         FlowStackDataset(tmp_path, length=2.5)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc/self/fd")
+def test_open_packs_are_bounded_per_process_and_reopened(tmp_path):
+    """reader_cache.ReaderCache as the dataset uses it: the last OPEN_READERS packs read stay open, and a pack
+    closed to make room reads again."""
+    for v in range(OPEN_READERS + 2):
+        write_video(tmp_path / "A" / f"v{v:02d}", 3, pack="zip")
+    dataset = FlowStackDataset(tmp_path, length=1, mode="val", output="uint8")
+    first = dataset[0][0]
+
+    def open_packs() -> int:
+        names = (os.path.join("/proc/self/fd", fd) for fd in os.listdir("/proc/self/fd"))
+        return sum(1 for name in names if os.path.realpath(name).startswith(str(tmp_path / "A") + os.sep))
+
+    for v in range(len(dataset)):
+        assert torch.equal(dataset[v][0], first), v  # fake_trees' videos hold the same constant fields
+        assert open_packs() == min(v + 1, OPEN_READERS), v
+    assert torch.equal(dataset[0][0], first)  # closed, then reopened
+    assert open_packs() == OPEN_READERS

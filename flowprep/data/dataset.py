@@ -11,7 +11,6 @@ from __future__ import annotations
 import operator
 import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch.utils.data import Dataset, get_worker_info
 from ..annotations import Annotation, VideoOutput, build_annotations, describe_output, find_outputs, read_annotations
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
+from ..reader_cache import ReaderCache
 from ..store import Naming, OutputReader, open_output, require_local
 from .sampling import Sampler, check_length, check_mode, is_integer, make_sampler
 from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
@@ -31,7 +31,6 @@ from .transforms import apply_transform
 
 COUNT_MISMATCH = ("error", "tree")
 RGB_ANCHORS = ("centre", "start")
-OPEN_READERS = 32  # outputs (zip packs) kept open per process
 
 
 class FlowStackDataset(Dataset):
@@ -128,8 +127,7 @@ class FlowStackDataset(Dataset):
                 if video.fps is None and fps is None:
                     raise OutputError(f"{video.path}: the {self.sampler!r} sampler needs the sampled fps, which "
                                       "this video's output does not record (pass fps= for trees without meta.json)")
-        self._readers: OrderedDict[Path, OutputReader] = OrderedDict()
-        self._pid = os.getpid()
+        self._readers: ReaderCache[Path] = ReaderCache(open_output)
         self._unpickled_in: int | None = None
         # In shared memory, so that set_epoch reaches DataLoader workers already running (persistent ones,
         # forked or spawned: torch hands them a shared tensor's memory): [epoch, set_epoch called, warned]; and,
@@ -205,20 +203,12 @@ class FlowStackDataset(Dataset):
         return np.random.default_rng((self.seed, self.epoch, index))
 
     def _reader(self, path: Path) -> OutputReader:
-        if self._pid != os.getpid():
+        if self._readers.enter_process():
             self._enter_process()
-        reader = self._readers.pop(path, None)
-        if reader is None:
-            reader = open_output(path)
-            if len(self._readers) >= OPEN_READERS:
-                self._readers.popitem(last=False)[1].close()
-        self._readers[path] = reader
-        return reader
+        return self._readers.get(path)
 
     def _enter_process(self) -> None:
         """First read in a DataLoader worker (or any process the dataset was copied to)."""
-        # Forked: the parent's open zip files share file offsets with it; open our own.
-        self._readers, self._pid = OrderedDict(), os.getpid()
         if self._unpickled_in == os.getpid() and get_worker_info() is not None:
             # A spawn or forkserver worker, a fresh process: one OpenCV thread, as torch gives itself there, so
             # that N workers do not each run the trajectory's remaps on every core. Not in forked workers:
@@ -235,11 +225,6 @@ class FlowStackDataset(Dataset):
     def _squeeze(self, tensor: torch.Tensor) -> torch.Tensor:
         """(1, C, H, W) -> (C, H, W) for samplers that always give one moment: one TSN segment is a plain stack."""
         return tensor[0] if self.segments == 1 else tensor
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_readers"], state["_pid"] = OrderedDict(), None
-        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

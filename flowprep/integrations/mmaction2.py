@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
-from collections import OrderedDict
 
 from ..errors import ConfigError, MissingDependencyError, OutputError
+from ..reader_cache import OPEN_READERS, ReaderCache
 from ..store import PACK_SUFFIX, OutputReader, open_output
 
 try:
@@ -25,7 +25,6 @@ except ImportError as exc:
     ) from exc
 
 BACKEND_NAME = "flowprep"
-OPEN_VIDEOS = 32  # default count of videos (zip packs) a backend keeps open per process
 
 
 def open_video(location: str) -> OutputReader:
@@ -45,18 +44,16 @@ def open_video(location: str) -> OutputReader:
 class FlowprepBackend(fileio.BaseStorageBackend):
     """Reads the files of flowprep outputs, folders and zip packs alike (see the module's docstring).
 
-    The last `max_open` videos read stay open, per process. mmengine keeps one backend object per set of
-    arguments for the life of a process, so a forked DataLoader worker starts with its parent's object: it
-    drops the readers it inherited and opens its own (they share the parent's open files, and on object stores
-    would share its connections).
+    The last `max_open` videos read stay open, per process (reader_cache.ReaderCache, as in the datasets).
+    mmengine keeps one backend object per set of arguments for the life of a process, so a forked DataLoader
+    worker starts with its parent's object: it drops the readers it inherited and opens its own (they share the
+    parent's open files, and on object stores would share its connections).
     """
 
-    def __init__(self, max_open: int = OPEN_VIDEOS):
+    def __init__(self, max_open: int = OPEN_READERS):
         if isinstance(max_open, bool) or not isinstance(max_open, int) or max_open < 1:
             raise ConfigError(f"{BACKEND_NAME} backend: max_open must be a positive integer, got {max_open!r}")
-        self.max_open = max_open
-        self._readers: OrderedDict[str, OutputReader] = OrderedDict()
-        self._pid = os.getpid()
+        self._readers: ReaderCache[str] = ReaderCache(open_video, max_open)
 
     def get(self, filepath: str | os.PathLike) -> bytes:
         """The bytes of ``.../<video>/<name>``; FileNotFoundError naming `filepath` when it is not there,
@@ -92,19 +89,11 @@ class FlowprepBackend(fileio.BaseStorageBackend):
         return True
 
     def _reader(self, location: str, filepath: str | os.PathLike) -> OutputReader:
-        if self._pid != os.getpid():
-            self._readers, self._pid = OrderedDict(), os.getpid()
-        reader = self._readers.pop(location, None)
-        if reader is None:
-            try:
-                reader = open_video(location)
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(errno.ENOENT, f"no video output at {location} ({exc.strerror})",
-                                        os.fspath(filepath)) from None
-            if len(self._readers) >= self.max_open:
-                self._readers.popitem(last=False)[1].close()
-        self._readers[location] = reader
-        return reader
+        try:
+            return self._readers.get(location)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(errno.ENOENT, f"no video output at {location} ({exc.strerror})",
+                                    os.fspath(filepath)) from None
 
 
 # force: a reload of this module replaces its own earlier class instead of failing as a duplicate name.
