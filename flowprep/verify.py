@@ -86,12 +86,13 @@ class RoundTrip:
         return not self.failing()
 
 
+@dataclass(kw_only=True)
 class _FlowStatistics:
-    """The clipped fraction and mean magnitude of the flow values counted in values, clipped and magnitude_sum."""
+    """Flow values counted (one video's, or a tree's), their clipped fraction and mean magnitude."""
 
-    values: int
-    clipped: int
-    magnitude_sum: float
+    values: int = 0  # flow values (pixels x 2 components) read
+    clipped: int = 0  # of those, at code 0 or 255: at or beyond the bound
+    magnitude_sum: float = 0.0  # sum over pixels of |dequantized flow|, pixels
 
     @property
     def clipped_fraction(self) -> float:
@@ -115,9 +116,6 @@ class VideoCheck(_FlowStatistics):
     warp: bool = False  # TSN's warped flow (settings.warp)
     rgb_frames: int = 0
     bound: float = 0.0
-    values: int = 0  # flow values (pixels x 2 components) read
-    clipped: int = 0  # of those, at code 0 or 255: at or beyond the bound
-    magnitude_sum: float = 0.0  # sum over pixels of |dequantized flow|, pixels
     roundtrip: RoundTrip | None = None
 
     @property
@@ -133,9 +131,6 @@ class Totals(_FlowStatistics):
     bad: int = 0  # videos with problems
     problems: int = 0  # the videos' problems
     pairs: int = 0
-    values: int = 0
-    clipped: int = 0
-    magnitude_sum: float = 0.0
 
     def add(self, check: VideoCheck) -> None:
         self.videos += 1
