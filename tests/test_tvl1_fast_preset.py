@@ -31,6 +31,7 @@ def test_backends_lists_the_preset() -> None:
     result = run_cli("backends")
     lines = [line for line in result.stdout.splitlines() if line.startswith("tvl1")]
     assert len(lines) == 4 and all("[presets: fast]" in line for line in lines if "NOT usable" not in line)
+    assert sum(line.split()[1] == "cpu" and line.endswith(": usable [presets: fast]") for line in lines) == 2
 
 
 @pytest.mark.slow
