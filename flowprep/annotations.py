@@ -15,7 +15,8 @@ import pickle
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 from pathlib import Path
 from typing import IO
 
@@ -232,13 +233,9 @@ class AnnotationList:
     def _sorted(self) -> Iterator[Annotation]:
         """Every video's entry sorted by path; of a folder and a pack of one name, the folder (the walk's later,
         as find_outputs keeps it)."""
-        last = None
-        for record in self._spool:  # (relative, walk order, path, frames), sorted
-            if last is not None and record[0] != last[0]:
-                yield _annotation(last[0], last[2], last[3], self._modality, self._class_index)
-            last = record
-        if last is not None:
-            yield _annotation(last[0], last[2], last[3], self._modality, self._class_index)
+        for relative, records in groupby(self._spool, key=itemgetter(0)):  # (relative, walk order, path, frames)
+            *_, (_, _, path, frames) = records
+            yield _annotation(relative, path, frames, self._modality, self._class_index)
 
 
 class _SortedSpool:
