@@ -82,15 +82,17 @@ def copy_outputs(videos: Path, out: Path, models: int, start: int, end: int, cla
         (target / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
-def measure(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float, int, str]:
-    """(wall s, CPU s, peak RSS MB, exit code, stderr tail) of one command in a fresh process."""
+def measure(name: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of one command in a fresh process; exits naming step `name` if it fails."""
     started = time.perf_counter()
     process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, stderr[-300:]
+    if process.returncode != 0:
+        raise SystemExit(f"{name} exited {process.returncode}: {stderr[-300:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def sizes(text: str) -> list[int]:
@@ -149,17 +151,13 @@ def main() -> None:
         print(f"{'step':22s} {'videos':>9s} {'wall s':>9s} {'CPU s':>9s} {'ms/video':>9s} {'peak RSS MB':>12s} "
               f"{'at ' + format(TARGET, ',') + ' videos':>18s}")
         print(f"{'':22s} {'':>9s} {'':>9s} {'':>9s} {'(CPU)':>9s} {'':>12s} {'(CPU, linear)':>18s}")
-        wall, startup, rss, code, tail = measure(cli + ["--version"], env, args.checkout)
-        if code != 0:
-            raise SystemExit(f"start-up exited {code}: {tail}")
+        wall, startup, rss = measure("start-up", cli + ["--version"], env, args.checkout)
         print(f"{'start-up (--version)':22s} {'':>9s} {wall:9.1f} {startup:9.1f} {0:9.2f} {rss:12.0f} "
               f"{startup / 60:14.1f} min", flush=True)
         peaks: dict[str, dict[int, float]] = {}
 
         def step(name: str, count: int) -> None:
-            wall, cpu, rss, code, tail = measure(commands[name], env, args.checkout)
-            if code != 0:
-                raise SystemExit(f"{name} exited {code}: {tail}")
+            wall, cpu, rss = measure(name, commands[name], env, args.checkout)
             per_video = (cpu - startup) / count  # start-up: Python and flowprep's imports, paid once per command
             peaks.setdefault(name, {})[count] = rss
             print(f"{names.get(name, name):22s} {count:9d} {wall:9.1f} {cpu:9.1f} {1000 * per_video:9.2f} "
@@ -177,9 +175,7 @@ def main() -> None:
             if name in steps:
                 step(name, args.videos if name == "discovery" else run_videos)
         if "full run" not in steps:  # the tree still needs its extracted outputs
-            wall, cpu, rss, code, tail = measure(commands["full run"], env, args.checkout)
-            if code != 0:
-                raise SystemExit(f"full run exited {code}: {tail}")
+            measure("full run", commands["full run"], env, args.checkout)
         size = run_videos
         for at in args.at:
             grow(size, at)
