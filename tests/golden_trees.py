@@ -11,6 +11,7 @@ the folder), and a video lies in the root (class '').
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zipfile
 from contextlib import nullcontext
@@ -104,6 +105,17 @@ def real_tree(root: Path) -> Path:
     cut = broken / "flow_x_00003.jpg"
     cut.write_bytes(cut.read_bytes()[:400])
     return root
+
+
+def linked_copies(model: Path, tree: Path, count: int) -> Path:
+    """`tree` holding `count` copies of the video output folder `model` in 10 class folders (class_0/v00000,
+    class_1/v00001, ...), their files hard-linked: a large tree for the memory tests in little space."""
+    for v in range(count):
+        target = tree / f"class_{v % 10}" / f"v{v:05d}"
+        target.mkdir(parents=True)
+        for name in os.listdir(model):
+            os.link(model / name, target / name)
+    return tree
 
 
 def golden(name: str, work: Path) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from fake_trees import write_foreign_video, write_video
-from golden_trees import golden, mixed_tree, real_tree
+from golden_trees import golden, linked_copies, mixed_tree, real_tree
 
 from flowprep import annotations
 from flowprep.annotations import (
@@ -236,12 +236,7 @@ def test_list_memory_does_not_grow_with_the_tree(tmp_path: Path, monkeypatch: py
     model = write_video(tmp_path / "model", 2)
     peaks = []
     for count in (300, 3000):
-        tree = tmp_path / str(count)
-        for v in range(count):
-            target = tree / f"class_{v % 10}" / f"v{v:05d}"
-            target.mkdir(parents=True)
-            for name in os.listdir(model):
-                os.link(model / name, target / name)
+        tree = linked_copies(model, tmp_path / str(count), count)
         with open(os.devnull, "w") as null:
             tracemalloc.start()
             entries = list_annotations(tree)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import tracemalloc
@@ -19,7 +18,7 @@ from flowprep.verify import RoundTrip, _roundtrip_text, check_video, verify_tree
 
 from conftest import VIDEOS, run_cli
 from fake_trees import write_video
-from golden_trees import golden, mixed_tree, real_tree
+from golden_trees import golden, linked_copies, mixed_tree, real_tree
 
 CARPHONE = VIDEOS / "carphone_pristine.mp4"
 MR_BUBZ = VIDEOS / "mr-bubz.webm"
@@ -319,13 +318,7 @@ def _copies(root: Path, count: int) -> Path:
     meta = json.loads((model / "meta.json").read_text())
     meta["settings"]["jpeg_quality"], meta["output_size"] = 95, [12, 8]
     (model / "meta.json").write_text(json.dumps(meta))
-    tree = root / "tree"
-    for v in range(count):
-        target = tree / f"class_{v % 10}" / f"v{v:05d}"
-        target.mkdir(parents=True)
-        for name in os.listdir(model):
-            os.link(model / name, target / name)
-    return tree
+    return linked_copies(model, root / "tree", count)
 
 
 @pytest.mark.slow
