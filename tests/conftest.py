@@ -52,3 +52,39 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     """Run `python -m flowprep ARGS` as a real subprocess with this checkout importable."""
     return subprocess.run([sys.executable, "-m", "flowprep", *args], cwd=cwd or REPO, env=checkout_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API server (moto's standalone server, in a thread of this process) on 127.0.0.1: its URL."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch):
+    """(s3fs file system, name) of a fresh bucket on the server; the environment (inherited by CLI subprocesses)
+    points S3 clients at it the standard way (AWS_* variables, AWS_ENDPOINT_URL)."""
+    s3fs = pytest.importorskip("s3fs")
+    import uuid
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key="testing", secret="testing", skip_instance_cache=True)
+    name = f"flow-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(name)
+    return fs, name
+
+
+def download_prefix(fs, prefix: str, local: Path) -> Path:
+    """The objects under `prefix` (bucket/key) as files under `local` (keys -> paths), to compare with a local run."""
+    for key in fs.find(prefix):
+        target = local / key[len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(fs.cat_file(key))
+    return local

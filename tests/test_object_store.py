@@ -10,45 +10,13 @@ import zipfile
 
 import pytest
 from batchdata import dask_cluster_at, kill_group, output_digest, start_cli, tree_and_clean_run, wait_for
-from conftest import run_cli
+from conftest import download_prefix, run_cli
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
 ARGS = ("--algo", "dis", "--pack", "zip", "-q")
 videos, clean = tree_and_clean_run(2, 2, *ARGS)  # 4 carphone copies in 2 class folders, and their local zip run
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(endpoint, monkeypatch):
-    """A fresh bucket on the server; the environment (inherited by the CLI subprocesses) points S3 clients at it."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(name, value)
-    import s3fs
-
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True)
-    name = f"flow-{uuid.uuid4().hex[:8]}"
-    fs.mkdir(name)
-    return fs, name
-
-
-def _download(fs, prefix: str, local):
-    """The objects under `prefix` as local files (keys -> paths), to compare with a local run."""
-    for key in fs.find(prefix):
-        target = local / key[len(prefix) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(fs.cat_file(key))
-    return local
 
 
 def test_extract_to_s3_writes_the_local_packs_as_objects_and_resumes_by_skipping(videos, clean, bucket, tmp_path):
@@ -62,7 +30,7 @@ def test_extract_to_s3_writes_the_local_packs_as_objects_and_resumes_by_skipping
     keys = sorted(key[len(name) + 1:] for key in fs.find(name))
     assert keys == ["flow/C0/v0.zip", "flow/C0/v1.zip", "flow/C1/v0.zip", "flow/C1/v1.zip", "flow/failures.jsonl",
                     "flow/report.json"]  # one object per video, the records at the prefix's root, nothing else
-    assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+    assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
     report = json.loads(fs.cat_file(f"{name}/flow/report.json"))
     assert (report["done"], report["failed"]) == (4, 0)
 
@@ -82,7 +50,7 @@ def test_shards_on_s3_cover_the_list_and_report_as_objects(videos, clean, bucket
         assert result.returncode == 0, result.stderr
     keys = {key.rsplit("/", 1)[1] for key in fs.find(f"{name}/flow")}
     assert {"report.shard-1-of-2.json", "report.shard-2-of-2.json"} <= keys and "report.json" not in keys
-    got = _download(fs, f"{name}/flow", tmp_path / "got")
+    got = download_prefix(fs, f"{name}/flow", tmp_path / "got")
     assert output_digest(got) == clean
     result = run_cli("extract", str(videos), url, *ARGS)  # the whole list removes the shards' records
     fs.invalidate_cache()
@@ -107,7 +75,7 @@ def test_kill_9_leaves_only_complete_packs_under_the_prefix_and_the_rerun_comple
     result = run_cli("extract", str(videos), url, *ARGS)
     assert result.returncode == 0, result.stderr
     fs.invalidate_cache()
-    assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+    assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
 
 
 def test_a_missing_bucket_stops_the_run_before_any_work_with_exit_3(videos, bucket):
@@ -162,7 +130,7 @@ def test_a_server_that_goes_away_stops_the_run_and_the_rerun_completes(videos, c
         result = run_cli("extract", str(videos), url, *ARGS)
         assert result.returncode == 0, result.stderr
         fs.invalidate_cache()
-        assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+        assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
     finally:
         server.stop()
 
@@ -179,4 +147,4 @@ def test_dask_workers_write_straight_to_the_bucket(videos, clean, bucket, tmp_pa
     assert result.returncode == 0, result.stderr
     fs.invalidate_cache()
     assert json.loads(fs.cat_file(f"{name}/flow/report.json"))["engine"] == "dask"
-    assert output_digest(_download(fs, f"{name}/flow", tmp_path / "got")) == clean
+    assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
