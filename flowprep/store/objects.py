@@ -106,6 +106,44 @@ def list_objects(pattern: str) -> list[str]:
         raise _storage_error(pattern, "list", exc) from None
 
 
+def list_tags(prefix: str) -> dict[str, str | None]:
+    """{name relative to the prefix URL `prefix` ('/'-separated): its object_tag} of every object under it, from
+    one recursive listing (on S3 one request per 1000 keys); {} when there is none. The listing is not kept in
+    the client's cache (a million keys' details would stay in memory)."""
+    fs, key = _store(prefix)
+    key = key.rstrip("/")
+    try:
+        found = fs.find(key, detail=True)
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(prefix, "list", exc) from None
+    finally:
+        fs.invalidate_cache(key)
+    start = len(key) + 1
+    return {path[start:]: object_tag(info) for path, info in found.items() if path.startswith(key + "/")}
+
+
+def head_tag(url: str) -> str | None:
+    """The object_tag of the object `url` as it is now (one HEAD request); StorageError when the store fails."""
+    fs, key = _store(url)
+    try:
+        return object_tag(fs.info(key))
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(url, "read", exc) from None
+
+
+def object_tag(info: dict[str, Any]) -> str | None:
+    """What names one version of an object's content, from a listing's or a HEAD's details alike: its size and
+    ETag (S3, Azure; on S3 the content's MD5 for a single PUT, one per content for a multipart upload too) or
+    generation (GCS); None when the store gives neither (such an object is never vouched for by a tag)."""
+    for field in ("ETag", "etag", "generation"):
+        value = str(info.get(field) or "").strip('"')
+        if value:
+            return f"{info.get('size')}:{value}"
+    return None
+
+
 def remove_object(url: str) -> None:
     """Remove the object `url` if it is there."""
     fs, key = _store(url)
