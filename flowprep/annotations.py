@@ -24,7 +24,7 @@ from . import store
 from .config import VIDEO_EXTENSIONS
 from .errors import ConfigError, OutputError
 from .quantize import DEFAULT_BOUND
-from .store import META_NAME, PACK_SUFFIX, Naming, OutputReader, ZipReader, open_output, template_pattern
+from .store import META_NAME, PACK_SUFFIX, Naming, OutputReader, is_url, open_output, template_pattern
 
 MODALITIES = ("flow", "rgb")
 # The sorted spool of list_annotations: records sorted in memory per run, pickled per batch, merged so many runs at
@@ -105,14 +105,15 @@ def find_outputs(root: str | os.PathLike, naming: Naming = Naming(), bound: floa
 def _described(root: str | os.PathLike, naming: Naming, bound: float) -> Iterator[tuple[str, VideoOutput]]:
     """(path relative to root without '.zip', description) of each video output under `root` in the walk's
     order: a folder's packs before its subfolders."""
-    root = Path(root)
-    if not root.is_dir():
+    root = str(root).rstrip("/") if is_url(root) else Path(root)
+    if isinstance(root, Path) and not root.is_dir():
         raise OutputError(f"{root}: not a directory")
     for output in store.find_outputs(root, naming):
         if output.reader is None:  # a leftover, not a video
             continue
-        relative = output.path.relative_to(root).as_posix()
-        if isinstance(output.reader, ZipReader):
+        relative = (output.path[len(root) + 1:] if isinstance(root, str)  # a URL's path is its URL
+                    else output.path.relative_to(root).as_posix())
+        if output.reader.is_pack:
             relative = relative[: -len(PACK_SUFFIX)]
         yield relative, _describe(output.reader, naming, bound, output.names)
 

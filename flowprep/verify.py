@@ -32,7 +32,7 @@ from .flow.pairs import flow_stream
 from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
 from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, FoundOutput, Naming, OutputReader,
-                    ZipReader, codes_from_images, meta_field, open_output, read_flow_codes, recorded_settings)
+                    codes_from_images, meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -230,7 +230,7 @@ def _outputs(root: Path, problem: Callable[[str], None]) -> Iterator[Path]:
         parts = found.path.parts
         while held and parts[:len(held[-1][0])] != held[-1][0]:
             yield from held.pop()[1]
-        packed = isinstance(found.reader, ZipReader)
+        packed = found.reader.is_pack
         for folder, packs in held:
             if packed and len(folder) == len(parts) - 1:
                 break  # the pack's own folder: its packs come in name order

@@ -1,4 +1,5 @@
-"""Outputs on an object store: a video is one object, its zip pack, uploaded whole once complete.
+"""Outputs on an object store: a video is one object, its zip pack, uploaded whole once complete; read back by
+range requests (a pack's central directory once, then only the members asked for).
 
 Nothing temporary is ever visible under the prefix: the pack is built in a local temporary file and uploaded in
 one piece (a single PUT, or a multipart upload that s3fs aborts when a part fails; one a killed process leaves
@@ -11,16 +12,24 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import struct
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, StorageError
 from .location import ObjectStore
-from .meta import META_NAME, check_meta
+from .meta import META_NAME
 from .naming import PACK_SUFFIX
+from .readers import OutputReader
 from .writers import ZipWriter
+
+# A zip local file header: signature, 22 bytes of fields the central directory repeats, name and extra lengths.
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+_ZIP_ENCRYPTED = 0x1
 
 
 def _store(url: str) -> tuple[Any, str]:
@@ -69,21 +78,17 @@ class ObjectZipWriter(ZipWriter):
 
 def inspect_object(base: str) -> tuple[dict[str, Any] | None, str]:
     """(meta.json of the pack object ``base.zip``, or None; why an object there is not a finished pack, or "").
-    Reads the zip's central directory and meta.json with range requests, not the whole object."""
+    Reads the zip's central directory and meta.json with range requests, not the whole object; StorageError
+    when the store fails."""
     url = base + PACK_SUFFIX
-    fs, key = _store(url)
     try:
-        handle = fs.open(key, "rb", block_size=2**16)
+        with ObjectZipReader(url) as reader:
+            return reader.meta(), ""
     except FileNotFoundError:
         return None, ""
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_error(url, "read", exc) from None
-    try:
-        with handle, zipfile.ZipFile(handle) as pack:
-            meta = json.loads(pack.read(META_NAME))
-        check_meta(meta, url)
-        return meta, ""
-    except (zipfile.BadZipFile, KeyError, ValueError, OutputError) as exc:
+    except StorageError:
+        raise
+    except OutputError as exc:
         return None, f"{url}: not a readable flowprep pack ({exc})"
 
 
@@ -153,3 +158,157 @@ def remove_object(url: str) -> None:
         pass
     except Exception as exc:  # noqa: BLE001
         raise _storage_error(url, "remove", exc) from None
+
+
+class ObjectZipReader(OutputReader):
+    """A zip pack on an object store, read by range requests: its central directory once (at the object's end,
+    through a block cache), then each member with one request, checked against its CRC-32. Holds no connection
+    of its own (the process's fsspec client serves every request; a forked child gets its own client)."""
+
+    is_pack = True
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self._fs, self._key = _store(url)
+        try:
+            with self._fs.open(self._key, "rb", block_size=2**16, cache_type="blockcache") as handle, \
+                    zipfile.ZipFile(handle) as pack:
+                self._members = {info.filename: info for info in pack.infolist()}
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+            raise OutputError(f"{url}: not a readable zip pack ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - the store's errors (refused, gone)
+            raise _storage_error(url, "read", exc) from None
+        self._data_offsets: dict[str, int] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._members)
+
+    def has(self, name: str) -> bool:
+        return name in self._members
+
+    def read(self, name: str) -> bytes:
+        info = self._members.get(name)
+        where = f"{self.path}/{name}"
+        if info is None:
+            raise OutputError(f"{where}: no such file in the zip pack")
+        if info.flag_bits & _ZIP_ENCRYPTED or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise OutputError(f"{where}: encrypted or compressed with method {info.compress_type}: object stores "
+                              "read stored and deflated members only")
+        try:
+            raw = self._member_bytes(info)
+            data = raw if info.compress_type == zipfile.ZIP_STORED else zlib.decompress(raw, -zlib.MAX_WBITS)
+        except (zipfile.BadZipFile, zlib.error) as exc:
+            raise OutputError(f"{where}: cannot read from the zip pack ({exc})") from None
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_error(where, "read", exc) from None
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+            raise OutputError(f"{where}: truncated or corrupt in the zip pack (CRC-32 mismatch)")
+        return data
+
+    def _member_bytes(self, info: zipfile.ZipInfo) -> bytes:
+        """The member's stored bytes, in one request when its local header is as long as the central
+        directory says (flowprep's packs; otherwise a second request once the header is read)."""
+        offset = self._data_offsets.get(info.filename)
+        if offset is not None:
+            return self._range(offset, info.compress_size)
+        guess = _LOCAL_HEADER.size + len(info.filename.encode()) + len(info.extra)
+        block = self._range(info.header_offset, guess + info.compress_size)
+        if len(block) < _LOCAL_HEADER.size or block[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local file header at byte {info.header_offset}")
+        name_length, extra_length = _LOCAL_HEADER.unpack(block[:_LOCAL_HEADER.size])[1:]
+        start = _LOCAL_HEADER.size + name_length + extra_length
+        self._data_offsets[info.filename] = info.header_offset + start
+        if start == guess:
+            return block[start:]
+        return self._range(info.header_offset + start, info.compress_size)
+
+    def _range(self, start: int, size: int) -> bytes:
+        return self._fs.cat_file(self._key, start=start, end=start + size) if size else b""
+
+
+class ObjectDirectoryReader(OutputReader):
+    """A folder of objects (a local tree copied to a bucket): its file names from one listing, each file one
+    request."""
+
+    def __init__(self, url: str, names: list[str]):
+        super().__init__(url)
+        self._fs, self._key = _store(url)
+        self._names = sorted(names)
+        self._known = set(names)
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def has(self, name: str) -> bool:
+        return name in self._known
+
+    def read(self, name: str) -> bytes:
+        where = f"{self.path}/{name}"
+        try:
+            return self._fs.cat_file(f"{self._key}/{name}")
+        except FileNotFoundError:
+            raise OutputError(f"{where}: cannot read (no such object)") from None
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_error(where, "read", exc) from None
+
+
+def open_object_output(url: str) -> OutputReader:
+    """The output at `url`: a folder of objects, a ``.zip`` pack, or a base URL that has either (the folder
+    first, as on disk); OutputError when there is neither, FileNotFoundError not raised."""
+    fs, key = _store(url)
+    if not url.endswith(PACK_SUFFIX):
+        names = _folder_names(fs, key, url)
+        if names:
+            return ObjectDirectoryReader(url, names)
+        url += PACK_SUFFIX
+    try:
+        return ObjectZipReader(url)
+    except FileNotFoundError:
+        raise OutputError(f"{url.removesuffix(PACK_SUFFIX)}: no flow output here (neither a folder of objects "
+                          "nor a .zip pack)") from None
+
+
+def _folder_names(fs: Any, key: str, url: str) -> list[str]:
+    try:
+        entries = fs.ls(key, detail=True)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(url, "list", exc) from None
+    return [entry["name"].rsplit("/", 1)[1] for entry in entries
+            if entry.get("type") == "file" and entry["name"].startswith(key + "/")]
+
+
+def walk_objects(url: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk's (folder URL, subfolder names, object names) top-down under the prefix `url`, from one recursive
+    listing (held whole: its keys, about 100 bytes each); the caller may prune the subfolder list in place."""
+    fs, key = _store(url)
+    try:
+        keys = fs.find(key)
+    except FileNotFoundError:
+        keys = []
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(url, "list", exc) from None
+    tree: dict[str, Any] = {}
+    for found in keys:
+        if not found.startswith(key + "/"):
+            continue
+        *folders, name = found[len(key) + 1:].split("/")
+        node = tree
+        for folder in folders:
+            node = node.setdefault(folder, {})
+        if name:  # not a folder marker
+            node.setdefault(_FILES, []).append(name)
+
+    def visit(here: str, node: dict[str, Any]) -> Iterator[tuple[str, list[str], list[str]]]:
+        subfolders = sorted(name for name in node if name is not _FILES)
+        yield here, subfolders, sorted(node.get(_FILES, []))
+        for name in subfolders:
+            yield from visit(f"{here}/{name}", node[name])
+
+    yield from visit(url, tree)
+
+
+_FILES = object()  # the key of a folder's object names in walk_objects' tree (no name can equal it)

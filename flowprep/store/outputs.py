@@ -2,6 +2,7 @@
 a tree."""
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,8 +16,6 @@ from .location import is_url
 from .meta import META_NAME
 from .naming import PACK_SUFFIX, Naming, output_path
 from .readers import DirectoryReader, OutputReader, ZipReader, open_output
-
-
 
 def finished_meta(base: str | os.PathLike, pack: str = "dir") -> dict[str, Any] | None:
     """meta.json of the finished output of form `pack` at `base`, or None if there is none. The form is checked:
@@ -66,7 +65,7 @@ class FoundOutput:
     does not open; `problem` says why).
     """
 
-    path: Path
+    path: Path | str  # a URL (str) on an object store
     kind: str
     names: list[str]  # file names in it (directory listing or zip members); [] for leftovers
     reader: OutputReader | None = None  # open until the walk moves on; None for leftovers
@@ -74,13 +73,15 @@ class FoundOutput:
 
 
 def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator[FoundOutput]:
-    """Walk `root` (a directory, or itself one output) and yield its video outputs and leftovers, parents before
-    their subfolders, names sorted.
+    """Walk `root` (a directory, or itself one output; or an object store's prefix, a URL) and yield its video
+    outputs and leftovers, parents before their subfolders, names sorted.
 
     The one rule: a directory or .zip holding meta.json is a finished output; one holding flow (either
-    direction) or RGB frame files named by `naming` but no meta.json is unfinished (or another tool's); an output holds no further
-    outputs. Hidden names are skipped, except flowprep's temporaries (``.name.flowprep-tmp-…``), yielded as
-    TEMPORARY. A .zip is opened once, here: its reader comes with it and closes when the walk moves on.
+    direction) or RGB frame files named by `naming` but no meta.json is unfinished (or another tool's); an output
+    holds no further outputs. Hidden names are skipped, except flowprep's temporaries (``.name.flowprep-tmp-…``),
+    yielded as TEMPORARY. A .zip is opened once, here: its reader comes with it and closes when the walk moves
+    on. On an object store, paths are URLs (str): the prefix is listed once, folders are its '/'-separated
+    names, and a pack is read by range requests.
     """
     patterns = (*(naming.flow_pattern(d) for d in DIRECTIONS), naming.img_pattern())
 
@@ -89,10 +90,10 @@ def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator
             return FINISHED
         return UNFINISHED if any(p.fullmatch(n) for n in names for p in patterns) else None
 
-    def packs(paths: list[Path]) -> Iterator[FoundOutput]:
+    def packs(paths: list[Any]) -> Iterator[FoundOutput]:
         for path in paths:
             try:
-                reader = ZipReader(path)
+                reader = open_pack(path)
             except OutputError as exc:
                 yield FoundOutput(path, UNREADABLE, [], problem=str(exc))
                 continue
@@ -102,19 +103,32 @@ def find_outputs(root: str | os.PathLike, naming: Naming = Naming()) -> Iterator
                 if kind is not None:
                     yield FoundOutput(path, kind, names, reader)
 
-    root = Path(root)
-    if root.is_file():
-        yield from packs([root] if root.suffix == PACK_SUFFIX else [])
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
+    if is_url(root):
+        from .objects import ObjectDirectoryReader, ObjectZipReader, walk_objects  # imports this module
+
+        root = str(root).rstrip("/")
+        walk, join, open_pack, open_folder = walk_objects(root), "{}/{}".format, ObjectZipReader, ObjectDirectoryReader
+        if root.endswith(PACK_SUFFIX):
+            walk = iter([(root.rsplit("/", 1)[0], [], [root.rsplit("/", 1)[1]])])  # one pack: its folder's walk
+    else:
+        root = Path(root)
+        if root.is_file():
+            yield from packs([root] if root.suffix == PACK_SUFFIX else [])
+            return
+        walk, join, open_pack = ((Path(d), n, f) for d, n, f in os.walk(root)), operator.truediv, ZipReader
+        open_folder = _local_folder
+    for here, dirnames, filenames in walk:
         for name in sorted(dirnames + filenames):
             if is_temporary(name):
-                yield FoundOutput(here / name, TEMPORARY, [])
+                yield FoundOutput(join(here, name), TEMPORARY, [])
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         kind = kind_of(filenames)
         if kind is not None:
             dirnames.clear()  # an output holds no further outputs
-            yield FoundOutput(here, kind, sorted(filenames), DirectoryReader(here))
+            yield FoundOutput(here, kind, sorted(filenames), open_folder(here, filenames))
             continue
-        yield from packs([here / n for n in sorted(filenames) if n.endswith(PACK_SUFFIX) and not n.startswith(".")])
+        yield from packs([join(here, n) for n in sorted(filenames) if n.endswith(PACK_SUFFIX) and not n.startswith(".")])
+
+
+def _local_folder(here: Path, names: list[str]) -> DirectoryReader:
+    return DirectoryReader(here)  # it lists the folder itself when asked

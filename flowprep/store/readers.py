@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import OutputError
 from .jpeg import decode_jpeg
+from .location import is_url
 from .meta import META_NAME, check_meta
 from .naming import PACK_SUFFIX, Naming, output_path
 
@@ -24,9 +25,12 @@ _pread = getattr(os, "pread", None)  # POSIX only; elsewhere zipfile reads
 
 
 class OutputReader(ABC):
-    """Read access to one video's finished output, directory or zip alike."""
+    """Read access to one video's finished output, directory or zip alike; `path` is a Path, or the URL (a str)
+    of an output on an object store."""
 
-    def __init__(self, path: Path):
+    is_pack = False  # a zip pack (its path ends in .zip), not a folder
+
+    def __init__(self, path: Path | str):
         self.path = path
 
     @abstractmethod
@@ -50,8 +54,8 @@ class OutputReader(ABC):
         try:
             meta = json.loads(data)
         except ValueError as exc:
-            raise OutputError(f"{self.path / META_NAME}: not valid JSON ({exc})") from None
-        check_meta(meta, self.path / META_NAME)
+            raise OutputError(f"{os.path.join(self.path, META_NAME)}: not valid JSON ({exc})") from None
+        check_meta(meta, os.path.join(self.path, META_NAME))
         return meta
 
     def read_image(self, name: str, *, rgb: bool = False) -> np.ndarray:
@@ -85,6 +89,8 @@ class DirectoryReader(OutputReader):
 class ZipReader(OutputReader):
     """Stored members are read with one pread each and checked against their CRC-32, several times faster than
     zipfile's read (2-5 us against 12-22 us for a 5-7 KB JPEG, measured twice); others go through zipfile."""
+
+    is_pack = True
 
     def __init__(self, path: Path):
         super().__init__(path)
@@ -153,7 +159,12 @@ def read_flow_codes(reader: OutputReader, naming: Naming, index: int, direction:
 
 
 def open_output(path: str | os.PathLike) -> OutputReader:
-    """Open a video's output: a directory, a .zip pack, or a base path that has either form."""
+    """Open a video's output: a directory, a .zip pack, or a base path that has either form; on an object store
+    (`path` a URL) a folder of objects or a pack, read by range requests."""
+    if is_url(path):
+        from .objects import open_object_output  # imports this module
+
+        return open_object_output(str(path))
     path = Path(path)
     if path.is_dir():
         return DirectoryReader(path)
