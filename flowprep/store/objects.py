@@ -114,14 +114,13 @@ def list_objects(pattern: str) -> list[str]:
 def list_tags(prefix: str) -> dict[str, str | None]:
     """{name relative to the prefix URL `prefix` ('/'-separated): its object_tag} of every object under it, from
     one recursive listing (on S3 one request per 1000 keys); {} when there is none. The listing is not kept in
-    the client's cache (a million keys' details would stay in memory)."""
+    the client's cache (a million keys' details would stay in memory). StorageError when the store fails (a missing
+    bucket too)."""
     fs, key = _store(prefix)
     key = key.rstrip("/")
     try:
         found = fs.find(key, detail=True)
-    except FileNotFoundError:
-        return {}
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a missing bucket too (s3fs: FileNotFoundError); an empty prefix is none
         raise _storage_error(prefix, "list", exc) from None
     finally:
         fs.invalidate_cache(key)
