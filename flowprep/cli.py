@@ -35,8 +35,9 @@ class LocalPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-class OutputLocation(click.Path):
-    """A local folder (click.Path), or an object store's URL whose fsspec package is installed (s3://bucket/flow)."""
+class Location(click.Path):
+    """A local path (click.Path, with its checks), or an object store's URL whose fsspec package is installed
+    (s3://bucket/flow; whether it exists is for the command to find out)."""
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if is_url(value):
@@ -77,7 +78,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("source", type=LocalPath(exists=True))
-@click.argument("output", type=OutputLocation(file_okay=False))
+@click.argument("output", type=Location(file_okay=False))
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True, help="Flow algorithm.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or torch-cpu.")
 @click.option("--impl", default=None,
@@ -173,7 +174,7 @@ def extract(source: str, output: str, algo: str, device: str, impl: str | None, 
 
 
 @main.command("report")
-@click.argument("root", metavar="OUT", type=LocalPath(exists=True, file_okay=False))
+@click.argument("root", metavar="OUT", type=Location(exists=True, file_okay=False))
 def report_command(root: str) -> None:
     """Add up the reports of the runs (or of all shards) that wrote into OUT. Exit 0 when every part reported
     and every video is done or skipped, 1 otherwise."""
@@ -181,6 +182,8 @@ def report_command(root: str) -> None:
         merged = merge_reports(root)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    except OutputError as exc:  # an object store that refuses or is gone
+        raise click.ClickException(str(exc)) from None
     click.echo(merged.summary())
     sys.exit(0 if merged.complete else 1)
 
@@ -201,7 +204,7 @@ def backends() -> None:
 
 
 @main.command("list")
-@click.argument("root", metavar="OUT", type=LocalPath(exists=True, file_okay=False))
+@click.argument("root", metavar="OUT", type=Location(exists=True, file_okay=False))
 @click.option("--out", "out_file", type=LocalPath(dir_okay=False, writable=True), default="-", show_default=True,
               help="Annotation list to write ('-': standard output).")
 @click.option("--modality", type=click.Choice(annotations.MODALITIES), default="flow", show_default=True,
@@ -248,7 +251,7 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
 
 
 @main.command()
-@click.argument("output", type=LocalPath(exists=True))
+@click.argument("output", type=Location(exists=True))
 @click.option("--roundtrip", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
               help="Recompute K random pairs per video from its source and check the JPEG round-trip error.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the round-trip pair choice.")
@@ -256,11 +259,14 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
               help="Worker processes checking videos side by side.")
 def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
     """Check that every video output under OUTPUT is complete and readable. Exit 0 clean, 1 on any problem."""
-    sys.exit(0 if write_report(output, click.echo, roundtrip, seed=seed, n_jobs=n_jobs) else 1)
+    try:
+        sys.exit(0 if write_report(output, click.echo, roundtrip, seed=seed, n_jobs=n_jobs) else 1)
+    except OutputError as exc:  # an object store that refuses or is gone (each video's own problems are lines)
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
-@click.argument("video_output", type=LocalPath())  # a directory, a .zip, or its base path (as `list` writes it)
+@click.argument("video_output", type=Location())  # a directory, a .zip, or its base path (as `list` writes it)
 @click.option("--out", "target", required=True, type=LocalPath(dir_okay=False),
               help="preview.png (one pair), or .gif / .mp4 (a sequence of pairs).")
 @click.option("--pair", type=click.IntRange(min=1), default=None,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from .flow.pairs import flow_stream
 from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
 from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, FoundOutput, Naming, OutputReader,
-                    codes_from_images, meta_field, open_output, read_flow_codes, recorded_settings)
+                    codes_from_images, is_url, meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -108,7 +108,7 @@ class _FlowStatistics:
 class VideoCheck(_FlowStatistics):
     """What verify found in one video's output (a directory or a .zip pack)."""
 
-    path: Path
+    path: Path | str  # a URL (str) on object stores
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     pairs: int = 0  # per direction
@@ -154,7 +154,7 @@ class VerifyReport:
     """Per-video checks of a tree plus the problems of the tree itself (unfinished outputs, leftovers), held in
     memory (write_report streams the same report for a tree of any size)."""
 
-    root: Path
+    root: Path | str
     videos: list[VideoCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -208,33 +208,33 @@ def _roundtrip_text(rt: RoundTrip | None) -> str:
     return text
 
 
-def _outputs(root: Path, problem: Callable[[str], None]) -> Iterator[Path]:
+def _outputs(root: Path | str, problem: Callable[[str], None]) -> Iterator[Path | str]:
     """The finished video outputs under `root` in sorted(paths) order, as the walk finds them (see
     store.find_outputs); `problem` gets, in the walk's order, each thing that is no finished output but should be
     one: unfinished outputs, temporaries of killed runs and .zip files that do not open. `root` may itself be one
-    video's output."""
-    if not root.exists():
+    video's output; on an object store it is a URL (str), and so are the outputs."""
+    if isinstance(root, Path) and not root.exists():
         problem(f"{root}: no such file or directory")
         return
-    if root.is_file() and root.suffix != PACK_SUFFIX:
+    if isinstance(root, Path) and root.is_file() and root.suffix != PACK_SUFFIX:
         problem(f"{root}: not a directory or .zip pack")
         return
     # The walk yields a folder's packs before it enters the folder's subfolders, and sorted(paths) puts each pack
     # among those by name: a folder's packs wait here (no more than the walk's own listing of the folder) until
     # the walk reaches a subfolder named after them, or leaves the folder.
-    held: list[tuple[tuple[str, ...], deque[Path]]] = []  # folders on the walk's path, their packs not yet due
+    held: list[tuple[tuple[str, ...], deque[Path | str]]] = []  # folders on the walk's path, their packs not yet due
     for found in walk_outputs(root):
         if found.kind != FINISHED:
             problem(_leftover_problem(found))
             continue
-        parts = found.path.parts
+        parts = PurePosixPath(found.path).parts  # a URL's too: its scheme is one more part, common to all
         while held and parts[:len(held[-1][0])] != held[-1][0]:
             yield from held.pop()[1]
         packed = found.reader.is_pack
         for folder, packs in held:
             if packed and len(folder) == len(parts) - 1:
                 break  # the pack's own folder: its packs come in name order
-            while packs and packs[0].name < parts[len(folder)]:
+            while packs and PurePosixPath(packs[0]).name < parts[len(folder)]:
                 yield packs.popleft()
         if not packed:
             yield found.path
@@ -244,6 +244,11 @@ def _outputs(root: Path, problem: Callable[[str], None]) -> Iterator[Path]:
             held.append((parts[:-1], deque([found.path])))
     while held:
         yield from held.pop()[1]
+
+
+def _location(path: str | os.PathLike) -> Path | str:
+    """A local Path, or an object store's URL as it is (Path would make 's3://b' 's3:/b')."""
+    return str(path).rstrip("/") if is_url(path) else Path(path)
 
 
 def _leftover_problem(found: FoundOutput) -> str:
@@ -275,7 +280,7 @@ def verify_tree(
 ) -> VerifyReport:
     """Check every video output under `root` (see check_video) into a report that holds every video's check
     (write_report streams it instead); `n_jobs` > 1 checks videos in processes."""
-    report = VerifyReport(Path(root))
+    report = VerifyReport(_location(root))
     outputs = _outputs(report.root, report.problems.append)
     report.videos = list(_check_all(outputs, roundtrip, seed, n_jobs, clip_warning))
     if not report.videos and not report.problems:
@@ -300,7 +305,7 @@ def write_report(
     totals = Totals()
     with ExitStack() as stack:
         tree_problems, problems, warnings = (stack.enter_context(_Spool()) for _ in range(3))
-        for check in _check_all(_outputs(Path(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning):
+        for check in _check_all(_outputs(_location(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning):
             totals.add(check)
             echo(_video_line(check))
             problems.extend(check.problems)
@@ -374,7 +379,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
     random pairs (chosen with `seed`) from the source video with the recorded settings and compares them with
     the stored JPEGs against quantize.jpeg_roundtrip_bound.
     """
-    check = VideoCheck(Path(path))
+    check = VideoCheck(_location(path))
     try:
         reader = open_output(path)
     except OutputError as exc:
@@ -383,7 +388,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
     with reader:
         try:
             meta = reader.meta()
-            layout = _Layout.from_meta(meta, reader.path / META_NAME)
+            layout = _Layout.from_meta(meta, os.path.join(reader.path, META_NAME))
         except OutputError as exc:
             check.problems.append(str(exc))
             return check
@@ -404,7 +409,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
             except FlowprepError as exc:
                 check.problems.append(f"{reader.path}: cannot recompute flow for the round trip: {exc}")
             except KeyError as exc:
-                check.problems.append(f"{reader.path / META_NAME}: field {exc} needed for the round trip is missing")
+                check.problems.append(f"{os.path.join(reader.path, META_NAME)}: field {exc} needed for the round trip is missing")
             else:
                 for direction, pair, mean, worst in check.roundtrip.failing():
                     check.problems.append(
@@ -430,7 +435,7 @@ class _Layout:
     jpeg_quality: int
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], where: Path) -> _Layout:
+    def from_meta(cls, meta: dict[str, Any], where: Path | str) -> _Layout:
         """From a meta.json that OutputReader.meta validated; OutputError naming `where` for the fields that only
         verify needs."""
         size = meta_field(meta, "output_size", list, where)
@@ -453,10 +458,10 @@ class _Layout:
 def _check_names(reader: OutputReader, names: set[str], layout: _Layout, check: VideoCheck) -> None:
     where = reader.path
     if layout.frames != layout.pairs + 1:
-        check.problems.append(f"{where / META_NAME}: {layout.frames} frames should give {layout.frames - 1} flow "
+        check.problems.append(f"{os.path.join(where, META_NAME)}: {layout.frames} frames should give {layout.frames - 1} flow "
                               f"pairs, but flow_pairs is {layout.pairs}")
     if layout.rgb_frames not in (0, layout.frames):
-        check.problems.append(f"{where / META_NAME}: rgb_frames is {layout.rgb_frames}, expected 0 or the "
+        check.problems.append(f"{os.path.join(where, META_NAME)}: rgb_frames is {layout.rgb_frames}, expected 0 or the "
                               f"{layout.frames} frames")
     n = layout.naming
     rgb_pattern = n.img_pattern()
@@ -489,8 +494,8 @@ def _natural(name: str) -> tuple[int, str]:
     return (int(digits[-1]) if digits else -1, name)
 
 
-def _list(check: VideoCheck, where: Path, names: list[str], what: str) -> None:
-    check.problems += [f"{where / name}: {what}" for name in names[:_LISTED]]
+def _list(check: VideoCheck, where: Path | str, names: list[str], what: str) -> None:
+    check.problems += [f"{os.path.join(where, name)}: {what}" for name in names[:_LISTED]]
     if len(names) > _LISTED:
         check.problems.append(f"{where}: {len(names) - _LISTED} more files {what}")
 
@@ -521,7 +526,7 @@ def _decode(reader: OutputReader, name: str, layout: _Layout, check: VideoCheck,
         return None
     height, width = image.shape[:2]
     if (width, height) != layout.size:
-        check.problems.append(f"{reader.path / name}: {width}x{height} pixels, meta.json says "
+        check.problems.append(f"{os.path.join(reader.path, name)}: {width}x{height} pixels, meta.json says "
                               f"{layout.size[0]}x{layout.size[1]}")
         return None
     return image
@@ -530,7 +535,7 @@ def _decode(reader: OutputReader, name: str, layout: _Layout, check: VideoCheck,
 def _roundtrip(reader: OutputReader, meta: dict[str, Any], layout: _Layout, count: int, seed: int) -> RoundTrip:
     """Recompute `count` random pairs from the source with the recorded settings; compare with the JPEGs."""
     settings = meta["settings"]
-    wanted = sorted(random.Random(f"{seed}:{reader.path.name}").sample(range(layout.pairs),
+    wanted = sorted(random.Random(f"{seed}:{PurePosixPath(reader.path).name}").sample(range(layout.pairs),
                                                                        min(count, layout.pairs)))
     backend = create_backend(FlowConfig(algo=settings["algorithm"], device=settings["device"],
                                         impl=recorded_settings(settings)["impl"],

@@ -12,7 +12,8 @@ from typing import Protocol
 
 from ..config import ExtractConfig
 from ..errors import ConfigError, StorageError
-from ..store import ObjectStore
+from ..store import ObjectStore, is_url
+from ..store.objects import object_times, read_object
 from .shards import Shard
 from .video import VideoJob, VideoResult
 
@@ -113,7 +114,7 @@ class MergedReport:
     started); `counts` sums total, done, skipped, failed and pairs; the lists are the parts' lists, joined.
     """
 
-    root: Path
+    root: Path | str  # a URL's str on object stores
     parts: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
@@ -150,44 +151,60 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
     report is the newest (a run of the shards of another N, later, supersedes those of the former N; each run of
     the whole list removes the shards' records, each shard run removes report.json). ConfigError when there is no
     report at all."""
-    out_root = Path(out_root)
+    out_root = str(out_root).rstrip("/") if is_url(out_root) else Path(out_root)
     merged = MergedReport(out_root)
-    shards: dict[int, dict[int, Path]] = {}
-    for path in out_root.glob("report.shard-*-of-*.json"):
-        found = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", path.name)
+    records = _record_times(out_root)
+    shards: dict[int, dict[int, str]] = {}
+    for name in records:
+        found = re.fullmatch(r"report\.shard-(\d+)-of-(\d+)\.json", name)
         if found:
-            shards.setdefault(int(found.group(2)), {})[int(found.group(1))] = path
+            shards.setdefault(int(found.group(2)), {})[int(found.group(1))] = name
     if shards:
-        count = max(shards, key=lambda n: max(path.stat().st_mtime_ns for path in shards[n].values()))
+        count = max(shards, key=lambda n: max(records[name] for name in shards[n].values()))
         parts = [(Shard(k, count), shards[count].get(k)) for k in range(1, count + 1)]
-        merged.superseded = {n: [shards[n][k].name for k in sorted(shards[n])] for n in shards if n != count}
-    elif (out_root / REPORT_NAME).is_file():
-        parts = [(Shard(), out_root / REPORT_NAME)]
+        merged.superseded = {n: [shards[n][k] for k in sorted(shards[n])] for n in shards if n != count}
+    elif REPORT_NAME in records:
+        parts = [(Shard(), REPORT_NAME)]
     else:
         raise ConfigError(f"{str(out_root)!r} holds no {REPORT_NAME} nor report.shard-K-of-N.json: no run finished "
                           "there yet")
-    for shard, path in parts:
-        if path is None:
+    for shard, name in parts:
+        if name is None:
             merged.missing.append(record_names(shard)[1])
             continue
         try:
-            data = json.loads(path.read_text())
-            failures = [json.loads(line) for line in (out_root / record_names(shard)[0]).read_text().splitlines()
+            data = json.loads(_read_record(out_root, name))
+            failures = [json.loads(line) for line in _read_record(out_root, record_names(shard)[0]).splitlines()
                         if line.strip()]
-        except (OSError, ValueError) as exc:
-            merged.missing.append(f"{path.name} (unreadable: {exc})")
+        except (OSError, ValueError, StorageError) as exc:
+            merged.missing.append(f"{name} (unreadable: {exc})")
             continue
-        merged.parts.append(path.name)
+        merged.parts.append(name)
         merged.counts.update({key: data.get(key, 0) for key in ("total", "done", "skipped", "failed", "pairs")})
         merged.failures += failures
         merged.not_processed += data.get("not_processed", [])
         merged.warnings += data.get("warnings", [])
         merged.mismatched += data.get("settings_mismatch", [])
         if data.get("interrupted") or data.get("stopped"):
-            merged.ended_early.append(f"{path.name}: " + (interruption(data.get("signal") or "SIGINT")
+            merged.ended_early.append(f"{name}: " + (interruption(data.get("signal") or "SIGINT")
                                                           if data.get("interrupted") else
                                                           f"stopped ({data['stopped']})"))
     return merged
+
+
+def _record_times(out_root: Path | str) -> dict[str, int]:
+    """{name: modification time in ns} of the report files in the folder `out_root` (or objects directly under
+    the prefix URL)."""
+    if isinstance(out_root, str):
+        return object_times(out_root, "report*.json")
+    return {path.name: path.stat().st_mtime_ns for path in out_root.glob("report*.json")}
+
+
+def _read_record(out_root: Path | str, name: str) -> str:
+    """The text of record `name`; OSError, or StorageError on object stores, when it cannot be read."""
+    if isinstance(out_root, str):
+        return read_object(f"{out_root}/{name}").decode()
+    return (out_root / name).read_text()
 
 
 class RecordTarget(Protocol):

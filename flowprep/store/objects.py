@@ -101,6 +101,34 @@ def write_object(url: str, data: bytes) -> None:
         raise _storage_error(url, "write", exc) from None
 
 
+def read_object(url: str) -> bytes:
+    """The whole object `url`; StorageError naming it when it is not there (errno ENOENT) or cannot be read."""
+    fs, key = _store(url)
+    try:
+        return fs.cat_file(key)
+    except FileNotFoundError:
+        raise StorageError(f"{url}: no such object", errno.ENOENT) from None
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(url, "read", exc) from None
+
+
+def object_times(prefix: str, pattern: str = "*") -> dict[str, int]:
+    """{name: last modification time in ns} of the objects matching `pattern` directly under the prefix URL."""
+    fs, key = _store(prefix)
+    try:
+        found = fs.glob(f"{key.rstrip('/')}/{pattern}", detail=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(prefix, "list", exc) from None
+    return {path.rsplit("/", 1)[1]: _time_ns(info) for path, info in found.items() if info.get("type") == "file"}
+
+
+def _time_ns(info: dict[str, Any]) -> int:
+    when = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+    if hasattr(when, "timestamp"):
+        return int(when.timestamp() * 1e9)
+    return int(float(when or 0) * 1e9)
+
+
 def list_objects(pattern: str) -> list[str]:
     """The URLs of the objects that match `pattern` (a URL with * wildcards)."""
     fs, key = _store(pattern)
