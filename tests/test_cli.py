@@ -86,18 +86,30 @@ def test_colliding_rgb_and_flow_names_are_a_usage_error_before_any_work(tmp_path
 
 @pytest.mark.parametrize("command", [
     ("extract", "s3://bucket/videos", "flow"),
-    ("list", "gs://bucket/flow"),
-    ("verify", "s3://bucket/flow"),
-    ("report", "az://container/flow"),
-    ("show", "s3://bucket/flow/v", "--out", "p.png"),
-], ids=["extract-input", "list", "verify", "report", "show"])
+], ids=["extract-input"])
 def test_an_object_store_url_where_none_is_read_yet_is_a_usage_error_naming_it(tmp_path, command):
-    """Only extract's OUTPUT may be an object store (tests/test_object_store.py); elsewhere a URL is refused by
-    name, never taken for a local folder named 's3:' (as extract's OUTPUT was, exit 0, nothing in the bucket)."""
+    """A URL is refused by name where no object store is read, never taken for a local folder named 's3:' (as
+    extract's OUTPUT was, exit 0, nothing in the bucket)."""
     result = run_cli(*command, cwd=tmp_path)
     url = next(arg for arg in command if "://" in arg)
     assert result.returncode == 2 and f"{url!r} is a URL: this command reads and writes local paths only" \
         in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [
+    ("list", "nosuch://bucket/flow"),
+    ("verify", "nosuch://bucket/flow"),
+    ("report", "nosuch://bucket/flow"),
+    ("show", "nosuch://bucket/flow/v", "--out", "p.png"),
+], ids=["list", "verify", "report", "show"])
+def test_a_url_of_an_unknown_protocol_is_a_usage_error_naming_it(tmp_path, command):
+    """Commands that read object stores (tests/test_object_store_read.py) take a URL only of a protocol fsspec
+    knows; never a local folder named 'nosuch:'."""
+    pytest.importorskip("fsspec")
+    result = run_cli(*command, cwd=tmp_path)
+    assert result.returncode == 2 and "'nosuch://bucket/flow" in result.stderr \
+        and "Protocol not known: nosuch" in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
