@@ -26,7 +26,7 @@ CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 176x144, 120 frames: 119 pairs, ~
 # meta.json fields that describe the run rather than the output: time taken (SPEC: "seconds taken"), and the
 # errors of readers that were tried and abandoned (decord stops at a varying frame and stamps its clock time).
 RUN_SPECIFIC_META = ("seconds", "timing", "decoder_problems")
-RUN_RECORD = re.compile(r"(report|failures)(\.shard-\d+-of-\d+)?\.jsonl?|\.flowprep(\.shard-\d+-of-\d+)?\.lock")
+RUN_RECORD = re.compile(r"(report|failures|index)(\.shard-\d+-of-\d+)?\.jsonl?|\.flowprep(\.shard-\d+-of-\d+)?\.lock")
 
 
 def class_tree(root: Path, classes: int, per_class: int, clip: Path = CARPHONE) -> Path:
