@@ -5,7 +5,8 @@ with meta.json as the last file written: a directory or zip without a valid meta
 
 One module per seam: naming (file names and the two forms' paths), meta (meta.json's fields), jpeg (the codec),
 atomic (temporaries, per-output locks, atomic replacement), readers, writers, outputs (what is at an output
-path, and the walk that finds a tree's outputs), location (local paths; URLs are refused for now). A new storage target is a reader and a writer beside these.
+path, and the walk that finds a tree's outputs), location (a local path or an object store's URL), objects (the
+object-store writer, readers and listings). A new storage target is a reader and a writer beside these.
 """
 from .atomic import (LOCK_SUFFIX, TEMP_MARKER, is_temporary, lock_path, output_lock, remove_temps_of_outputs,
                      temp_path, write_file_atomic)
