@@ -26,6 +26,8 @@ CARPHONE = VIDEOS / "carphone_pristine.mp4"  # 176x144, 120 frames: 119 pairs, ~
 # meta.json fields that describe the run rather than the output: time taken (SPEC: "seconds taken"), and the
 # errors of readers that were tried and abandoned (decord stops at a varying frame and stamps its clock time).
 RUN_SPECIFIC_META = ("seconds", "timing", "decoder_problems")
+# meta.json fields that name where the video was read: its path and mtime, or its URL and the object's time.
+SOURCE_META = ("source", "source_file")
 RUN_RECORD = re.compile(r"(report|failures|index)(\.shard-\d+-of-\d+)?\.jsonl?|\.flowprep(\.shard-\d+-of-\d+)?\.lock")
 
 
@@ -98,11 +100,12 @@ def broken_videos(folder: Path, work: Path) -> dict[str, Path]:
     return bad
 
 
-def output_digest(root: Path) -> dict[str, str]:
+def output_digest(root: Path, ignore: tuple[str, ...] = ()) -> dict[str, str]:
     """{video file path relative to root: sha256} over every video output under `root`.
 
     Zip packs are expanded (`A/v.zip` member `flow_x_00001.jpg` -> key `A/v/flow_x_00001.jpg`) so both forms
-    compare equal. meta.json is hashed without RUN_SPECIFIC_META; the reports, failures and lock files at the
+    compare equal. meta.json is hashed without RUN_SPECIFIC_META and the fields `ignore` (e.g. SOURCE_META, to
+    compare the outputs of the same videos read from two places); the reports, failures and lock files at the
     root (a shard's too) describe the run, not the outputs, and are left out.
     """
     digest = {}
@@ -113,9 +116,9 @@ def output_digest(root: Path) -> dict[str, str]:
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as pack:
                 for name in pack.namelist():
-                    digest[str(rel.with_suffix("") / name)] = _file_hash(name, pack.read(name))
+                    digest[str(rel.with_suffix("") / name)] = _file_hash(name, pack.read(name), ignore)
         else:
-            digest[str(rel)] = _file_hash(path.name, path.read_bytes())
+            digest[str(rel)] = _file_hash(path.name, path.read_bytes(), ignore)
     return digest
 
 
@@ -125,25 +128,27 @@ def raw_digest(root: Path) -> dict[str, str]:
             for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-def _file_hash(name: str, data: bytes) -> str:
+def _file_hash(name: str, data: bytes, ignore: tuple[str, ...]) -> str:
     if name == "meta.json":
         meta = json.loads(data)
-        for key in RUN_SPECIFIC_META:
+        for key in RUN_SPECIFIC_META + ignore:
             meta.pop(key)
         data = json.dumps(meta, sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()
 
 
-def clean_digest(videos: Path, out: Path, *args: str) -> dict[str, str]:
-    """output_digest of an uninterrupted `flowprep extract VIDEOS OUT ARGS` (which must exit 0)."""
+def clean_digest(videos: Path, out: Path, *args: str, ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """output_digest (without the meta.json fields `ignore`) of an uninterrupted `flowprep extract VIDEOS OUT
+    ARGS` (which must exit 0)."""
     result = run_cli("extract", str(videos), str(out), *args)
     assert result.returncode == 0, result.stderr
-    return output_digest(out)
+    return output_digest(out, ignore)
 
 
-def tree_and_clean_run(classes: int, per_class: int, *args: str):
+def tree_and_clean_run(classes: int, per_class: int, *args: str, ignore: tuple[str, ...] = ()):
     """Module fixtures `videos` (class_tree of `classes` x `per_class` carphone copies) and `clean` (its
-    clean_digest with ARGS): `videos, clean = tree_and_clean_run(...)` in the test module."""
+    clean_digest with ARGS, without the meta.json fields `ignore`): `videos, clean = tree_and_clean_run(...)` in
+    the test module."""
 
     @pytest.fixture(scope="module")
     def videos(tmp_path_factory):
@@ -151,7 +156,7 @@ def tree_and_clean_run(classes: int, per_class: int, *args: str):
 
     @pytest.fixture(scope="module")
     def clean(videos, tmp_path_factory):
-        return clean_digest(videos, tmp_path_factory.mktemp("clean"), *args)
+        return clean_digest(videos, tmp_path_factory.mktemp("clean"), *args, ignore=ignore)
 
     return videos, clean
 
