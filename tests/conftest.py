@@ -88,3 +88,11 @@ def download_prefix(fs, prefix: str, local: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(fs.cat_file(key))
     return local
+
+
+def upload_tree(fs, local: Path, prefix: str) -> str:
+    """The files under `local` as objects under `prefix` (bucket/key; paths -> keys), as a tree copied to a bucket
+    is: a folder tree becomes folders of objects, a zip-pack tree one object per pack. The prefix's s3:// URL."""
+    fs.put(f"{local}/", prefix, recursive=True)
+    fs.invalidate_cache()
+    return f"s3://{prefix}"
