@@ -34,6 +34,15 @@ def test_tvl1_parameters_reach_opencv(small_pair):
     assert np.array_equal(flow, tvl1.calc(prev, nxt, None))
 
 
+def test_a_tiny_video_does_not_change_the_flow_of_the_next_on_the_same_backend(small_pair):
+    """A worker's backend serves video after video; OpenCV's DualTVL1 lowers its own scale count to what a small
+    image allows (5 -> 2 at 24x20) and kept it, so every later video had a 2-level pyramid (11 px off here)."""
+    prev, nxt = small_pair
+    backend = create_backend(FlowConfig("tvl1", impl="opencv"))
+    backend.compute(prev[:20, :24].copy(), nxt[:20, :24].copy())
+    assert np.array_equal(backend.compute(prev, nxt), cv2.optflow.DualTVL1OpticalFlow_create().calc(prev, nxt, None))
+
+
 def test_farneback_uses_mmaction2_parameters(small_pair):
     prev, nxt = small_pair
     flow = create_backend(FlowConfig("farneback")).compute(prev, nxt)

@@ -82,6 +82,9 @@ class OpenCVTVL1(_OpenCVBackend):
         self._tvl1 = tvl1
 
     def compute(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        # calc lowers the object's scale count to what a small image allows and keeps it: without this, a
+        # worker's videos after a tiny one would all get a shallower pyramid than a fresh DualTVL1 (mmaction2's).
+        self._tvl1.setScalesNumber(self.params["nscales"])
         return self._tvl1.calc(prev, nxt, None)
 
 
