@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, VIDEOS, checkout_env, run_cli
+from conftest import REPO, VIDEOS, checkout_env, run_cli, upload_tree
 
 pytest.importorskip("mmengine", reason="the mmaction2 backend needs mmengine (see docs/dataset.md for the install)")
 
@@ -212,8 +212,11 @@ def test_a_config_custom_imports_registers_the_backend(trees: tuple[Path, Path],
     assert read.read_bytes() == (trees[0] / VIDEO / FLOW_TMPL.format("y", 7)).read_bytes()
 
 
-def test_needs_neither_torch_nor_opencv_contrib(trees: tuple[Path, Path]) -> None:
-    """mmaction2 users have plain opencv-python (no cv2.optflow); reading must not import torch either."""
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_needs_neither_torch_nor_opencv_contrib(trees: tuple[Path, Path], where: str,
+                                                request: pytest.FixtureRequest) -> None:
+    """mmaction2 users have plain opencv-python (no cv2.optflow); reading must not import torch either, from a
+    local pack or one on an object store."""
     code = ("import sys, cv2\n"
             "del cv2.optflow\n"
             "import flowprep.integrations.mmaction2\n"
@@ -221,8 +224,11 @@ def test_needs_neither_torch_nor_opencv_contrib(trees: tuple[Path, Path]) -> Non
             "data = fileio.get(sys.argv[1], backend_args=dict(backend='flowprep'))\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "print(len(data))\n")
-    path = os.path.join(trees[1], VIDEO, FLOW_TMPL.format("x", 1))
-    result = run_python(code, path)
+    root = str(trees[1])
+    if where == "s3":  # the bucket fixture's AWS_* variables reach the subprocess
+        fs, name = request.getfixturevalue("bucket")
+        root = upload_tree(fs, trees[1], f"{name}/flow")
+    result = run_python(code, f"{root}/{VIDEO}/{FLOW_TMPL.format('x', 1)}")
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == (trees[0] / VIDEO / FLOW_TMPL.format("x", 1)).stat().st_size
 
@@ -237,3 +243,53 @@ def test_without_mmengine_the_import_names_the_install() -> None:
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("MissingDependencyError") and "pip install mmengine" in result.stdout
+
+
+# --- Trees on an object store: the real S3 API server of conftest's `bucket` (moto, on 127.0.0.1) ---
+
+
+def test_a_bucket_reads_as_the_local_tree_folders_and_packs_alike(trees: tuple[Path, Path], bucket) -> None:
+    fs, name = bucket
+    folders, packs = upload_tree(fs, trees[0], f"{name}/dir"), upload_tree(fs, trees[1], f"{name}/zip")
+    assert fs.isdir(f"{name}/dir/{VIDEO}") and fs.isfile(f"{name}/zip/{VIDEO}.zip")
+    client = FileClient("flowprep")
+    for file in frame_names():
+        expected = (trees[0] / VIDEO / file).read_bytes()
+        for url in (f"{folders}/{VIDEO}/{file}", f"{packs}/{VIDEO}/{file}", f"{packs}/{VIDEO}.zip/{file}"):
+            assert client.get(url) == expected, url
+            assert fileio.get(url, backend_args=BACKEND) == expected, url
+    for root in (folders, packs):
+        meta = json.loads(fileio.get_text(f"{root}/{VIDEO}/meta.json", backend_args=BACKEND))
+        assert meta["flow_pairs"] == 7
+        assert fileio.isfile(f"{root}/{VIDEO}/{RGB_TMPL.format(8)}", backend_args=BACKEND)
+        assert fileio.exists(f"{root}/{VIDEO}", backend_args=BACKEND)
+        missing = f"{root}/{VIDEO}/{FLOW_TMPL.format('x', 8)}"  # one past the last pair
+        with pytest.raises(FileNotFoundError) as caught:
+            client.get(missing)
+        assert caught.value.filename == missing
+        assert not fileio.isfile(missing, backend_args=BACKEND) and not fileio.exists(missing, backend_args=BACKEND)
+        gone = f"{root}/no-such-video/{RGB_TMPL.format(1)}"
+        with pytest.raises(FileNotFoundError, match="no-such-video") as caught:
+            client.get(gone)
+        assert caught.value.filename == gone
+        assert not fileio.exists(f"{root}/no-such-video", backend_args=BACKEND)
+    # A worker forked after its parent read (the parent's readers, and its S3 client, in the inherited backend).
+    urls = [f"{packs}/{VIDEO}/{file}" for file in frame_names()] + [f"{folders}/{VIDEO}/{RGB_TMPL.format(1)}"]
+    expected = [client.get(url) for url in urls]
+    assert in_forked_child(lambda: [client.get(url) for url in urls]) == expected
+    assert in_forked_child(lambda: [fileio.get(url, backend_args=BACKEND) for url in urls]) == expected
+
+
+def test_a_corrupt_or_truncated_pack_on_a_bucket_is_an_output_error_naming_it(trees: tuple[Path, Path],
+                                                                               bucket) -> None:
+    fs, name = bucket
+    member = FLOW_TMPL.format("y", 3)
+    blob = bytearray((trees[1] / f"{VIDEO}.zip").read_bytes())
+    blob[blob.find((trees[0] / VIDEO / member).read_bytes()) + 100] ^= 0xFF
+    fs.pipe_file(f"{name}/flow/{VIDEO}.zip", bytes(blob))
+    fs.pipe_file(f"{name}/flow/cut.zip", bytes(blob[: len(blob) // 2]))
+    fs.invalidate_cache()
+    with pytest.raises(OutputError, match=f"s3://{name}/flow/{VIDEO}.zip/{member}.*CRC"):
+        FileClient("flowprep").get(f"s3://{name}/flow/{VIDEO}/{member}")
+    with pytest.raises(OutputError, match=f"s3://{name}/flow/cut.zip: not a readable"):
+        FileClient("flowprep").get(f"s3://{name}/flow/cut/{member}")

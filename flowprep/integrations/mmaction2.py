@@ -6,16 +6,17 @@ with its ``FileClient`` (``RawFrameDecode(io_backend='flowprep')``, mmaction2 1.
 ``data_prefix/<video>/<name>`` is read from the folder ``<video>`` when there is one, else as the member ``<name>``
 of the zip pack ``<video>.zip`` (``flowprep extract --pack zip``); ``<video>.zip/<name>`` names the pack itself.
 So one annotation list (``flowprep list``, which names packs without ``.zip``) and one config serve both tree
-forms. Needs mmengine (``pip install mmengine``); neither torch nor OpenCV's contrib modules.
+forms, on a disk or on an object store (``data_prefix='s3://bucket/flow'``: folders of objects, or packs read
+by range requests). Needs mmengine (``pip install mmengine``); neither torch nor OpenCV's contrib modules.
 """
 from __future__ import annotations
 
 import errno
 import os
 
-from ..errors import ConfigError, MissingDependencyError, OutputError
+from ..errors import ConfigError, MissingDependencyError, OutputError, StorageError
 from ..reader_cache import OPEN_READERS, ReaderCache
-from ..store import PACK_SUFFIX, OutputReader, open_output
+from ..store import PACK_SUFFIX, ObjectStore, OutputReader, is_url, open_output
 
 try:
     from mmengine import fileio
@@ -28,17 +29,28 @@ BACKEND_NAME = "flowprep"
 
 
 def open_video(location: str) -> OutputReader:
-    """The reader of the video output at `location` (``data_prefix/<video>``): the folder, else ``<video>.zip``;
-    FileNotFoundError when neither is there, OutputError naming the pack when it is there but does not open.
+    """The reader of the video output at `location` (``data_prefix/<video>``, a path or an object store's URL):
+    the folder, else ``<video>.zip``; FileNotFoundError when neither is there, OutputError naming the pack when
+    it is there but does not open (StorageError when the store fails).
 
-    Every location the backend reads goes through here, and only here: object-store URLs (``s3://``, ...) are
-    to be added in this function (through flowprep's fsspec layer), with no change to the backend."""
+    Every location the backend reads goes through here, and only here. On an object store the folder is found
+    by one listing and a pack is read by range requests (flowprep.store.objects), with this process's client."""
     try:
         return open_output(location)
+    except StorageError:
+        raise
     except OutputError:
-        if os.path.exists(location) or os.path.exists(location + PACK_SUFFIX):
+        if _is_there(location) or _is_there(location + PACK_SUFFIX):
             raise
         raise FileNotFoundError(errno.ENOENT, f"neither a folder nor a {PACK_SUFFIX} pack", location) from None
+
+
+def _is_there(location: str) -> bool:
+    """Whether a file or a folder (on an object store: an object or a prefix of some) is at `location`."""
+    if not is_url(location):
+        return os.path.exists(location)
+    store = ObjectStore(location)
+    return store.filesystem().exists(store.key(location))
 
 
 class FlowprepBackend(fileio.BaseStorageBackend):
