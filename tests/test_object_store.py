@@ -29,7 +29,7 @@ def test_extract_to_s3_writes_the_local_packs_as_objects_and_resumes_by_skipping
     assert list(work.iterdir()) == []  # nothing local, no lock folder named 's3:' in the working directory
     keys = sorted(key[len(name) + 1:] for key in fs.find(name))
     assert keys == ["flow/C0/v0.zip", "flow/C0/v1.zip", "flow/C1/v0.zip", "flow/C1/v1.zip", "flow/failures.jsonl",
-                    "flow/report.json"]  # one object per video, the records at the prefix's root, nothing else
+                    "flow/index.json", "flow/report.json"]  # an object per video, the records at the root, no more
     assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
     report = json.loads(fs.cat_file(f"{name}/flow/report.json"))
     assert (report["done"], report["failed"]) == (4, 0)

@@ -67,17 +67,20 @@ def run_batch(
         started = time.perf_counter()
         stop = threading.Event()  # set when the storage fails: start no more videos, collect those running
         runnable, collisions = _split_collisions(jobs, config.store.pack)
-        for result in collisions:
+        runnable, settled = target.settle(runnable, config, overwrite)  # an object store's listing settles some
+        for result in (*collisions, *settled):
             report.add(result)
             reported.add(result.output)
+            target.note(result)
         try:
             # closing(): on Ctrl-C the engine must stop its workers before the temporaries are removed.
             with _progress_bar(len(jobs), progress) as bar, \
                     closing(run_on_engine(runnable, config, engine, n_jobs, address, overwrite,
                                            dask_in_flight, stop)) as results:
-                bar.update(len(collisions))
+                bar.update(len(collisions) + len(settled))
                 for result in results:
                     report.add(result)
+                    target.note(result)
                     if result.status != "stopped":
                         reported.add(result.output)
                     if report.stopped:
@@ -96,6 +99,7 @@ def run_batch(
             report.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
+            target.write_index(report)
             write_report(target, report, config, engine, n_jobs, shard)
             raise BatchInterrupted(report) from None
         if engine != "local" or report.stopped:
@@ -105,6 +109,7 @@ def run_batch(
             target.clean()
         report.note_unprocessed(jobs, reported)
         report.seconds = time.perf_counter() - started
+        target.write_index(report)
         write_report(target, report, config, engine, n_jobs, shard)
         if report.stopped or report.unwritten:
             raise BatchStopped(report, location, report.stopped or report.unwritten)

@@ -16,6 +16,8 @@ from ..flow import backend_class, cached_backend, check_flow_config
 from ..pipeline import extract_video, settings_of, source_stamp
 from ..store import (inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_name, output_path,
                      recorded_settings)
+from ..store.objects import head_tag
+from .index import index_entry
 
 # Write errors that are the file system's, not the video's: every later video would fail the same way.
 STOPPING_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EIO", "ESTALE", "ENOTCONN",
@@ -30,12 +32,18 @@ class VideoJob:
     it for local workers), that it is still on that file system (st_dev): a vanished mount then stops the run
     instead of having the video written beneath the bare mount point, even when the root is the mount point
     itself. "" skips the check.
+
+    On an object store the run lists the prefix once (`listed`): `tag` is what that listing showed at the video's
+    pack (its size and ETag), None when there is none; the worker then extracts the video without looking
+    (nothing else writes the prefix meanwhile: one run, or the shards of one N, at a time).
     """
 
     source: str
     output: str
     root: str = ""
     root_device: int | None = None
+    listed: bool = False
+    tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class VideoResult:
     seconds: float = 0.0
     reason: str = ""  # why it failed or stopped, or how a skipped video's settings or source differ
     warning: str = ""  # a done video's source stream ended early, or what the recomputed output replaced
+    record: dict[str, Any] | None = None  # a listed job's finished pack: its entry for the run's index (batch.index)
 
 
 def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False, single_thread: bool = False,
@@ -112,7 +121,10 @@ def root_problem(job: VideoJob) -> str:
 
 def _found_result(job: VideoJob, config: ExtractConfig, overwrite: bool) -> VideoResult | None:
     """The result of a video whose output path is taken already: skipped when finished (unless `overwrite`),
-    in either pack form; failed when what is there is not a finished output (never deleted). None: compute it."""
+    in either pack form; failed when what is there is not a finished output (never deleted). None: compute it.
+    A listed job is looked at only when the listing showed a pack (then read by range requests)."""
+    if job.listed and job.tag is None:
+        return None
     pack = config.store.pack
     existing, broken = inspect_output(job.output, pack)
     if broken:
@@ -128,10 +140,24 @@ def _found_result(job: VideoJob, config: ExtractConfig, overwrite: bool) -> Vide
                                 f"it as {pack!r}, which removes the other form)")
     if existing is None:
         return None
-    params = check_flow_config(config.flow, here=False)  # a skipped video needs no backend (nor GPU)
-    differences = [_settings_difference(recorded_settings(existing.get("settings", {})), settings_of(config, params)),
-                   _source_change(existing.get("source_file"), job.source)]
-    return VideoResult(job.source, job.output, "skipped", existing.get("flow_pairs", 0), existing.get("frames", 0),
+    # The listing's tag: the pack read here is the one listed, as nothing else writes the prefix meanwhile.
+    return replace(skipped_result(job, existing, wanted_settings(config)),
+                   record=index_entry(existing, job.tag) if job.listed else None)
+
+
+def wanted_settings(config: ExtractConfig) -> dict[str, Any]:
+    """The settings a run of `config` records in meta.json, in their JSON form: what a finished output's are
+    compared with. Needs no backend (nor GPU): a skipped video computes nothing."""
+    return json.loads(json.dumps(settings_of(config, check_flow_config(config.flow, here=False))))
+
+
+def skipped_result(job: VideoJob, meta: dict[str, Any], wanted: dict[str, Any]) -> VideoResult:
+    """The skipped result of a video whose finished output holds `meta` (meta.json, or an index entry's fields
+    of it), with how its settings differ from `wanted` (wanted_settings) and how its source changed, if they
+    did."""
+    differences = [_settings_difference(recorded_settings(meta.get("settings") or {}), wanted),
+                   _source_change(meta.get("source_file"), job.source)]
+    return VideoResult(job.source, job.output, "skipped", meta.get("flow_pairs", 0), meta.get("frames", 0),
                        0.0, "; ".join(d for d in differences if d))
 
 
@@ -140,7 +166,19 @@ def _extract(job: VideoJob, config: ExtractConfig, gpu: int | None, started: flo
     meta = extract_video(job.source, job.output, config, backend=cached_backend(flow),
                          commit_check=lambda: root_problem(job))
     return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
-                       time.perf_counter() - started, warning=meta["stream_problem"] or "")
+                       time.perf_counter() - started, warning=meta["stream_problem"] or "",
+                       record=_uploaded_record(job, config, meta))
+
+
+def _uploaded_record(job: VideoJob, config: ExtractConfig, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The index entry of the pack a listed job just uploaded, its tag from one HEAD; None when the store does
+    not answer it (the video is done all the same; the next run reads the pack's meta.json instead)."""
+    if not job.listed:
+        return None
+    try:
+        return index_entry(meta, head_tag(output_name(job.output, config.store.pack)))
+    except StorageError:
+        return None
 
 
 _watchdog_lock = threading.Lock()
@@ -169,7 +207,6 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
-    wanted = json.loads(json.dumps(wanted))  # the JSON form, as recorded
     diffs = [f"{k}: {recorded.get(k)!r} recorded, {wanted[k]!r} asked" for k in wanted if recorded.get(k) != wanted[k]]
     return "settings differ from this run (use --overwrite to recompute): " + "; ".join(diffs) if diffs else ""
 
