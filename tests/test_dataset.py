@@ -8,13 +8,14 @@ import re
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, VIDEOS, run_cli
+from conftest import REPO, VIDEOS, run_cli, upload_tree
 from fake_trees import rgb_code, write_foreign_video, write_video, x_code, y_code
 from PIL import Image
 from torch import nn
@@ -575,3 +576,75 @@ def test_open_packs_are_bounded_per_process_and_reopened(tmp_path):
         assert open_packs() == min(v + 1, OPEN_READERS), v
     assert torch.equal(dataset[0][0], first)  # closed, then reopened
     assert open_packs() == OPEN_READERS
+
+
+# --- Reading from an object store: the real S3 API server of conftest's `bucket` (moto, on 127.0.0.1) ---
+
+
+def object_store_datasets(root: str | Path, list_file: Path) -> list[FlowStackDataset]:
+    """Datasets of several samplers, stackings and modes over one tree, with and without an annotation list."""
+    entries = read_annotations(list_file) * 4  # four items of the one clip, so that two workers share them
+    crop = Compose([RandomCrop(96), FlowHorizontalFlip(0.5)])
+    return [FlowStackDataset(root, entries, length=5, segments=3, seed=3, transform=crop),
+            FlowStackDataset(root, length=5, segments=2, mode="test"),
+            FlowStackDataset(root, entries, length=3, segments=2, sampling="mmaction2", seed=5, output="uint8",
+                             on_count_mismatch="tree", stacking="rgb"),
+            TwoStreamDataset(root, entries, length=4, segments=2, seed=2, transform=crop,
+                             rgb_transform=Compose([RandomCrop(96), HorizontalFlip(0.5)]))]
+
+
+def items(dataset: FlowStackDataset) -> list[tuple]:
+    dataset.set_epoch(0)  # epoch 0 is read more than once on purpose
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def same_items(got: list[tuple], expected: list[tuple]) -> bool:
+    return len(got) == len(expected) and all(
+        len(a) == len(b) and all(torch.equal(torch.as_tensor(x), torch.as_tensor(y)) for x, y in zip(a, b))
+        for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("pack", ["dir", "zip"])
+def test_a_bucket_reads_item_for_item_as_the_local_tree_in_the_parent_and_forked_workers(carphone, bucket, pack):
+    fs, name = bucket
+    url = upload_tree(fs, carphone[pack], f"{name}/flow")
+    for local, remote in zip(object_store_datasets(carphone[pack], carphone["list"]),
+                             object_store_datasets(url, carphone["list"])):
+        assert remote.root == url and all(str(v.path).startswith(url + "/Talking/") for v in remote.videos)
+        expected = items(local)
+        assert same_items(items(remote), expected), remote  # the parent has the packs open: workers inherit them
+        loader = DataLoader(remote, batch_size=None, num_workers=2, multiprocessing_context="fork", timeout=60)
+        assert same_items(list(loader), expected), remote
+
+
+def test_spawned_workers_read_the_bucket_with_their_own_clients(carphone, bucket):
+    fs, name = bucket
+    url = upload_tree(fs, carphone["zip"], f"{name}/flow")
+    dataset = FlowStackDataset(url, read_annotations(carphone["list"]) * 4, length=5, segments=2, seed=4)
+    expected = items(FlowStackDataset(carphone["zip"], read_annotations(carphone["list"]) * 4, length=5,
+                                      segments=2, seed=4))
+    assert same_items(items(dataset), expected)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="spawn", timeout=60)
+    assert same_items(list(loader), expected)
+
+
+def test_a_truncated_or_corrupt_pack_on_the_bucket_is_an_output_error_naming_its_url(carphone, bucket):
+    fs, name = bucket
+    entries = read_annotations(carphone["list"])
+    field = int(FlowStackDataset(carphone["zip"], entries, length=1, mode="val").frame_indices(0)[0, 0])
+    member = f"flow_x_{field:05d}.jpg"
+    pack = (carphone["zip"] / "Talking" / f"{CLIP}.zip").read_bytes()
+    with zipfile.ZipFile(carphone["zip"] / "Talking" / f"{CLIP}.zip") as local:
+        info = local.getinfo(member)
+    corrupt = bytearray(pack)
+    corrupt[info.header_offset + 30 + len(member) + 100] ^= 0xFF  # inside the member's JPEG data
+    fs.pipe_file(f"{name}/flow/Talking/{CLIP}.zip", bytes(corrupt))
+    fs.pipe_file(f"{name}/cut/Talking/{CLIP}.zip", pack[: len(pack) // 2])
+    fs.invalidate_cache()
+    dataset = FlowStackDataset(f"s3://{name}/flow", entries, length=1, mode="val")
+    with pytest.raises(OutputError, match=re.escape(f"s3://{name}/flow/Talking/{CLIP}.zip/{member}") + ".*CRC"):
+        dataset[0]
+    with pytest.raises(OutputError, match=re.escape(f"s3://{name}/cut/Talking/{CLIP}.zip") + ": not a readable"):
+        FlowStackDataset(f"s3://{name}/cut", entries)
+    with pytest.raises(OutputError, match=re.escape(f"s3://{name}/none/Talking/{CLIP}") + ": no flow output"):
+        FlowStackDataset(f"s3://{name}/none", entries)

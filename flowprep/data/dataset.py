@@ -1,10 +1,10 @@
 """PyTorch datasets: items composed of a sampler (which moments), a stacking (what is read at each) and
 transforms, from output trees.
 
-Trees are read through flowprep.store (directories and zip packs alike); flowprep trees are described by their
-meta.json, other tools' trees by the naming options. JPEGs decode with OpenCV (libjpeg-turbo), one decode per
-distinct frame of an item; zip packs are opened lazily and cached per process, so DataLoader workers never
-share a file handle.
+Trees are read through flowprep.store (directories and zip packs alike, on a disk or on an object store);
+flowprep trees are described by their meta.json, other tools' trees by the naming options. JPEGs decode with
+OpenCV (libjpeg-turbo), one decode per distinct frame of an item; outputs are opened lazily and cached per
+process (reader_cache), so DataLoader workers never share a file handle, nor an object store's client.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..annotations import Annotation, VideoOutput, build_annotations, describe_o
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
 from ..reader_cache import ReaderCache
-from ..store import Naming, OutputReader, open_output, require_local
+from ..store import Naming, ObjectStore, OutputReader, open_output, parse_location
 from .sampling import Sampler, check_length, check_mode, is_integer, make_sampler
 from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
 from .transforms import apply_transform
@@ -54,14 +54,17 @@ class FlowStackDataset(Dataset):
     whose items are read again before set_epoch was ever called warns once. With seed None, randomness comes
     from torch's RNG, which DataLoader seeds per worker.
 
-    `annotations`: a list file (``relative_dir num_frames label``), a sequence of Annotation, or None to take
-    every video under `root` labelled by sorted class folders. Each listed count is checked against the tree
-    (flow pairs; RGB frames for RGB stackings): a mismatch raises OutputError naming the video and both counts,
-    unless on_count_mismatch='tree' (use the tree's count). `layout`, `flow_template`, `backward_template`,
-    `img_template`, `start_index`, `bound` (pixels) and `fps` (sampled frames per second, for the sequence
-    sampler) describe trees without meta.json (denseflow: start_index=0; mmaction2's script:
-    flow_template='{}_{:05d}.jpg'); a video with meta.json is read as it records, and an explicit argument
-    that disagrees with what it records is a ConfigError naming the video and both values.
+    `root`: a folder, or an object store's URL (``s3://bucket/flow``: packs are read by range requests, the
+    central directory once per video and process, then one request per file; folders of objects one request per
+    file). `annotations`: a list file (``relative_dir num_frames label``), a sequence of Annotation, or None to
+    take every video under `root` (on an object store, from one listing) labelled by sorted class folders. Each
+    listed count is checked against the tree (flow pairs; RGB frames for RGB stackings): a mismatch raises
+    OutputError naming the video and both counts, unless on_count_mismatch='tree' (use the tree's count).
+    `layout`, `flow_template`, `backward_template`, `img_template`, `start_index`, `bound` (pixels) and `fps`
+    (sampled frames per second, for the sequence sampler) describe trees without meta.json (denseflow:
+    start_index=0; mmaction2's script: flow_template='{}_{:05d}.jpg'); a video with meta.json is read as it
+    records, and an explicit argument that disagrees with what it records is a ConfigError naming the video and
+    both values.
 
     `transform` gets the tensor (flowprep Transforms also a per-item torch.Generator).
     """
@@ -104,7 +107,9 @@ class FlowStackDataset(Dataset):
         if mean_subtract and (output == "uint8" or not self.stacking.is_flow):
             raise ConfigError("mean_subtract needs float flow values: use output='pixels' or 'unit', not 'uint8', "
                               f"with a flow stacking (got {self.stacking!r})")
-        self.root = require_local(root, "root")
+        location = parse_location(root)  # a URL of an unknown protocol or a missing package: ConfigError now
+        # A URL stays a string: Path('s3://b/flow') is 's3:/b/flow'.
+        self.root: Path | str = str(location) if isinstance(location, ObjectStore) else location
         self.length = length
         self.mode = mode
         self.transform = transform
@@ -127,7 +132,7 @@ class FlowStackDataset(Dataset):
                 if video.fps is None and fps is None:
                     raise OutputError(f"{video.path}: the {self.sampler!r} sampler needs the sampled fps, which "
                                       "this video's output does not record (pass fps= for trees without meta.json)")
-        self._readers: ReaderCache[Path] = ReaderCache(open_output)
+        self._readers: ReaderCache[Path | str] = ReaderCache(open_output)
         self._unpickled_in: int | None = None
         # In shared memory, so that set_epoch reaches DataLoader workers already running (persistent ones,
         # forked or spawned: torch hands them a shared tensor's memory): [epoch, set_epoch called, warned]; and,
@@ -202,7 +207,7 @@ class FlowStackDataset(Dataset):
             return np.random.default_rng(int(torch.randint(2**62, (1,))))
         return np.random.default_rng((self.seed, self.epoch, index))
 
-    def _reader(self, path: Path) -> OutputReader:
+    def _reader(self, path: Path | str) -> OutputReader:
         if self._readers.enter_process():
             self._enter_process()
         return self._readers.get(path)
@@ -297,7 +302,7 @@ def _check_given(videos: list[VideoOutput], given: dict[str, Any]) -> None:
                     "the recorded value")
 
 
-def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotation] | None, naming: Naming,
+def _load_videos(root: Path | str, annotations: str | os.PathLike | Sequence[Annotation] | None, naming: Naming,
                  bound: float, on_count_mismatch: str, stacking: Stacking
                  ) -> tuple[list[VideoOutput], list[int]]:
     if annotations is None:
@@ -306,7 +311,7 @@ def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotatio
         videos = [outputs[entry.path] for entry in entries]
     else:
         entries = read_annotations(annotations) if isinstance(annotations, (str, os.PathLike)) else list(annotations)
-        videos = [describe_output(root / entry.path, naming, bound) for entry in entries]
+        videos = [describe_output(_join(root, entry.path), naming, bound) for entry in entries]
     if not entries:
         raise ConfigError(f"no videos found under {root}" if annotations is None else f"{annotations}: empty list")
     for entry, video in zip(entries, videos):
@@ -321,3 +326,8 @@ def _load_videos(root: Path, annotations: str | os.PathLike | Sequence[Annotatio
                 "on_count_mismatch='tree' to use the tree's count"
             )
     return videos, [entry.label for entry in entries]
+
+
+def _join(root: Path | str, relative: str) -> Path | str:
+    """The location of the video `relative` ('/'-separated) under `root`, a Path or an object store's URL."""
+    return f"{root}/{relative}" if isinstance(root, str) else root / relative
