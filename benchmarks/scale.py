@@ -38,23 +38,23 @@ STEPS = ("discovery", "full run", "resume", "verify", "list", "report")
 TREE_STEPS = ("verify", "list", "report")  # those that read only the output tree: measured at every --at size
 
 
-def tiny_clip(path: Path) -> Path:
-    """FRAMES frames of the carphone clip at SIZE, H.264 (a real codec, as datasets hold)."""
+def tiny_clip(path: Path, frames: int = FRAMES, size: tuple[int, int] = SIZE) -> Path:
+    """`frames` frames of the carphone clip at `size`, H.264 (a real codec, as datasets hold)."""
     import av
 
     with av.open(str(CLIP)) as source, av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
         for index, frame in enumerate(source.decode(video=0)):
-            if index == FRAMES:
+            if index == frames:
                 break
-            out.mux(stream.encode(frame.reformat(*SIZE, format="yuv420p")))
+            out.mux(stream.encode(frame.reformat(*size, format="yuv420p")))
         out.mux(stream.encode(None))
     return path
 
 
-def build_tree(root: Path, videos: int, classes: int) -> Path:
-    clip = tiny_clip(root / "tiny.mp4")
+def build_tree(root: Path, videos: int, classes: int, frames: int = FRAMES, size: tuple[int, int] = SIZE) -> Path:
+    clip = tiny_clip(root / "tiny.mp4", frames, size)
     tree = root / "videos"
     for c in range(classes):  # a copy per class, hard-linked within it (ext4 allows 65,000 links a file)
         (tree / f"class_{c:03d}").mkdir(parents=True)
