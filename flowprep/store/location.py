@@ -1,14 +1,18 @@
-"""Where outputs live: a local path (a mounted shared file system included), or an object store's URL
+"""Where videos and outputs live: a local path (a mounted shared file system included), or an object store's URL
 (``s3://bucket/prefix``, ``gs://...``, ``az://...``), reached through fsspec with the standard credentials and
-endpoint settings of its package (for S3: the AWS_* variables, AWS_ENDPOINT_URL, ``~/.aws``; fsspec's config).
+endpoint settings of its package (for S3: the AWS_* variables, AWS_ENDPOINT_URL, ``~/.aws``; fsspec's config),
+plus the options a command is given (``--storage-option KEY=VALUE``: StorageOptions), which no message, log or
+record ever shows.
 
 A URL is never taken for a relative folder named ``s3:`` (which a run silently created before). Commands that do
 not read object stores yet refuse URLs by name (require_local).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,9 @@ class ObjectStore:
             raise ConfigError(f"{self.url!r}: {exc}{hint}") from None
         except ValueError as exc:  # fsspec does not know the protocol
             raise ConfigError(f"{self.url!r}: {exc}") from None
+        except TypeError as exc:  # an option the file system does not take; its message could quote a value
+            raise ConfigError(f"{self.url!r}: the {self.protocol} file system refuses the options it was given "
+                              f"(--storage-option, fsspec's config): {type(exc).__name__}") from None
 
     def key(self, url: str) -> str:
         """The file system's path of `url` (``bucket/prefix/name``), for fsspec calls."""
@@ -79,3 +86,57 @@ class ObjectStore:
 def parse_location(location: str | os.PathLike) -> Path | ObjectStore:
     """A local Path, or an ObjectStore for a URL (ConfigError naming a missing package or an unknown protocol)."""
     return ObjectStore(location) if is_url(location) else Path(location)
+
+
+def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
+    """{key: value} of ``KEY=VALUE`` items; a value that parses as JSON is that (``true``, ``3``, ``{"a": 1}``),
+    any other is the string. ConfigError for an item without a key, naming its position, never its text (a
+    mistyped item may be a secret)."""
+    options = {}
+    for number, item in enumerate(items, 1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--storage-option number {number} is not KEY=VALUE (not shown: it may hold a secret)")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+@dataclass(frozen=True, repr=False)
+class StorageOptions:
+    """fsspec options (credentials, endpoint, ...) for the object stores of one command, by their protocols.
+
+    apply() puts them into fsspec's process-wide config (``fsspec.config.conf[protocol]``), which
+    ``fsspec.filesystem(protocol)`` merges, so every ObjectStore of the process uses them. Picklable and small,
+    they travel to every worker with its task (local processes, Dask, Ray), which applies them again: workers are
+    other processes, often on other machines. repr() shows the keys, never a value.
+    """
+
+    protocols: tuple[str, ...] = ()
+    items: tuple[tuple[str, str], ...] = ()  # (key, the value as JSON): hashable, frozen
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any], locations: Iterable[str | os.PathLike]) -> StorageOptions:
+        """`options` for the protocols of the URLs among `locations` (a command's input and output); ConfigError
+        when there are options but no URL."""
+        protocols = tuple(sorted({_URL.match(str(loc)).group(1).lower() for loc in locations if is_url(loc)}))
+        if options and not protocols:
+            raise ConfigError("--storage-option applies to object stores' URLs, and this command has none")
+        return cls(protocols, tuple((key, json.dumps(value)) for key, value in options.items()))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __repr__(self) -> str:
+        return f"StorageOptions({', '.join(self.protocols)}: {', '.join(key for key, _ in self.items)})"
+
+    def apply(self) -> None:
+        """Make these options this process's defaults for their protocols (explicit arguments still win)."""
+        if not self:
+            return
+        import fsspec.config
+
+        for protocol in self.protocols:
+            fsspec.config.conf.setdefault(protocol, {}).update((key, json.loads(value)) for key, value in self.items)
