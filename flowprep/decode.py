@@ -25,8 +25,9 @@ class VideoReader(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
         self.path = Path(path)
+        self.label = label or str(self.path)  # what messages name: the path, or the URL the file was downloaded from
         self.fps: float | None = None  # the container's average rate; None when it does not say
         self.size: tuple[int, int] = (0, 0)  # (width, height)
         self.duration: float | None = None  # seconds of video the container announces; None when it does not say
@@ -55,7 +56,7 @@ class VideoReader(ABC):
         period = 1 / (self.fps or 1.0)
         if self.last_time + 3 * period + 0.02 * self.duration >= self.duration:
             return ""
-        return (f"{self.path}: {self.name} decoding ended at {self.last_time:.2f} s, but the container announces "
+        return (f"{self.label}: {self.name} decoding ended at {self.last_time:.2f} s, but the container announces "
                 f"{self.duration:.2f} s: the file is cut short or damaged; flow covers only what decoded")
 
     @staticmethod
@@ -65,7 +66,7 @@ class VideoReader(ABC):
 
     def _fail(self, problem: str, exc: BaseException | None = None) -> DecodeError:
         detail = f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if exc else ""
-        return DecodeError(f"{self.path}: {self.name} {problem}{detail}")
+        return DecodeError(f"{self.label}: {self.name} {problem}{detail}")
 
     def __enter__(self) -> VideoReader:
         return self
@@ -77,8 +78,8 @@ class VideoReader(ABC):
 class DecordReader(VideoReader):
     name = "decord"
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
+        super().__init__(path, label)
         import decord
 
         # decord logs failures to stderr from C++; flowprep reports them itself, once, with the file name.
@@ -127,8 +128,8 @@ class DecordReader(VideoReader):
 class PyAVReader(VideoReader):
     name = "pyav"
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
+        super().__init__(path, label)
         import av
 
         self._av = av
@@ -172,8 +173,8 @@ class PyAVReader(VideoReader):
 class OpenCVReader(VideoReader):
     name = "opencv"
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
+        super().__init__(path, label)
         self._cap = cv2.VideoCapture(str(self.path))
         if not self._cap.isOpened():
             self._cap.release()
@@ -205,23 +206,25 @@ class OpenCVReader(VideoReader):
 READERS: dict[str, type[VideoReader]] = {r.name: r for r in (DecordReader, PyAVReader, OpenCVReader)}
 
 
-def check_video_file(path: str | os.PathLike) -> None:
-    """DecodeError naming `path` when it is missing, not a file or empty: no reader needs to try those."""
-    path = Path(path)
+def check_video_file(path: str | os.PathLike, label: str | None = None) -> None:
+    """DecodeError naming `path` (or `label`) when it is missing, not a file or empty: no reader needs to try
+    those."""
+    path, label = Path(path), label or str(path)
     if not path.exists():
-        raise DecodeError(f"{path}: no such file")
+        raise DecodeError(f"{label}: no such file")
     if not path.is_file():
-        raise DecodeError(f"{path}: not a regular file")
+        raise DecodeError(f"{label}: not a regular file")
     if path.stat().st_size == 0:
-        raise DecodeError(f"{path}: empty file (0 bytes)")
+        raise DecodeError(f"{label}: empty file (0 bytes)")
 
 
-def open_reader(path: str | os.PathLike, decoder: str) -> VideoReader:
-    """Open `path` with one named reader; DecodeError naming the file when it cannot."""
+def open_reader(path: str | os.PathLike, decoder: str, label: str | None = None) -> VideoReader:
+    """Open `path` with one named reader; DecodeError naming the file (or `label`: the URL a download came from)
+    when it cannot."""
     try:
-        return READERS[decoder](path)
+        return READERS[decoder](path, label)
     except ImportError as exc:
-        raise DecodeError(f"{path}: reader {decoder!r} is not installed ({exc})") from None
+        raise DecodeError(f"{label or path}: reader {decoder!r} is not installed ({exc})") from None
 
 
 def sample_fps(frames: Iterable[Frame], fps: float | None) -> Iterator[Frame]:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -25,13 +24,14 @@ import numpy as np
 
 from . import __version__
 from .config import ExtractConfig
-from .decode import VideoReader, check_video_file, flow_frames, open_reader, output_size, resize
+from .decode import VideoReader, flow_frames, open_reader, output_size, resize
 from .errors import DecodeError, VideoTooShortError
 from .flow import cached_backend, resolve_impl
 from .flow.base import FlowBackend
 from .flow.pairs import flow_stream
 from .flow.warp import Warper
 from .quantize import quantize
+from .source import LocalVideo, local_video
 from .store import META_FORMAT, Naming, OutputWriter, encode_flow_codes, encode_jpeg, open_writer
 
 STAGES = ("decode", "flow", "quantize", "encode", "write")
@@ -66,12 +66,6 @@ def settings_of(config: ExtractConfig, params: Mapping[str, Any]) -> dict[str, A
     }
 
 
-def source_stamp(path: str | os.PathLike) -> dict[str, int]:
-    """What meta.json records of the source file to notice a change later: {"bytes": size, "mtime_ns": ...}."""
-    stat = os.stat(path)
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def extract_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -79,32 +73,37 @@ def extract_video(
     *,
     backend: FlowBackend | None = None,
     commit_check: Callable[[], str] | None = None,
+    listed: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Extract flow (and RGB frames if asked) of `source` into `output` (a directory, or `output.zip`).
 
-    Returns the meta.json written. Raises DecodeError (naming the file) when no reader can decode at least
+    `source`: a video file, or an object's URL (``s3://bucket/videos/a.mp4``: downloaded into TMPDIR for the
+    decoders, and removed after). `listed`: its (bytes, mtime_ns) as a listing gave them, recorded as they are
+    (meta.json's source_file); else they are asked of the file or the store.
+
+    Returns the meta.json written. Raises DecodeError (naming the file or URL) when no reader can decode at least
     two frames; nothing is left at `output` then. A reader that fails is replaced by the next one of
     config.decode.readers, starting the video again. `commit_check`, called right before the output is renamed
     into place, gives a reason not to (a lost mount): StorageError then, and nothing is left at `output`.
+    StorageError too when the store of a URL fails (see flowprep.source).
     """
     config = config or ExtractConfig()
     backend = backend or cached_backend(config.flow)
-    source = Path(source)
-    check_video_file(source)
     problems = []
-    for decoder in config.decode.readers:
-        try:
-            with open_reader(source, decoder) as reader, \
-                    open_writer(output, config.store.pack, config.store.fsync) as writer:
-                writer.commit_check = commit_check
-                return _extract(reader, writer, config, backend, problems)
-        except VideoTooShortError:
-            raise
-        except DecodeError as exc:
-            problems.append(str(exc))
+    with local_video(source, listed) as video:
+        for decoder in config.decode.readers:
+            try:
+                with open_reader(video.path, decoder, video.name) as reader, \
+                        open_writer(output, config.store.pack, config.store.fsync) as writer:
+                    writer.commit_check = commit_check
+                    return _extract(reader, writer, config, backend, problems, video)
+            except VideoTooShortError:
+                raise
+            except DecodeError as exc:
+                problems.append(str(exc))
     if len(problems) == 1:
         raise DecodeError(problems[0])
-    prefix = f"{source}: "
+    prefix = f"{video.name}: "
     raise DecodeError(prefix + "no reader could decode it: " + "; ".join(p.removeprefix(prefix) for p in problems))
 
 
@@ -156,7 +155,8 @@ class _OverlappedWriter:
 
 
 def _extract(
-    reader: VideoReader, writer: OutputWriter, config: ExtractConfig, backend: FlowBackend, problems: list[str]
+    reader: VideoReader, writer: OutputWriter, config: ExtractConfig, backend: FlowBackend, problems: list[str],
+    video: LocalVideo,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     timing = dict.fromkeys(STAGES, 0.0)
@@ -231,13 +231,12 @@ def _extract(
 
     if pairs == 0:
         raise VideoTooShortError(
-            f"{reader.path}: {reader.name} decoded {counts['frames']} frame(s) after sampling; "
+            f"{reader.label}: {reader.name} decoded {counts['frames']} frame(s) after sampling; "
             "at least 2 are needed for one flow pair"
         )
     meta = {
         "format": META_FORMAT,
-        "source": str(reader.path.resolve()),
-        "source_file": source_stamp(reader.path),
+        **video.recorded(),  # source, source_file
         "source_fps": reader.fps,
         "source_size": list(reader.size),
         # Sampling above the source rate keeps the source frames: the rate of what was kept is the lower one.

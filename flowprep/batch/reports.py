@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ..config import ExtractConfig
 from ..errors import ConfigError, StorageError
+from ..source import stopped_by_input
 from ..store import ObjectStore, is_url
 from ..store.objects import object_times, read_object
 from .shards import Shard
@@ -33,7 +34,7 @@ class BatchReport:
     pairs: int = 0
     seconds: float = 0.0
     interrupted: str = ""  # the signal that stopped the run early ("SIGINT": Ctrl-C, "SIGTERM"), "" if none
-    stopped: str = ""  # why the run stopped early: the output storage failed (see BatchStopped)
+    stopped: str = ""  # why the run stopped early: the output storage, or the input's store, failed (BatchStopped)
     unwritten: str = ""  # why failures.jsonl or report.json could not be written; "" when they were
     mismatched: list[str] = field(default_factory=list)  # skipped outputs whose settings or source differ
     failures: list[VideoResult] = field(default_factory=list)
@@ -64,6 +65,7 @@ class BatchReport:
         SUMMARY_LISTED of them: report.json lists them all)."""
         left = len(self.not_processed)
         why = (interruption(self.interrupted) if self.interrupted else
+               "stopped: the input's object store failed" if stopped_by_input(self.stopped) else
                "stopped: the output storage failed" if self.stopped
                else "the engine returned no result for them: rerun to process them")
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"

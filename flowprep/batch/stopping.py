@@ -1,5 +1,5 @@
-"""How a run ends early: the output storage fails (BatchStopped, exit 3), or Ctrl-C or SIGTERM stops it
-(BatchInterrupted, exit 130 or 143)."""
+"""How a run ends early: the output storage (or an object-store input) fails (BatchStopped, exit 3), or Ctrl-C or
+SIGTERM stops it (BatchInterrupted, exit 130 or 143)."""
 from __future__ import annotations
 
 import errno
@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ConfigError, StorageError
+from ..source import stopped_by_input
 from ..store import ObjectStore
 from .reports import BatchReport, interruption
 from .video import STOPPING_ERRNOS, VideoJob
 
-EXIT_STOPPED = 3  # the CLI's exit code when the run stopped because the output storage failed
+EXIT_STOPPED = 3  # the CLI's exit code when the run stopped because the output storage (or the input's store) failed
 EXIT_INTERRUPTED = 130  # ... when Ctrl-C (SIGINT) stopped it, as shells report a process that SIGINT ended
 EXIT_TERMINATED = 143  # ... when SIGTERM stopped it (128 + 15, likewise)
 
 
 class BatchStopped(StorageError):
-    """The output storage failed (full, over quota, read-only, gone): run_batch stopped, after cleanup.
+    """The output storage failed (full, over quota, read-only, gone), or the object store of the input did (gone,
+    refusing): run_batch stopped, after cleanup.
 
     `report` holds what was finished until then; the message says where, how many videos are finished and that
     a rerun resumes.
@@ -30,11 +32,14 @@ class BatchStopped(StorageError):
 
     def __init__(self, report: BatchReport, out_root: Path, problem: str):
         finished = report.done + report.skipped
-        message = (f"stopped, the output file system refused a write: {problem}. "
-                   f"File system: {_file_system(out_root)}. "
-                   f"{finished} of {report.total} videos are finished ({report.done} by this run), "
-                   f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; "
-                   "free space (or fix the mount) and rerun the same command to resume.")
+        counts = (f"{finished} of {report.total} videos are finished ({report.done} by this run), "
+                  f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; ")
+        if stopped_by_input(problem):  # the problem says so, and names the URL
+            message = f"stopped, {problem}. {counts}rerun the same command to resume once the store answers again."
+        else:
+            message = (f"stopped, the output file system refused a write: {problem}. "
+                       f"File system: {_file_system(out_root)}. {counts}"
+                       "free space (or fix the mount) and rerun the same command to resume.")
         super().__init__(message, None)
         self.report = report
 

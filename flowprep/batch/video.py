@@ -13,9 +13,10 @@ from typing import Any
 from ..config import ExtractConfig
 from ..errors import FlowprepError, StorageError
 from ..flow import backend_class, cached_backend, check_flow_config
-from ..pipeline import extract_video, settings_of, source_stamp
-from ..store import (inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_name, output_path,
-                     recorded_settings)
+from ..pipeline import extract_video, settings_of
+from ..source import source_stamp
+from ..store import (StorageOptions, inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_name,
+                     output_path, recorded_settings)
 from ..store.objects import head_tag
 from .index import index_entry
 
@@ -26,7 +27,9 @@ STOPPING_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT"
 
 @dataclass(frozen=True)
 class VideoJob:
-    """One video to process: its path, its output base path (a directory, or base + '.zip') and the output root.
+    """One video to process: its path or URL, its output base path (a directory, or base + '.zip') and the output
+    root; for an object found by a listing, `source_stamp`: its (bytes, mtime_ns) there, which meta.json records
+    and resume compares with it (no request per video).
 
     A worker checks that `root` still exists before each video, and, when `root_device` is set (run_batch sets
     it for local workers), that it is still on that file system (st_dev): a vanished mount then stops the run
@@ -42,6 +45,7 @@ class VideoJob:
     output: str
     root: str = ""
     root_device: int | None = None
+    source_stamp: tuple[int, int] | None = None
     listed: bool = False
     tag: str | None = None
 
@@ -60,14 +64,17 @@ class VideoResult:
 
 
 def process_video(job: VideoJob, config: ExtractConfig, overwrite: bool = False, single_thread: bool = False,
-                  parent_pid: int | None = None, gpu: int | None = None) -> VideoResult:
+                  parent_pid: int | None = None, gpu: int | None = None,
+                  storage: StorageOptions = StorageOptions()) -> VideoResult:
     """Run one job in a worker; every failure becomes a 'failed' result with the reason.
 
+    `storage`: the run's --storage-option, applied in this process first (a worker is a process of its own).
     `single_thread` limits the backend's libraries to one thread (workers run side by side). `parent_pid`: exit
     this process when that parent dies, so that local workers do not outlive a killed run (see _exit_with_parent).
     `gpu`: run a `cuda` job on cuda:`gpu` (meta.json still records the device asked for, `cuda`).
     """
     started = time.perf_counter()
+    storage.apply()
     try:
         lost = root_problem(job)
         if lost:
@@ -156,7 +163,7 @@ def skipped_result(job: VideoJob, meta: dict[str, Any], wanted: dict[str, Any]) 
     of it), with how its settings differ from `wanted` (wanted_settings) and how its source changed, if they
     did."""
     differences = [_settings_difference(recorded_settings(meta.get("settings") or {}), wanted),
-                   _source_change(meta.get("source_file"), job.source)]
+                   _source_change(meta.get("source_file"), job)]
     return VideoResult(job.source, job.output, "skipped", meta.get("flow_pairs", 0), meta.get("frames", 0),
                        0.0, "; ".join(d for d in differences if d))
 
@@ -164,7 +171,7 @@ def skipped_result(job: VideoJob, meta: dict[str, Any], wanted: dict[str, Any]) 
 def _extract(job: VideoJob, config: ExtractConfig, gpu: int | None, started: float) -> VideoResult:
     flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
     meta = extract_video(job.source, job.output, config, backend=cached_backend(flow),
-                         commit_check=lambda: root_problem(job))
+                         commit_check=lambda: root_problem(job), listed=job.source_stamp)
     return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
                        time.perf_counter() - started, warning=meta["stream_problem"] or "",
                        record=_uploaded_record(job, config, meta))
@@ -211,14 +218,15 @@ def _settings_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> st
     return "settings differ from this run (use --overwrite to recompute): " + "; ".join(diffs) if diffs else ""
 
 
-def _source_change(recorded: Any, source: str) -> str:
+def _source_change(recorded: Any, job: VideoJob) -> str:
     """How the source differs from the size and modification time meta.json recorded (or that it is gone), or ""
     (also when nothing was recorded: trees from before flowprep recorded it). Times within a second count as equal: copies made
     with `cp -p` or rsync, and file systems that keep whole seconds (or two, FAT), round them."""
     if not isinstance(recorded, dict):
         return ""
+    source = job.source
     try:
-        now = source_stamp(source)
+        now = source_stamp(source, job.source_stamp)
     except OSError:  # the finished output is all there is of that video now
         return f"its source {source} is gone; the finished output is kept"
     changes = []

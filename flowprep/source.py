@@ -1,0 +1,132 @@
+"""Input videos: a local file, or an object's URL (``s3://bucket/videos/a.mp4``) that the worker downloads into a
+local temporary file for the decoders (which read local files) and removes again; and the stamp meta.json records
+of either (size and modification time: resume notices a changed source by it).
+
+What goes wrong reading an object is the video's fault when it concerns that object (missing, access denied: it
+fails alone, named) and the store's otherwise (unreachable, throttling past the client's retries, server errors:
+every later video would fail the same way, so the run stops as for a full disk).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .decode import check_video_file
+from .errors import DecodeError, StorageError
+from .store.location import ObjectStore, is_url
+
+# The beginning of a stopped run's reason when the input's store failed (not the output's): messages say which.
+INPUT_STORE_FAILED = "the input's object store failed: "
+# Errors about one object: the video fails alone. Any other error of the store stops the run.
+OBJECT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Keys of an fsspec info dict that hold the object's modification time: S3's, Azure's, GCS's.
+MODIFIED_KEYS = ("LastModified", "last_modified", "mtime", "updated")
+
+
+@dataclass(frozen=True)
+class LocalVideo:
+    """A video ready for the decoders: `path`, the local file they open (the source itself, or its download);
+    `name`, the source as messages name it (its path as given, or its URL); `stamp`, meta.json's source_file."""
+
+    path: Path
+    name: str
+    stamp: dict[str, int]
+
+    def recorded(self) -> dict[str, Any]:
+        """meta.json's source fields: the absolute path (or the URL) and the stamp."""
+        return {"source": self.name if is_url(self.name) else str(self.path.resolve()), "source_file": self.stamp}
+
+
+def stopped_by_input(reason: str) -> bool:
+    """Whether a stopped run's `reason` is the input store's failure (else the output storage's)."""
+    return reason.startswith(INPUT_STORE_FAILED)
+
+
+def object_stamp(info: Mapping[str, Any]) -> tuple[int, int]:
+    """(bytes, modification time in ns since the epoch) of an object from its fsspec info (a listing's entry, or
+    fs.info). The time is 0 when the store gives none that is known here: only the size then tells a change."""
+    for key in MODIFIED_KEYS:
+        when = info.get(key)
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        if isinstance(when, datetime):
+            when = when.timestamp()
+        if isinstance(when, (int, float)):  # seconds; stores give at most microseconds, floats hold them exactly
+            return int(info["size"]), round(when * 10**6) * 1000
+    return int(info["size"]), 0
+
+
+def source_stamp(source: str | os.PathLike, listed: tuple[int, int] | None = None) -> dict[str, int]:
+    """meta.json's source_file for `source`: {"bytes": size, "mtime_ns": modification time}. `listed`: the
+    object's (bytes, mtime_ns) from its listing, taken as they are (no request). OSError when the file or object
+    is not there (or not readable); StorageError when the store fails."""
+    if listed is not None:
+        return {"bytes": listed[0], "mtime_ns": listed[1]}
+    if not is_url(source):
+        stat = os.stat(source)
+        return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    fs, key = _object(source)
+    try:
+        size, mtime_ns = object_stamp(fs.info(key))
+    except OBJECT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the store raises: its client's own error types
+        raise _store_failure(source, "ask the store about it", exc) from None
+    return {"bytes": size, "mtime_ns": mtime_ns}
+
+
+@contextmanager
+def local_video(source: str | os.PathLike, listed: tuple[int, int] | None = None) -> Iterator[LocalVideo]:
+    """`source` as a local file for the decoders, with its stamp (see source_stamp).
+
+    A URL's object is downloaded, streamed to disk, into a folder of its own in TMPDIR, which is removed on
+    leaving, whatever happens (a killed worker's stays in TMPDIR, never beside the source or the output). The
+    stamp is taken before the download: an object replaced meanwhile is then noticed by the next resume.
+    DecodeError naming the source when it is missing, empty, not a file or not readable; StorageError when the
+    store fails.
+    """
+    if not is_url(source):
+        check_video_file(source)
+        yield LocalVideo(Path(source), str(source), source_stamp(source))
+        return
+    source = str(source)
+    try:
+        stamp = source_stamp(source, listed)
+    except FileNotFoundError:
+        raise DecodeError(f"{source}: no such object") from None
+    except OBJECT_ERRORS as exc:
+        raise DecodeError(f"{source}: cannot read it ({type(exc).__name__}: {exc})") from None
+    fs, key = _object(source)
+    folder = Path(tempfile.mkdtemp(prefix="flowprep-download-"))
+    try:
+        path = folder / (source.rsplit("/", 1)[1] or "video")  # the name's suffix helps the decoders guess
+        try:
+            fs.get_file(key, str(path))
+        except FileNotFoundError:
+            raise DecodeError(f"{source}: no such object") from None
+        except OBJECT_ERRORS as exc:
+            raise DecodeError(f"{source}: cannot download it ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 - the store's client's own error types, or a full TMPDIR
+            raise _store_failure(source, f"download it into {folder}", exc) from None
+        check_video_file(path, source)
+        yield LocalVideo(path, source, stamp)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _object(url: str) -> tuple[Any, str]:
+    store = ObjectStore(url)
+    return store.filesystem(), store.key(url)
+
+
+def _store_failure(url: str, what: str, exc: Exception) -> StorageError:
+    # EIO: a stopping errno (batch.video.STOPPING_ERRNOS), as the output store's failures are.
+    return StorageError(f"{INPUT_STORE_FAILED}{url}: cannot {what} ({type(exc).__name__}: {exc})", errno.EIO)
