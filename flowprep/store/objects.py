@@ -171,6 +171,15 @@ def list_tags(prefix: str) -> dict[str, str | None]:
     return {path[start:]: object_tag(info) for path, info in found.items() if path.startswith(key + "/")}
 
 
+def head_tag(url: str) -> str | None:
+    """The object_tag of the object `url` as it is now (one HEAD request); StorageError when the store fails."""
+    fs, key = _store(url)
+    try:
+        return object_tag(fs.info(key))
+    except Exception as exc:  # noqa: BLE001
+        raise _storage_error(url, "read", exc) from None
+
+
 def object_tag(info: dict[str, Any]) -> str | None:
     """What names one version of an object's content, from a listing's or a HEAD's details alike: its size and
     ETag (S3, Azure; on S3 the content's MD5 for a single PUT, one per content for a multipart upload too) or
