@@ -3,9 +3,11 @@ that the next run finds finished videos by one listing of the prefix instead of 
 
 A listing gives each object's key, size and ETag but no metadata, so each run writes, with its reports, an
 index at the prefix's root (index.json for a run of the whole list, index.shard-K-of-N.json for a shard's):
-per pack, its name relative to the prefix, its tag (size and ETag, store.objects.object_tag, taken from the
-upload's HEAD or from the listing the pack's meta.json was read after) and the meta.json fields a rerun
-compares (settings, source_file, flow_pairs, frames).
+per pack, its name relative to the prefix, its tag (size and ETag, store.objects.object_tag: from the listing
+the pack's meta.json was read after, or, for the packs the run uploaded, from one closing listing of the prefix
+instead of a HEAD per video) and the meta.json fields a rerun compares (settings, source_file, flow_pairs,
+frames). Like every run on an object store, this takes one writer per prefix at a time: a pack replaced by
+another writer between this run's upload and its closing listing would be recorded with this run's fields.
 
 An index is never trusted alone: an entry counts only for a pack that the run's own listing shows with the
 entry's tag. A pack that is gone, or was replaced (another ETag), is therefore never taken for finished by a
@@ -33,16 +35,14 @@ def index_name(shard: Shard) -> str:
     return INDEX_NAME if shard.count == 1 else f"index.{shard.tag}.json"
 
 
-def index_entry(meta: Mapping[str, Any], tag: str | None) -> dict[str, Any] | None:
-    """The entry of a finished pack whose meta.json is `meta` and whose tag is `tag`; None without a tag (a store
-    that gives none: such a pack is read each run)."""
-    if tag is None:
-        return None
+def index_entry(meta: Mapping[str, Any], tag: str | None) -> dict[str, Any]:
+    """The entry of a finished pack whose meta.json is `meta` and whose tag is `tag` (None: to be taken from the
+    run's closing listing)."""
     return {"tag": tag, **{name: meta.get(name) for name in ENTRY_FIELDS}}
 
 
 def encode_index(entries: Mapping[str, Mapping[str, Any]]) -> bytes:
-    """The index object of `entries` ({pack name: entry}), names sorted; the settings, alike for most packs of a
+    """The index object of `entries` ({pack name: entry with a tag}), names sorted; the settings, alike for most packs of a
     run, are kept once in a table that entries point into (20,000 entries take about 4 MB, not 40)."""
     table: dict[str, int] = {}
     packs = {}

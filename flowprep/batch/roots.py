@@ -138,14 +138,21 @@ class ObjectRoot:
     def write_index(self, report: BatchReport) -> None:
         """Write this run's index object: the entries of the finished packs of its results, and those vouched
         for at the start that no result replaced (a run of the whole list: all of them, so that the shards'
-        indexes it then removes lose nothing; a shard: its own videos'). A store that refuses it is named in
-        report.unwritten (the next run then reads those packs' meta.json)."""
+        indexes it then removes lose nothing; a shard: its own videos'). The packs this run uploaded get their
+        tags from one closing listing (one request per 1000 keys on S3, not one per video); one it does not show
+        with a tag gets no entry. A store that refuses is named in report.unwritten (the next run then reads
+        those packs' meta.json)."""
         own = {self._name(job) for job in self.jobs}
         entries = {name: entry for name, entry in self._vouched.items() if self.shard.count == 1 or name in own}
         entries.update(self._records)
         name = index_name(self.shard)
         try:
-            write_object(self.path.join(name), encode_index(entries))
+            if any(entry["tag"] is None for entry in entries.values()):
+                closing = list_tags(self.path.url)
+                entries = {pack: {**entry, "tag": closing.get(pack)} if entry["tag"] is None else entry
+                           for pack, entry in entries.items()}
+            write_object(self.path.join(name), encode_index({pack: entry for pack, entry in entries.items()
+                                                             if entry["tag"] is not None}))
             if name == INDEX_NAME:
                 for shard_index in self._indexes:
                     if shard_index != INDEX_NAME:

@@ -17,7 +17,6 @@ from ..pipeline import extract_video, settings_of
 from ..source import source_stamp
 from ..store import (StorageOptions, inspect_output, lock_path, not_ours_message, other_pack, output_lock, output_name,
                      output_path, recorded_settings)
-from ..store.objects import head_tag
 from .index import index_entry
 
 # Write errors that are the file system's, not the video's: every later video would fail the same way.
@@ -172,20 +171,10 @@ def _extract(job: VideoJob, config: ExtractConfig, gpu: int | None, started: flo
     flow = replace(config.flow, device=f"cuda:{gpu}") if gpu is not None else config.flow
     meta = extract_video(job.source, job.output, config, backend=cached_backend(flow),
                          commit_check=lambda: root_problem(job), listed=job.source_stamp)
+    # The uploaded pack's tag comes from the run's closing listing (ObjectRoot.write_index), not a HEAD per video.
     return VideoResult(job.source, job.output, "done", meta["flow_pairs"], meta["frames"],
                        time.perf_counter() - started, warning=meta["stream_problem"] or "",
-                       record=_uploaded_record(job, config, meta))
-
-
-def _uploaded_record(job: VideoJob, config: ExtractConfig, meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The index entry of the pack a listed job just uploaded, its tag from one HEAD; None when the store does
-    not answer it (the video is done all the same; the next run reads the pack's meta.json instead)."""
-    if not job.listed:
-        return None
-    try:
-        return index_entry(meta, head_tag(output_name(job.output, config.store.pack)))
-    except StorageError:
-        return None
+                       record=index_entry(meta, None) if job.listed else None)
 
 
 _watchdog_lock = threading.Lock()
