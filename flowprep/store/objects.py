@@ -40,7 +40,22 @@ def _store(url: str) -> tuple[Any, str]:
 def _storage_error(url: str, what: str, exc: Exception) -> StorageError:
     # The store's fault (refused, gone, throttled past botocore's retries), not the video's: every later video
     # would fail the same way, so it stops the run as a full disk does (EIO is one of its errnos).
-    return StorageError(f"{url}: cannot {what} ({type(exc).__name__}: {exc})", errno.EIO)
+    return StorageError(f"{url}: cannot {what} ({_store_answer(exc)})", errno.EIO)
+
+
+def _store_answer(exc: Exception) -> str:
+    """The store's answer for messages: its error code and HTTP status where the client kept them (s3fs keeps
+    botocore's error as the cause; its own exception says 'Access Denied' or '[Errno 16] Please reduce your
+    request rate.'), else the exception's type and text."""
+    response = getattr(exc.__cause__, "response", None)
+    if not isinstance(response, dict) or "Error" not in response:
+        return f"{type(exc).__name__}: {exc}"
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    answer = f"{response['Error'].get('Code')}, HTTP {status}: {response['Error'].get('Message') or exc}"
+    if status in (429, 503):  # S3's SlowDown (and 503 Service Unavailable), other stores' Too Many Requests
+        answer += ("; the store throttled the requests, still after the client's retries with backoff "
+                   "(AWS_MAX_ATTEMPTS sets how many): rerun later, or with fewer workers")
+    return answer
 
 
 class ObjectZipWriter(ZipWriter):
