@@ -3,8 +3,9 @@ local temporary file for the decoders (which read local files) and removes again
 of either (size and modification time: resume notices a changed source by it).
 
 What goes wrong reading an object is the video's fault when it concerns that object (missing, access denied: it
-fails alone, named) and the store's otherwise (unreachable, throttling past the client's retries, server errors:
-every later video would fail the same way, so the run stops as for a full disk).
+fails alone, named) and the store's otherwise (unreachable, throttling past the client's retries, server errors,
+no credentials; or a full TMPDIR): every later video would fail the same way, so the run stops as for a full
+disk.
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from .decode import check_video_file
 from .errors import DecodeError, StorageError
 from .store.location import ObjectStore, is_url
 
-# The beginning of a stopped run's reason when the input's store failed (not the output's): messages say which.
-INPUT_STORE_FAILED = "the input's object store failed: "
+# The beginning of a stopped run's reason when reading the input failed (not the output): messages say which.
+INPUT_FAILED = "reading the input failed: "
 # Errors about one object: the video fails alone. Any other error of the store stops the run.
 OBJECT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# A download's errors that are TMPDIR's, not the store's.
+LOCAL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # Keys of an fsspec info dict that hold the object's modification time: S3's, Azure's, GCS's.
 MODIFIED_KEYS = ("LastModified", "last_modified", "mtime", "updated")
 
@@ -46,8 +49,8 @@ class LocalVideo:
 
 
 def stopped_by_input(reason: str) -> bool:
-    """Whether a stopped run's `reason` is the input store's failure (else the output storage's)."""
-    return reason.startswith(INPUT_STORE_FAILED)
+    """Whether a stopped run's `reason` is the input's failure (else the output storage's)."""
+    return reason.startswith(INPUT_FAILED)
 
 
 def object_stamp(info: Mapping[str, Any]) -> tuple[int, int]:
@@ -59,7 +62,7 @@ def object_stamp(info: Mapping[str, Any]) -> tuple[int, int]:
             when = datetime.fromisoformat(when.replace("Z", "+00:00"))
         if isinstance(when, datetime):
             when = when.timestamp()
-        if isinstance(when, (int, float)):  # seconds; stores give at most microseconds, floats hold them exactly
+        if isinstance(when, (int, float)):  # seconds; rounded to microseconds, the finest a store gives
             return int(info["size"]), round(when * 10**6) * 1000
     return int(info["size"]), 0
 
@@ -115,7 +118,9 @@ def local_video(source: str | os.PathLike, listed: tuple[int, int] | None = None
         except OBJECT_ERRORS as exc:
             raise DecodeError(f"{source}: cannot download it ({type(exc).__name__}: {exc})") from None
         except Exception as exc:  # noqa: BLE001 - the store's client's own error types, or a full TMPDIR
-            raise _store_failure(source, f"download it into {folder}", exc) from None
+            local = getattr(exc, "errno", None) in LOCAL_DISK_ERRNOS
+            raise _store_failure(source, f"download it into {folder.parent}" if local else "download it",
+                                 exc) from None
         check_video_file(path, source)
         yield LocalVideo(path, source, stamp)
     finally:
@@ -129,4 +134,4 @@ def _object(url: str) -> tuple[Any, str]:
 
 def _store_failure(url: str, what: str, exc: Exception) -> StorageError:
     # EIO: a stopping errno (batch.video.STOPPING_ERRNOS), as the output store's failures are.
-    return StorageError(f"{INPUT_STORE_FAILED}{url}: cannot {what} ({type(exc).__name__}: {exc})", errno.EIO)
+    return StorageError(f"{INPUT_FAILED}{url}: cannot {what} ({type(exc).__name__}: {exc})", errno.EIO)

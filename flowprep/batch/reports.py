@@ -65,7 +65,7 @@ class BatchReport:
         SUMMARY_LISTED of them: report.json lists them all)."""
         left = len(self.not_processed)
         why = (interruption(self.interrupted) if self.interrupted else
-               "stopped: the input's object store failed" if stopped_by_input(self.stopped) else
+               "stopped: reading the input failed" if stopped_by_input(self.stopped) else
                "stopped: the output storage failed" if self.stopped
                else "the engine returned no result for them: rerun to process them")
         lines = [f"{self.total} videos: {self.done} done, {self.skipped} skipped, {self.failed} failed"

@@ -35,7 +35,8 @@ class BatchStopped(StorageError):
         counts = (f"{finished} of {report.total} videos are finished ({report.done} by this run), "
                   f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; ")
         if stopped_by_input(problem):  # the problem says so, and names the URL
-            message = f"stopped, {problem}. {counts}rerun the same command to resume once the store answers again."
+            message = (f"stopped, {problem}. {counts}fix that (the store, the network, the credentials, TMPDIR's "
+                       "space) and rerun the same command to resume.")
         else:
             message = (f"stopped, the output file system refused a write: {problem}. "
                        f"File system: {_file_system(out_root)}. {counts}"
