@@ -1,6 +1,7 @@
 """Command line: parses options and calls the library. Exit codes: 0 ok, 1 some videos failed or were not
-processed, 2 usage, 3 the output storage failed (full, over quota, read-only, gone), 130 interrupted (Ctrl-C,
-SIGINT), 143 terminated (SIGTERM: SLURM's time limit or scancel, docker stop, kill)."""
+processed, 2 usage, 3 the output storage failed (full, over quota, read-only, gone) or the input's object store did
+(gone, refusing), 130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM: SLURM's time limit or scancel, docker
+stop, kill)."""
 from __future__ import annotations
 
 import sys
@@ -15,7 +16,7 @@ from .config import (DIRECTIONS, LAYOUTS, PACKS, VIDEO_EXTENSIONS, DecodeConfig,
                      parse_size)
 from .errors import ConfigError, MissingDependencyError, OutputError
 from .flow import ALGORITHMS, list_backends
-from .store import Naming, ObjectStore, is_url, require_local
+from .store import Naming, ObjectStore, StorageOptions, is_url, parse_storage_options, require_local
 from .verify import write_report
 from .visualize import write_preview
 
@@ -70,6 +71,21 @@ def _parse_params(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(params)
 
 
+def _storage_options(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        return parse_storage_options(values)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+# For every command that takes a URL: `StorageOptions.of(options, (location, ...)).apply()` before any work.
+STORAGE_OPTION = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=_storage_options,
+    help="An option of the object store's file system (s3fs: key, secret, token, endpoint_url, client_kwargs, ...) "
+         "for every URL of the command, beside the AWS_* variables and fsspec's config; repeatable. A value that "
+         "parses as JSON is that (true, 3, {\"region_name\": \"eu-west-1\"}). Never printed or recorded.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="flowprep")
 def main() -> None:
@@ -77,7 +93,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("source", type=LocalPath(exists=True))
+@click.argument("source", type=Location(exists=True))
 @click.argument("output", type=Location(file_okay=False))
 @click.option("--algo", type=click.Choice(ALGORITHMS), default="tvl1", show_default=True, help="Flow algorithm.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N] or torch-cpu.")
@@ -128,15 +144,19 @@ def main() -> None:
 @click.option("--shard", "shard_text", default=None, metavar="K/N|slurm",
               help="Process only part K (1..N) of N disjoint parts of the videos, for N jobs sharing OUTPUT; "
                    "'slurm': this array task's part (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT).")
+@STORAGE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(source: str, output: str, algo: str, device: str, impl: str | None, preset: str | None, params: tuple[str, ...],
             batch_size: int, fps: float | None, size: tuple[int, int] | None, short_side: int | None, decoder: str,
             bound: float, jpeg_quality: int, layout: str, flow_template: str | None, direction: str,
             backward_template: str | None, warp: bool, img_template: str, start_index: int, rgb: bool, pack: str,
             no_fsync: bool, n_jobs: int, engine: str, address: str | None, extensions: str, overwrite: bool,
-            shard_text: str | None, quiet: bool) -> None:
-    """Extract flow of SOURCE (a video, a directory tree or a list file) into OUTPUT."""
+            shard_text: str | None, storage_options: dict[str, Any], quiet: bool) -> None:
+    """Extract flow of SOURCE (a video, a directory tree, a list file of paths or URLs, or an object store's
+    prefix such as s3://bucket/videos) into OUTPUT (a folder, or an object store's prefix)."""
     try:
+        storage = StorageOptions.of(storage_options, (source, output))
+        storage.apply()
         config = ExtractConfig(
             decode=DecodeConfig(decoder=decoder, fps=fps, size=size, short_side=short_side),
             flow=FlowConfig(algo=algo, device=device, impl=impl, preset=preset, params=_parse_params(params),
@@ -154,7 +174,7 @@ def extract(source: str, output: str, algo: str, device: str, impl: str | None, 
         raise click.UsageError(f"no videos with extensions {extensions} found in {source!r}")
     try:
         report = run_batch(jobs, output, config, engine=engine, n_jobs=n_jobs, address=address,
-                           overwrite=overwrite, progress=not quiet, shard=shard)
+                           overwrite=overwrite, progress=not quiet, shard=shard, storage=storage)
     except (ConfigError, MissingDependencyError) as exc:
         raise click.UsageError(str(exc)) from None
     except BatchStopped as exc:

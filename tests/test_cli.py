@@ -85,24 +85,12 @@ def test_colliding_rgb_and_flow_names_are_a_usage_error_before_any_work(tmp_path
 
 
 @pytest.mark.parametrize("command", [
-    ("extract", "s3://bucket/videos", "flow"),
-], ids=["extract-input"])
-def test_an_object_store_url_where_none_is_read_yet_is_a_usage_error_naming_it(tmp_path, command):
-    """A URL is refused by name where no object store is read, never taken for a local folder named 's3:' (as
-    extract's OUTPUT was, exit 0, nothing in the bucket)."""
-    result = run_cli(*command, cwd=tmp_path)
-    url = next(arg for arg in command if "://" in arg)
-    assert result.returncode == 2 and f"{url!r} is a URL: this command reads and writes local paths only" \
-        in result.stderr, result.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("command", [
+    ("extract", "nosuch://bucket/flow", "out"),
     ("list", "nosuch://bucket/flow"),
     ("verify", "nosuch://bucket/flow"),
     ("report", "nosuch://bucket/flow"),
     ("show", "nosuch://bucket/flow/v", "--out", "p.png"),
-], ids=["list", "verify", "report", "show"])
+], ids=["extract-input", "list", "verify", "report", "show"])
 def test_a_url_of_an_unknown_protocol_is_a_usage_error_naming_it(tmp_path, command):
     """Commands that read object stores (tests/test_object_store_read.py) take a URL only of a protocol fsspec
     knows; never a local folder named 'nosuch:'."""
@@ -114,13 +102,11 @@ def test_a_url_of_an_unknown_protocol_is_a_usage_error_naming_it(tmp_path, comma
 
 
 def test_the_library_refuses_urls_too(tmp_path):
-    from flowprep.batch import discover, run_batch
+    from flowprep.batch import run_batch
     from flowprep.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'s3://bucket/flow' is an object store: write it with --pack zip"):
         run_batch([], "s3://bucket/flow")  # (a run that would need s3fs; the test extra has it)
-    with pytest.raises(ConfigError, match="'s3://bucket/videos' is a URL"):
-        discover("s3://bucket/videos", tmp_path)
     pytest.importorskip("torch")
     from flowprep.data import FlowStackDataset
 

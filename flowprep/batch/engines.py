@@ -12,7 +12,7 @@ from functools import partial
 from ..config import ExtractConfig
 from ..errors import ConfigError, require
 from ..flow import device_kind
-from ..store import output_name, remove_temps_of_outputs
+from ..store import StorageOptions, output_name, remove_temps_of_outputs
 from .video import VideoJob, VideoResult, process_video
 
 ENGINES = ("local", "dask", "ray")
@@ -23,30 +23,32 @@ SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THR
 
 def run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, n_jobs: int,
                    address: str | None, overwrite: bool, dask_in_flight: int,
-                   stop: threading.Event) -> Iterator[VideoResult]:
+                   stop: threading.Event, storage: StorageOptions = StorageOptions()) -> Iterator[VideoResult]:
     """Results in completion order, so the progress bar moves as each video finishes, on every engine.
 
     Once `stop` is set no further video starts (Ray's pool excepted: it has them all); those running finish.
+    `storage` goes with every task: workers in other processes apply it themselves.
     """
     if not jobs:
         return
     # Workers that run side by side get one OpenCV thread each (single_thread=True): processes, not threads, give
     # the parallelism. (Flow is bit-identical for any OpenCV thread count; this is about speed, not results.)
     if engine == "local" and n_jobs == 1:
-        yield from (process_video(job, config, overwrite) for job in jobs if not stop.is_set())
+        yield from (process_video(job, config, overwrite, storage=storage) for job in jobs if not stop.is_set())
         return
     if engine == "local":
-        yield from run_on_local_processes(jobs, config, overwrite, n_jobs, stop)
+        yield from run_on_local_processes(jobs, config, overwrite, n_jobs, stop, storage)
         return
     if engine == "ray":
-        yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True),
-                               address, _uses_cuda(config))
+        yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True,
+                                             storage=storage), address, _uses_cuda(config))
         return
-    yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight, stop)
+    yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight, stop, storage)
 
 
 def run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                            n_jobs: int, stop: threading.Event) -> Iterator[VideoResult]:
+                            n_jobs: int, stop: threading.Event,
+                            storage: StorageOptions = StorageOptions()) -> Iterator[VideoResult]:
     """Jobs on `n_jobs` worker processes, each its own one-worker loky pool running one video at a time.
 
     A worker that dies (a decoder's segfault, the out-of-memory killer) therefore takes exactly one video with
@@ -71,7 +73,7 @@ def run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, over
 
     def start(slot: int) -> None:
         job = waiting.popleft()
-        args = (process_video, job, config, overwrite, True, os.getpid(), slot % gpus if gpus > 1 else None)
+        args = (process_video, job, config, overwrite, True, os.getpid(), slot % gpus if gpus > 1 else None, storage)
         for retry in (False, True):
             if pools[slot] is None:
                 pools[slot] = ProcessPoolExecutor(max_workers=1, env=SINGLE_THREAD_ENV)
@@ -116,8 +118,8 @@ def run_on_local_processes(jobs: Sequence[VideoJob], config: ExtractConfig, over
                 pool.shutdown(wait=True, kill_workers=True)
 
 
-def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool,
-                 address: str | None, window: int, stop: threading.Event) -> Iterator[VideoResult]:
+def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool, address: str | None,
+                 window: int, stop: threading.Event, storage: StorageOptions) -> Iterator[VideoResult]:
     """One task per video on a Dask cluster (a local one without `address`), results in completion order.
 
     At most `window` tasks (or two per worker thread, if more) are submitted at a time, each finished one
@@ -141,7 +143,8 @@ def _run_on_dask(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: boo
 
         def submit() -> None:
             job = waiting.popleft()
-            future = client.submit(process_video, job, config, overwrite, True, resources=resources, pure=False)
+            future = client.submit(process_video, job, config, overwrite, True, storage=storage, resources=resources,
+                                   pure=False)
             job_of[future.key] = job
             completed.add(future)
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import ExtractConfig
 from ..errors import ConfigError
 from ..flow import check_flow_config
-from ..store import ObjectStore, output_name, parse_location
+from ..store import ObjectStore, StorageOptions, output_name, parse_location
 from .engines import DASK_IN_FLIGHT, ENGINES, run_on_engine
 from .reports import BatchReport, record_names, write_report
 from .roots import LocalRoot, ObjectRoot
@@ -35,6 +35,7 @@ def run_batch(
     progress: bool = False,
     dask_in_flight: int = DASK_IN_FLIGHT,
     shard: Shard = Shard(),
+    storage: StorageOptions = StorageOptions(),
 ) -> BatchReport:
     """Process `jobs` (those of `shard`) and write failures.jsonl and report.json (last) under `out_root`; a
     shard K/N writes failures.shard-K-of-N.jsonl and report.shard-K-of-N.json (see merge_reports).
@@ -48,6 +49,7 @@ def run_batch(
     count or address, an output root that cannot be created or written (BatchStopped instead when the file
     system is at fault: full, out of inodes, over quota, read-only), or when another run holds `out_root`.
     SIGTERM stops the run as Ctrl-C does (BatchInterrupted, report.interrupted == "SIGTERM").
+    `storage` (--storage-option) is applied here and in every worker; apply it before `discover` too.
     """
     config = config or ExtractConfig()
     if engine not in ENGINES:
@@ -56,6 +58,7 @@ def run_batch(
     check_flow_config(config.flow, here=engine == "local")
     if n_jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {n_jobs!r}")
+    storage.apply()
     location = parse_location(out_root)
     jobs = select_shard(jobs, str(location), shard)
     target = (ObjectRoot(location, jobs, shard, config.store.pack) if isinstance(location, ObjectStore)
@@ -76,7 +79,7 @@ def run_batch(
             # closing(): on Ctrl-C the engine must stop its workers before the temporaries are removed.
             with _progress_bar(len(jobs), progress) as bar, \
                     closing(run_on_engine(runnable, config, engine, n_jobs, address, overwrite,
-                                           dask_in_flight, stop)) as results:
+                                           dask_in_flight, stop, storage)) as results:
                 bar.update(len(collisions) + len(settled))
                 for result in results:
                     report.add(result)
