@@ -81,6 +81,16 @@ def bucket(s3_endpoint, monkeypatch):
     return fs, name
 
 
+def without_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No credentials or endpoint in the environment, nor in ~/.aws, nor from an instance's metadata (after the
+    `bucket` fixture set them): what --storage-option or storage_options must then supply."""
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 def download_prefix(fs, prefix: str, local: Path) -> Path:
     """The objects under `prefix` (bucket/key) as files under `local` (keys -> paths), to compare with a local run."""
     for key in fs.find(prefix):

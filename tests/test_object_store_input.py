@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from batchdata import (CARPHONE, SOURCE_META, dask_cluster_at, output_digest, start_cli, tree_and_clean_run,
                        wait_for)
-from conftest import VIDEOS, download_prefix, run_cli
+from conftest import VIDEOS, download_prefix, run_cli, without_credentials
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -119,14 +119,11 @@ def test_a_list_file_of_urls_names_outputs_below_their_common_folder_and_a_missi
 
     assert finished_meta(out / "C0" / "v1", "zip")["source_file"] == listed_stamp(fs, f"{name}/videos/C0/v1.mp4")
 
-
-def without_credentials(monkeypatch, tmp_path) -> None:
-    """No credentials or endpoint in the environment, nor in ~/.aws, nor from an instance's metadata."""
-    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(variable)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    one = tmp_path / "one"  # the URL of one object is that video, as a file's path is
+    result = run_cli("extract", f"s3://{name}/videos/C0/v1.mp4", str(one), *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(one, SOURCE_META) == {key[len("C0/"):]: value for key, value in clean.items()
+                                                if key.startswith("C0/v1/")}
 
 
 def storage_options(endpoint: str, secret: str | None) -> list[str]:
@@ -163,8 +160,12 @@ def test_storage_options_are_the_only_credentials_reach_the_workers_and_are_neve
 
 
 def test_storage_option_usage_errors_never_show_a_value(bucket, tmp_path):
+    from flowprep.store import StorageOptions
+
     _, name = bucket
     secret = f"secret-{uuid.uuid4().hex}"
+    options = StorageOptions.of({"secret": secret}, [f"s3://{name}/videos", tmp_path])
+    assert repr(options) == "StorageOptions(s3: secret)"  # what Dask would log of a task's arguments
     result = run_cli("extract", f"s3://{name}/videos", str(tmp_path / "out"), *ARGS, "--storage-option", secret)
     assert result.returncode == 2 and "KEY=VALUE" in result.stderr and secret not in result.stderr, result.stderr
     result = run_cli("extract", str(CARPHONE), str(tmp_path / "out"), *ARGS, "--storage-option", f"secret={secret}")
