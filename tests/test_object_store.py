@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import uuid
-import zipfile
 
 import pytest
-from batchdata import dask_cluster_at, kill_group, output_digest, start_cli, tree_and_clean_run, wait_for
+from batchdata import dask_cluster_at, output_digest, start_cli, tree_and_clean_run, wait_for
 from conftest import download_prefix, run_cli
 
 pytest.importorskip("s3fs")
@@ -55,27 +53,6 @@ def test_shards_on_s3_cover_the_list_and_report_as_objects(videos, clean, bucket
     result = run_cli("extract", str(videos), url, *ARGS)  # the whole list removes the shards' records
     fs.invalidate_cache()
     assert result.returncode == 0 and not fs.glob(f"{name}/flow/report.shard-*")
-
-
-def test_kill_9_leaves_only_complete_packs_under_the_prefix_and_the_rerun_completes(videos, clean, bucket,
-                                                                                    tmp_path):
-    fs, name = bucket
-    url = f"s3://{name}/flow"
-    process = start_cli("extract", str(videos), url, *ARGS)
-    wait_for(lambda: fs.invalidate_cache() or any(k.endswith(".zip") for k in fs.find(name))
-             or process.poll() is not None, 60, "a first uploaded pack")
-    kill_group(process.pid, signal.SIGKILL)
-    process.wait()
-    fs.invalidate_cache()
-    keys = fs.find(name)
-    assert keys and not any(key.endswith("report.json") for key in keys)
-    for key in keys:  # every visible object is a whole pack
-        with fs.open(key, "rb") as handle, zipfile.ZipFile(handle) as pack:
-            assert pack.testzip() is None and "meta.json" in pack.namelist()
-    result = run_cli("extract", str(videos), url, *ARGS)
-    assert result.returncode == 0, result.stderr
-    fs.invalidate_cache()
-    assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
 
 
 def test_a_missing_bucket_stops_the_run_before_any_work_with_exit_3(videos, bucket):
