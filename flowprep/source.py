@@ -103,20 +103,16 @@ def local_video(source: str | os.PathLike, listed: tuple[int, int] | None = None
     source = str(source)
     try:
         stamp = source_stamp(source, listed)
-    except FileNotFoundError:
-        raise DecodeError(f"{source}: no such object") from None
     except OBJECT_ERRORS as exc:
-        raise DecodeError(f"{source}: cannot read it ({type(exc).__name__}: {exc})") from None
+        raise _object_failure(source, exc) from None
     fs, key = _object(source)
     folder = Path(tempfile.mkdtemp(prefix="flowprep-download-"))
     try:
         path = folder / (source.rsplit("/", 1)[1] or "video")  # the name's suffix helps the decoders guess
         try:
             fs.get_file(key, str(path))
-        except FileNotFoundError:
-            raise DecodeError(f"{source}: no such object") from None
         except OBJECT_ERRORS as exc:
-            raise DecodeError(f"{source}: cannot download it ({type(exc).__name__}: {exc})") from None
+            raise _object_failure(source, exc) from None
         except Exception as exc:  # noqa: BLE001 - the store's client's own error types, or a full TMPDIR
             local = getattr(exc, "errno", None) in LOCAL_DISK_ERRNOS
             raise _store_failure(source, f"download it into {folder.parent}" if local else "download it",
@@ -130,6 +126,13 @@ def local_video(source: str | os.PathLike, listed: tuple[int, int] | None = None
 def _object(url: str) -> tuple[Any, str]:
     store = ObjectStore(url)
     return store.filesystem(), store.key(url)
+
+
+def _object_failure(url: str, exc: OSError) -> DecodeError:
+    """The video's own failure: its object is missing, or not readable with these credentials."""
+    if isinstance(exc, FileNotFoundError):
+        return DecodeError(f"{url}: no such object")
+    return DecodeError(f"{url}: cannot read it ({type(exc).__name__}: {exc})")
 
 
 def _store_failure(url: str, what: str, exc: Exception) -> StorageError:
