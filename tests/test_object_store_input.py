@@ -181,6 +181,11 @@ def test_input_urls_that_cannot_be_read_are_usage_errors_naming_them(bucket):
         result = run_cli("extract", source, f"s3://{name}/flow", *ARGS)
         assert result.returncode == 2 and source in result.stderr and problem in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:  # a protocol fsspec knows, whose package is missing: the extra to install is named
+        result = run_cli("extract", "gs://bucket/videos", f"s3://{name}/flow", *ARGS)
+        assert result.returncode == 2 and "pip install 'flowprep[gcs]'" in result.stderr, result.stderr
 
 
 def test_an_input_store_that_goes_away_stops_the_run_with_exit_3_and_the_rerun_completes(
