@@ -195,10 +195,12 @@ def extract(source: str, output: str, algo: str, device: str, impl: str | None, 
 
 @main.command("report")
 @click.argument("root", metavar="OUT", type=Location(exists=True, file_okay=False))
-def report_command(root: str) -> None:
+@STORAGE_OPTION
+def report_command(root: str, storage_options: dict[str, Any]) -> None:
     """Add up the reports of the runs (or of all shards) that wrote into OUT. Exit 0 when every part reported
     and every video is done or skipped, 1 otherwise."""
     try:
+        StorageOptions.of(storage_options, (root,)).apply()
         merged = merge_reports(root)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -243,11 +245,13 @@ def backends() -> None:
 @click.option("--img-template", default=StoreConfig.img_template, show_default=True, help="For trees without meta.json.")
 @click.option("--start-index", type=click.IntRange(min=0), default=StoreConfig.start_index, show_default=True,
               help="For trees without meta.json: 0 for denseflow.")
+@STORAGE_OPTION
 def list_videos(root: str, out_file: str, modality: str, class_file: str | None, split_file: str | None,
                 skip_missing: bool, layout: str, flow_template: str | None, img_template: str,
-                start_index: int) -> None:
+                start_index: int, storage_options: dict[str, Any]) -> None:
     """Write a TSN/mmaction2 annotation list (relative_dir num_frames label) of the videos under OUT."""
     try:
+        StorageOptions.of(storage_options, (root,)).apply()
         store = StoreConfig(layout=layout, flow_template=flow_template, img_template=img_template,
                             start_index=start_index)
         class_index = annotations.read_class_index(class_file) if class_file else None
@@ -277,10 +281,15 @@ def list_videos(root: str, out_file: str, modality: str, class_file: str | None,
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the round-trip pair choice.")
 @click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes checking videos side by side.")
-def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
+@STORAGE_OPTION
+def verify(output: str, roundtrip: int, seed: int, n_jobs: int, storage_options: dict[str, Any]) -> None:
     """Check that every video output under OUTPUT is complete and readable. Exit 0 clean, 1 on any problem."""
     try:
-        sys.exit(0 if write_report(output, click.echo, roundtrip, seed=seed, n_jobs=n_jobs) else 1)
+        storage = StorageOptions.of(storage_options, (output,))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        sys.exit(0 if write_report(output, click.echo, roundtrip, seed=seed, n_jobs=n_jobs, storage=storage) else 1)
     except OutputError as exc:  # an object store that refuses or is gone (each video's own problems are lines)
         raise click.ClickException(str(exc)) from None
 
@@ -295,9 +304,12 @@ def verify(output: str, roundtrip: int, seed: int, n_jobs: int) -> None:
               help="Pairs in a GIF/MP4.")
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="forward", show_default=True,
               help="Which stored flow to show.")
-def show(video_output: str, target: str, pair: int | None, max_pairs: int, direction: str) -> None:
+@STORAGE_OPTION
+def show(video_output: str, target: str, pair: int | None, max_pairs: int, direction: str,
+         storage_options: dict[str, Any]) -> None:
     """Render VIDEO_OUTPUT's flow as Middlebury colour code beside the x/y images and RGB frame."""
     try:
+        StorageOptions.of(storage_options, (video_output,)).apply()
         click.echo(write_preview(video_output, target, index=None if pair is None else pair - 1,
                                  max_pairs=max_pairs, direction=direction))
     except (ConfigError, OutputError) as exc:

@@ -32,7 +32,7 @@ from .flow.pairs import flow_stream
 from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
 from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, FoundOutput, Naming, OutputReader,
-                    codes_from_images, is_url, meta_field, open_output, read_flow_codes, recorded_settings)
+                    StorageOptions, codes_from_images, is_url, meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -297,15 +297,19 @@ def write_report(
     seed: int = 0,
     n_jobs: int = 1,
     clip_warning: float = CLIP_WARNING,
+    storage: StorageOptions = StorageOptions(),
 ) -> bool:
     """Check every video output under `root` as verify_tree does and write the report a line at a time through
     `echo`, in memory that does not grow with the tree: each video's line (sorted by path) once it is checked,
     then the tree's problems, the videos' problems, the warnings (all spooled to temporary files until then)
-    and the counts. Returns True when nothing is wrong."""
+    and the counts. Returns True when nothing is wrong. `storage`: options of an object store's `root`, applied
+    here and in each worker."""
+    storage.apply()
     totals = Totals()
     with ExitStack() as stack:
         tree_problems, problems, warnings = (stack.enter_context(_Spool()) for _ in range(3))
-        for check in _check_all(_outputs(_location(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning):
+        for check in _check_all(_outputs(_location(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning,
+                                storage):
             totals.add(check)
             echo(_video_line(check))
             problems.extend(check.problems)
@@ -347,8 +351,8 @@ class _Spool:
         self._file.close()
 
 
-def _check_all(outputs: Iterator[Path], roundtrip: int, seed: int, n_jobs: int, clip_warning: float
-               ) -> Iterator[VideoCheck]:
+def _check_all(outputs: Iterator[Path | str], roundtrip: int, seed: int, n_jobs: int, clip_warning: float,
+               storage: StorageOptions = StorageOptions()) -> Iterator[VideoCheck]:
     """check_video of each output, in order; with `n_jobs` > 1 in loky worker processes, _CHUNK videos a task and
     at most 2 * n_jobs tasks in flight (their results wait for the earlier ones, so memory stays bounded)."""
     if n_jobs == 1:
@@ -360,14 +364,16 @@ def _check_all(outputs: Iterator[Path], roundtrip: int, seed: int, n_jobs: int, 
     executor = get_reusable_executor(max_workers=n_jobs)
     window: deque = deque()  # futures of the tasks in flight, oldest first
     while chunk := list(islice(outputs, _CHUNK)):
-        window.append(executor.submit(_check_chunk, chunk, roundtrip, seed, clip_warning))
+        window.append(executor.submit(_check_chunk, chunk, roundtrip, seed, clip_warning, storage))
         if len(window) == 2 * n_jobs:
             yield from window.popleft().result()
     while window:
         yield from window.popleft().result()
 
 
-def _check_chunk(paths: list[Path], roundtrip: int, seed: int, clip_warning: float) -> list[VideoCheck]:
+def _check_chunk(paths: list[Path | str], roundtrip: int, seed: int, clip_warning: float,
+                 storage: StorageOptions) -> list[VideoCheck]:
+    storage.apply()  # a worker process: loky spawned it without the parent's fsspec config
     return [check_video(path, roundtrip, seed=seed, clip_warning=clip_warning) for path in paths]
 
 

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 from batchdata import tree_and_clean_run
-from conftest import run_cli
+from conftest import run_cli, without_credentials
 
 pytest.importorskip("s3fs")
 
@@ -109,3 +109,24 @@ def test_the_library_reads_a_prefix_as_the_local_tree(local_tree, uploaded):
         assert reader.names() == sorted(pack.namelist())
         assert reader.meta() == json.loads(pack.read("meta.json"))
         assert all(reader.read(member) == pack.read(member) for member in pack.namelist())
+
+
+def test_reading_commands_take_the_store_s_credentials_from_storage_options_alone(local_tree, uploaded, s3_endpoint,
+                                                                                  monkeypatch, tmp_path):
+    """list, verify (with worker processes, which loky starts without the parent's fsspec config), show and
+    report with the credentials and endpoint given only as --storage-option: what they print of the local tree,
+    and never the secret."""
+    fs, name = uploaded
+    url = f"s3://{name}/flow"
+    without_credentials(monkeypatch, tmp_path)
+    options = [arg for item in ("key=testing", "secret=testing-secret-5d1e", f"endpoint_url={s3_endpoint}",
+                                'client_kwargs={"region_name": "us-east-1"}') for arg in ("--storage-option", item)]
+    for command in (("list",), ("verify", "--jobs", "2"), ("report",)):
+        here, there = run_cli(*command, str(local_tree)), run_cli(*command, url, *options)
+        assert there.returncode == here.returncode == 0, there.stderr
+        assert _lines(there.stdout, url) == _lines(here.stdout, str(local_tree)), command
+        assert "testing-secret-5d1e" not in there.stdout + there.stderr
+    result = run_cli("show", f"{url}/C1/v0", "--out", str(tmp_path / "p.png"), *options)
+    assert result.returncode == 0 and (tmp_path / "p.png").stat().st_size > 0, result.stderr
+    result = run_cli("verify", url)  # no credentials at all: one message naming the URL, no traceback
+    assert result.returncode == 1 and url in result.stderr and "Traceback" not in result.stderr, result.stderr
