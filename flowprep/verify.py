@@ -31,6 +31,7 @@ from .flow.base import FlowBackend
 from .flow.pairs import flow_stream
 from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
+from .source import local_video
 from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, FoundOutput, Naming, OutputReader,
                     StorageOptions, codes_from_images, is_url, meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
@@ -569,7 +570,8 @@ def _recompute(meta: dict[str, Any], wanted: list[int], backend: FlowBackend, di
                           size=tuple(settings["size"]) if settings["size"] else None,
                           short_side=settings["short_side"])
     todo = set(wanted)
-    with open_reader(meta["source"], meta["decoder"]) as video:
+    # A URL's object is downloaded to TMPDIR for the decoders, as extraction did.
+    with local_video(meta["source"]) as source, open_reader(source.path, meta["decoder"], source.name) as video:
         prev = None
         for index, (_, gray) in enumerate(flow_frames(video, decode)):
             if index - 1 in todo:

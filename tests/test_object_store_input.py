@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from batchdata import (CARPHONE, SOURCE_META, dask_cluster_at, output_digest, start_cli, tree_and_clean_run,
                        wait_for)
-from conftest import VIDEOS, download_prefix, run_cli, without_credentials
+from conftest import VIDEOS, download_prefix, run_cli, upload_tree, without_credentials
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -18,13 +18,6 @@ moto_server = pytest.importorskip("moto.server")
 ARGS = ("--algo", "dis", "--pack", "zip", "-q")
 # 4 carphone copies in 2 class folders and their local zip run, compared without where each video was read from
 videos, clean = tree_and_clean_run(2, 2, *ARGS, ignore=SOURCE_META)
-
-
-def upload(fs, tree: Path, prefix: str) -> None:
-    """The files under `tree` as objects under `prefix` (bucket/key), keys mirroring their relative paths."""
-    for path in sorted(tree.rglob("*")):
-        if path.is_file():
-            fs.put_file(str(path), f"{prefix}/{path.relative_to(tree).as_posix()}")
 
 
 def listed_stamp(fs, key: str) -> dict[str, int]:
@@ -46,7 +39,7 @@ def test_a_prefix_extracts_like_its_local_tree_into_a_folder_and_into_a_bucket_a
         videos, clean, bucket, scratch, tmp_path):
     fs, name = bucket
     source = f"s3://{name}/videos"
-    upload(fs, videos, f"{name}/videos")
+    upload_tree(fs, videos, f"{name}/videos")
     fs.pipe_file(f"{name}/videos/C1/garbage.mp4", b"not a video\n" * 100)
     fs.pipe_file(f"{name}/videos/C0/notes.txt", b"not one of --ext's")
     fs.pipe_file(f"{name}/videos/C0/.hidden.mp4", b"hidden, as local hidden files are")
@@ -88,7 +81,7 @@ def test_jobs_carry_the_listing_stamp_and_resume_compares_it_without_asking_the_
     from flowprep.config import ExtractConfig, FlowConfig, StoreConfig
 
     fs, name = bucket
-    upload(fs, videos, f"{name}/videos")
+    upload_tree(fs, videos, f"{name}/videos")
     jobs = discover(f"s3://{name}/videos", tmp_path / "out")
     assert [job.source for job in jobs] == [f"s3://{name}/videos/C{c}/v{v}.mp4" for c in (0, 1) for v in (0, 1)]
     assert [job.output for job in jobs] == [str(tmp_path / "out" / f"C{c}" / f"v{v}") for c in (0, 1) for v in (0, 1)]
@@ -104,7 +97,7 @@ def test_jobs_carry_the_listing_stamp_and_resume_compares_it_without_asking_the_
 def test_a_list_file_of_urls_names_outputs_below_their_common_folder_and_a_missing_object_fails_alone(
         videos, clean, bucket, scratch, tmp_path):
     fs, name = bucket
-    upload(fs, videos, f"{name}/videos")
+    upload_tree(fs, videos, f"{name}/videos")
     entries = [f"s3://{name}/videos/C{c}/v{v}.mp4 {c}" for c in (0, 1) for v in (0, 1)]  # mmaction2's "path label"
     listing = tmp_path / "train.txt"
     listing.write_text("\n".join(["# URLs", *entries, f"s3://{name}/videos/C1/missing.mp4 1"]) + "\n")
@@ -143,7 +136,7 @@ def assert_nowhere(secret: str, result, fs, bucket_name: str) -> None:
 def test_storage_options_are_the_only_credentials_reach_the_workers_and_are_never_printed_or_recorded(
         videos, clean, bucket, scratch, s3_endpoint, monkeypatch, tmp_path):
     fs, name = bucket
-    upload(fs, videos, f"{name}/videos")
+    upload_tree(fs, videos, f"{name}/videos")
     fs.pipe_file(f"{name}/videos/C1/garbage.mp4", b"not a video\n" * 100)  # a failure record, and its message
     without_credentials(monkeypatch, tmp_path)
     secret = f"secret-{uuid.uuid4().hex}"
@@ -193,7 +186,7 @@ def test_an_input_store_that_goes_away_stops_the_run_with_exit_3_and_the_rerun_c
     """Every later download would fail the same way: the run stops as for a full disk, with one message, instead
     of failing each remaining video after its retries; the downloads are removed; the rerun completes."""
     fs, name = bucket
-    upload(fs, videos, f"{name}/videos")
+    upload_tree(fs, videos, f"{name}/videos")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()  # the same buckets (moto keeps them in this process), on an address this test can take away
     host, port = server.get_host_and_port()
@@ -229,7 +222,7 @@ def test_storage_options_reach_dask_and_ray_workers(engine, videos, clean, bucke
     write the bucket with the options that came with their tasks."""
     pytest.importorskip("distributed" if engine == "dask" else "ray")
     fs, name = bucket
-    upload(fs, videos, f"{name}/videos")
+    upload_tree(fs, videos, f"{name}/videos")
     without_credentials(monkeypatch, tmp_path)
     secret = f"secret-{uuid.uuid4().hex}"
     command = ["extract", f"s3://{name}/videos", f"s3://{name}/flow", *ARGS, "--engine", engine,

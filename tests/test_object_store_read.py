@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 from batchdata import tree_and_clean_run
-from conftest import run_cli, without_credentials
+from conftest import run_cli, upload_tree, without_credentials
 
 pytest.importorskip("s3fs")
 
@@ -130,3 +130,20 @@ def test_reading_commands_take_the_store_s_credentials_from_storage_options_alon
     assert result.returncode == 0 and (tmp_path / "p.png").stat().st_size > 0, result.stderr
     result = run_cli("verify", url)  # no credentials at all: one message naming the URL, no traceback
     assert result.returncode == 1 and url in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_verify_roundtrip_recomputes_pairs_from_sources_on_the_store(videos, bucket, tmp_path, monkeypatch):
+    """A tree extracted from s3:// videos records their URLs as sources: the round trip downloads each into
+    TMPDIR for the decoders, as extraction did, and leaves nothing there."""
+    fs, name = bucket
+    upload_tree(fs, videos, f"{name}/videos")
+    url = f"s3://{name}/flow"
+    result = run_cli("extract", f"s3://{name}/videos", url, *ARGS)
+    assert result.returncode == 0, result.stderr
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    result = run_cli("verify", url, "--roundtrip", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("round trip of 2 pairs") == 4, result.stdout
+    assert list(scratch.iterdir()) == []
