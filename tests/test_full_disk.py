@@ -199,7 +199,7 @@ def test_an_exceeded_quota_stops_the_run_like_a_full_disk(videos, clean, tmp_pat
 
 @pytest.mark.parametrize("small_disk", ["dir"], indirect=True)
 def test_a_ray_run_on_a_full_disk_stops_and_the_rerun_completes(videos, clean, small_disk):
-    """The stop reaches Ray too (untested until now): the run leaves Ray's pool at the stop, which ends its actors,
+    """The stop reaches Ray too: no further video starts, those running finish (stopped by the full disk), the run
     exits 3 with one message and nothing half-written or locked, and the rerun completes the tree."""
     pytest.importorskip("ray")
     out = small_disk / "flow"

@@ -1,8 +1,9 @@
 """Faults of the object store that extract writes to, each from a real server on 127.0.0.1: a bucket that refuses
 writes (moto's server with IAM enforced: a user whose policy only reads), throttling (S3's 503 SlowDown, answered
-by a proxy in front of moto's server), and a kill -9 while a pack is being uploaded. Each gets what a full disk
-gets: exit 3, one message naming the URL and the store's error, nothing half-visible under the prefix, and the
-rerun completes the local run's tree."""
+by a proxy in front of moto's server), a kill -9 while a pack is being uploaded, and Ray's workers stopping (on
+SIGTERM, and when the store stops the run). Each gets what a full disk gets: exit 3 (143 for SIGTERM), one message
+naming the URL and the store's error, nothing half-visible under the prefix, and the rerun completes the local
+run's tree."""
 from __future__ import annotations
 
 import http.client
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,8 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from batchdata import free_port, kill_group, output_digest, start_cli, tree_and_clean_run, wait_for
+from batchdata import (class_tree, free_port, kill_group, output_digest, start_cli, temporaries,
+                       tree_and_clean_run, wait_for)
 from conftest import download_prefix, run_cli
+
+from flowprep.store import finished_meta
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -349,3 +354,105 @@ def test_a_bucket_that_refuses_writes_stops_the_run_with_exit_3_and_the_rerun_co
     assert result.returncode == 0, result.stderr
     iam_store.fs.invalidate_cache()
     assert output_digest(download_prefix(iam_store.fs, f"{iam_store.bucket}/flow", tmp_path / "got")) == clean
+
+
+# ---- Ray: the workers stop ----
+
+def session_processes(session: int) -> dict[int, str]:
+    """{pid: command line} of the live processes of session `session` (Linux /proc): a run started in its own
+    session (start_cli) and every process it started, Ray's workers too (each in its own process group)."""
+    found = {}
+    for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@contextmanager
+def ray_run(*args: str) -> Iterator[subprocess.Popen]:
+    """`flowprep extract ARGS --engine ray` started in its own session; whatever of that session is still alive
+    at the end is killed (after the test has checked that nothing is)."""
+    pytest.importorskip("ray")
+    process = start_cli("extract", *args, "--engine", "ray")
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in session_processes(process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def assert_the_run_left_no_process(process: subprocess.Popen) -> None:
+    try:
+        wait_for(lambda: not session_processes(process.pid), 15, "the run's processes to end")
+    except AssertionError:
+        raise AssertionError(f"left running: {session_processes(process.pid)}") from None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_stops_a_ray_run_its_workers_and_the_rerun_completes(videos, clean, tmp_path, to_group):
+    """SIGTERM while Ray runs videos, to the CLI alone (kill, docker stop) or to its process group, Ray's head
+    and raylet too (SLURM signals every process of the job): exit 143 within seconds with the summary and report
+    of a terminated run, no process of the run left (Ray's head, raylet and workers), no temporaries; the rerun
+    completes the tree. (ray.init replaces the SIGTERM handler with sys.exit(15), which ended such a run with
+    exit 15 and no report; Ray's waits may turn the run's Terminated into a plain KeyboardInterrupt, which said
+    'interrupted', exit 130.)"""
+    out = tmp_path / "flow"
+    with ray_run(str(videos), str(out), *ARGS) as process:
+        wait_for(lambda: any(finished_meta(out / pack[:-4], "zip") for pack in PACKS) or process.poll() is not None,
+                 90, "a first finished video")
+        (os.killpg if to_group else os.kill)(process.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - sent
+        assert process.returncode == 143, stderr
+        assert took < 30 and "flowprep: terminated by SIGTERM" in stderr and "Traceback" not in stderr, (took, stderr)
+        assert_the_run_left_no_process(process)
+    report = json.loads((out / "report.json").read_text())
+    assert report["interrupted"] and report["signal"] == "SIGTERM" and report["engine"] == "ray"
+    assert report["not_processed"] and temporaries(out) == []
+    result = run_cli("extract", str(videos), str(out), *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert output_digest(out) == clean
+
+
+@pytest.mark.slow
+def test_a_store_that_stops_a_ray_run_starts_no_further_video(bucket, proxy, tmp_path):
+    """Every upload throttled, on Ray: the videos running when the store stops the run finish (stopped, each
+    after its retries), no further one starts, the run exits 3 with one message, no process of it is left, no
+    pack is visible; the rerun completes every pack."""
+    fs, name = bucket
+    url = f"s3://{name}/flow"
+    slots = os.cpu_count() or 1  # Ray runs as many videos at a time as the machine has CPUs, at most
+    many = class_tree(tmp_path / "videos", 1, slots + 2)
+    proxy.rule = lambda method, key, earlier: "throttle" if method == "PUT" and key.endswith(".zip") else "forward"
+    with ray_run(str(many), url, *ARGS) as process:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 3, stderr
+        assert len(stop_lines(stderr)) == 1 and "SlowDown" in stop_lines(stderr)[0], stderr
+        assert_the_run_left_no_process(process)
+    tried = set(proxy.keys("PUT", "throttle"))
+    assert 0 < len(tried) <= slots, tried
+    fs.invalidate_cache()
+    assert not [key for key in fs.find(name) if key.endswith(".zip")]
+    report = json.loads(fs.cat_file(f"{name}/flow/report.json"))
+    assert len(report["not_processed"]) == slots + 2 and report["engine"] == "ray"
+
+    proxy.rule = lambda method, key, earlier: "forward"
+    result = run_cli("extract", str(many), url, *ARGS, "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    fs.invalidate_cache()
+    packs = [key for key in fs.find(name) if key.endswith(".zip")]
+    assert len(packs) == slots + 2 and [pack_problem(fs, key) for key in packs] == [""] * len(packs)

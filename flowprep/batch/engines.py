@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from functools import partial
+from typing import Any
 
 from ..config import ExtractConfig
 from ..errors import ConfigError, require
@@ -26,7 +27,7 @@ def run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, 
                    stop: threading.Event, storage: StorageOptions = StorageOptions()) -> Iterator[VideoResult]:
     """Results in completion order, so the progress bar moves as each video finishes, on every engine.
 
-    Once `stop` is set no further video starts (Ray's pool excepted: it has them all); those running finish.
+    Once `stop` is set no further video starts; those running finish.
     `storage` goes with every task: workers in other processes apply it themselves.
     """
     if not jobs:
@@ -40,8 +41,7 @@ def run_on_engine(jobs: Sequence[VideoJob], config: ExtractConfig, engine: str, 
         yield from run_on_local_processes(jobs, config, overwrite, n_jobs, stop, storage)
         return
     if engine == "ray":
-        yield from _run_on_ray(jobs, partial(process_video, config=config, overwrite=overwrite, single_thread=True,
-                                             storage=storage), address, _uses_cuda(config))
+        yield from _run_on_ray(jobs, config, overwrite, address, stop, storage)
         return
     yield from _run_on_dask(jobs, config, overwrite, address, dask_in_flight, stop, storage)
 
@@ -184,19 +184,41 @@ def _local_gpu_count(config: ExtractConfig) -> int:
     return torch.cuda.device_count()
 
 
-def _run_on_ray(jobs: Sequence[VideoJob], work: Callable[[VideoJob], VideoResult],
-                address: str | None, gpu: bool) -> Iterator[VideoResult]:
-    """Ray's actor pool directly: its joblib backend cannot stream results (no return_as generators)."""
-    ray = require("ray", "ray", "--engine ray")
-    from ray.util.multiprocessing import Pool
+def _run_on_ray(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool, address: str | None,
+                stop: threading.Event, storage: StorageOptions) -> Iterator[VideoResult]:
+    """One Ray task per video, as many at a time as the cluster has CPUs (GPUs for a GPU job), each finished one
+    replaced by the next video; results in completion order. Leaving (the end, Ctrl-C, SIGTERM) shuts Ray down,
+    which ends this run's tasks: a local Ray's processes go with it, a cluster kills the tasks of a driver gone.
 
+    Not Ray's pool (ray.util.multiprocessing): it hands an actor a chunk of len/(4 x actors) videos at a time
+    (the progress bar moved by chunks), and its result thread outlives the pool: after a SIGTERM to the run's
+    process group a second local Ray started (Ray's auto-init, from a thread) and the run waited 60 s for the
+    killed head before it ended (exit 1).
+    """
+    ray = require("ray", "ray", "--engine ray")
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     except ConnectionError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+    finally:
+        # ray.init sets its own SIGTERM handler, sys.exit(15): the run's handler stops it cleanly instead (143).
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     try:
-        # A GPU job takes a whole GPU: Ray then gives each pool actor its own (it sets CUDA_VISIBLE_DEVICES).
-        with Pool(ray_remote_args={"num_gpus": 1} if gpu else None) as pool:
-            yield from pool.imap_unordered(work, jobs)
+        gpu = _uses_cuda(config)
+        # A GPU job takes a whole GPU: Ray then gives each task its own (it sets CUDA_VISIBLE_DEVICES).
+        task = ray.remote(process_video).options(num_gpus=1 if gpu else 0)
+        slots = max(1, int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)))
+        shared = ray.put(config)
+        waiting = deque(jobs)
+        running: list[Any] = []  # the tasks' object refs
+        while True:
+            while waiting and len(running) < slots and not stop.is_set():
+                running.append(task.remote(waiting.popleft(), shared, overwrite, True, storage=storage))
+            if not running:
+                return
+            (ready,), running = ray.wait(running, num_returns=1)
+            yield ray.get(ready)
     finally:
         ray.shutdown()

@@ -64,7 +64,7 @@ def run_batch(
     target = (ObjectRoot(location, jobs, shard, config.store.pack) if isinstance(location, ObjectStore)
               else LocalRoot(location, jobs, shard, config.store.pack, engine))
     jobs, report_name = target.jobs, record_names(shard)[1]
-    with target.session(), sigterm_stops_the_run():
+    with target.session(), sigterm_stops_the_run() as terminated:
         report = BatchReport(total=len(jobs), record=report_name)
         reported: set[str] = set()  # outputs of the jobs that got a result
         started = time.perf_counter()
@@ -88,8 +88,6 @@ def run_batch(
                         reported.add(result.output)
                     if report.stopped:
                         stop.set()
-                        if engine == "ray":
-                            break
                     report.seconds = time.perf_counter() - started
                     bar.set_postfix_str(f"{report.pairs_per_second:.2f} pairs/s, {report.failed} failed",
                                         refresh=False)
@@ -99,7 +97,7 @@ def run_batch(
             target.clean()
             if not isinstance(exc, KeyboardInterrupt):
                 raise
-            report.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            report.interrupted = "SIGTERM" if isinstance(exc, Terminated) or terminated.is_set() else "SIGINT"
             report.note_unprocessed(jobs, reported)
             report.seconds = time.perf_counter() - started
             target.write_index(report)

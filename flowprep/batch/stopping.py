@@ -82,21 +82,26 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def sigterm_stops_the_run() -> Iterator[None]:
+def sigterm_stops_the_run() -> Iterator[threading.Event]:
     """While the block runs in the main thread, SIGTERM raises Terminated (once: a second SIGTERM during the
     cleanup is ignored, so that the cleanup finishes before SIGKILL comes); the former handler is restored after.
-    Elsewhere (a thread, where Python cannot install handlers) SIGTERM keeps its action."""
+    Elsewhere (a thread, where Python cannot install handlers) SIGTERM keeps its action.
+
+    The Event yielded is set once SIGTERM came: a wait inside a library may turn the Terminated into a plain
+    KeyboardInterrupt (Ray's ray.wait does), and the run must still say SIGTERM (exit 143), not Ctrl-C."""
+    received = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        received.set()
         raise Terminated("SIGTERM")
 
     former = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, former)
 
