@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, VIDEOS, run_cli, upload_tree
+from conftest import REPO, VIDEOS, run_cli, upload_tree, without_credentials
 from fake_trees import rgb_code, write_foreign_video, write_video, x_code, y_code
 from PIL import Image
 from torch import nn
@@ -626,6 +626,26 @@ def test_spawned_workers_read_the_bucket_with_their_own_clients(carphone, bucket
     assert same_items(items(dataset), expected)
     loader = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="spawn", timeout=60)
     assert same_items(list(loader), expected)
+
+
+def test_storage_options_are_the_only_credentials_and_reach_spawned_workers(carphone, bucket, s3_endpoint,
+                                                                            monkeypatch, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs, name = bucket
+    url = upload_tree(fs, carphone["zip"], f"{name}/flow")
+    without_credentials(monkeypatch, tmp_path)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {})  # where the dataset puts them in this process, undone after
+    options = {"key": "testing", "secret": "testing", "endpoint_url": s3_endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    entries = read_annotations(carphone["list"]) * 2
+    expected = items(FlowStackDataset(carphone["zip"], entries, length=2, segments=2, seed=1))
+    dataset = FlowStackDataset(url, entries, length=2, segments=2, seed=1, storage_options=options)
+    assert same_items(items(dataset), expected)
+    # A spawned worker starts with fsspec's config of a fresh process (no options): the dataset carries them.
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="spawn", timeout=60)
+    assert same_items(list(loader), expected)
+    with pytest.raises(ConfigError, match="storage_options are for a root on an object store"):
+        FlowStackDataset(carphone["zip"], storage_options=options)
 
 
 def test_a_truncated_or_corrupt_pack_on_the_bucket_is_an_output_error_naming_its_url(carphone, bucket):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..annotations import Annotation, VideoOutput, build_annotations, describe_o
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
 from ..reader_cache import ReaderCache
-from ..store import Naming, ObjectStore, OutputReader, open_output, parse_location
+from ..store import Naming, ObjectStore, OutputReader, StorageOptions, is_url, open_output, parse_location
 from .sampling import Sampler, check_length, check_mode, is_integer, make_sampler
 from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
 from .transforms import apply_transform
@@ -56,10 +56,13 @@ class FlowStackDataset(Dataset):
 
     `root`: a folder, or an object store's URL (``s3://bucket/flow``: packs are read by range requests, the
     central directory once per video and process, then one request per file; folders of objects one request per
-    file). `annotations`: a list file (``relative_dir num_frames label``), a sequence of Annotation, or None to
-    take every video under `root` (on an object store, from one listing) labelled by sorted class folders. Each
-    listed count is checked against the tree (flow pairs; RGB frames for RGB stackings): a mismatch raises
-    OutputError naming the video and both counts, unless on_count_mismatch='tree' (use the tree's count).
+    file), reached with the standard settings of its fsspec package (AWS_* variables, ``~/.aws``, fsspec's
+    config) and `storage_options` (fsspec options such as endpoint_url, key, secret), which become this
+    process's and every DataLoader worker's defaults for the root's protocol. `annotations`: a list file
+    (``relative_dir num_frames label``), a sequence of Annotation, or None to take every video under `root` (on
+    an object store, from one listing) labelled by sorted class folders. Each listed count is checked against the
+    tree (flow pairs; RGB frames for RGB stackings): a mismatch raises OutputError naming the video and both
+    counts, unless on_count_mismatch='tree' (use the tree's count).
     `layout`, `flow_template`, `backward_template`, `img_template`, `start_index`, `bound` (pixels) and `fps`
     (sampled frames per second, for the sequence sampler) describe trees without meta.json (denseflow:
     start_index=0; mmaction2's script: flow_template='{}_{:05d}.jpg'); a video with meta.json is read as it
@@ -91,6 +94,7 @@ class FlowStackDataset(Dataset):
         stacking: str | Stacking = "flow",
         backward_template: str | None = None,
         fps: float | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ):
         if output not in OUTPUTS:
             raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
@@ -107,6 +111,13 @@ class FlowStackDataset(Dataset):
         if mean_subtract and (output == "uint8" or not self.stacking.is_flow):
             raise ConfigError("mean_subtract needs float flow values: use output='pixels' or 'unit', not 'uint8', "
                               f"with a flow stacking (got {self.stacking!r})")
+        if storage_options and not is_url(root):
+            raise ConfigError(f"storage_options are for a root on an object store (a URL); root {str(root)!r} is a "
+                              "path")
+        # fsspec's defaults for the root's protocol in this process, and again in each process the dataset reaches
+        # (a spawned worker starts without them); never in a message or repr.
+        self._storage = StorageOptions.of(storage_options or {}, [root])
+        self._storage.apply()
         location = parse_location(root)  # a URL of an unknown protocol or a missing package: ConfigError now
         # A URL stays a string: Path('s3://b/flow') is 's3:/b/flow'.
         self.root: Path | str = str(location) if isinstance(location, ObjectStore) else location
@@ -214,6 +225,7 @@ class FlowStackDataset(Dataset):
 
     def _enter_process(self) -> None:
         """First read in a DataLoader worker (or any process the dataset was copied to)."""
+        self._storage.apply()
         if self._unpickled_in == os.getpid() and get_worker_info() is not None:
             # A spawn or forkserver worker, a fresh process: one OpenCV thread, as torch gives itself there, so
             # that N workers do not each run the trajectory's remaps on every core. Not in forked workers:
