@@ -212,7 +212,8 @@ def test_a_store_that_keeps_throttling_stops_the_run_with_exit_3_and_the_rerun_c
     assert "Traceback" not in result.stderr and "FAILED" not in result.stderr
     message = stop_lines(result.stderr)
     assert len(message) == 1 and f"{url}/C0/v0.zip: cannot upload the pack (SlowDown" in message[0], result.stderr
-    assert "the store throttled the requests" in message[0]
+    assert "the store throttled the requests" in message[0] and f"the output object store {url} refused" in message[0]
+    assert "free space" not in message[0]  # a full disk's advice, not a bucket's
     attempts = proxy.keys("PUT", "throttle")
     assert set(attempts) == {f"{name}/flow/C0/v0.zip"} and len(attempts) > 2  # retried; no other video started
     fs.invalidate_cache()

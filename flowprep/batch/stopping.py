@@ -30,13 +30,17 @@ class BatchStopped(StorageError):
     a rerun resumes.
     """
 
-    def __init__(self, report: BatchReport, out_root: Path, problem: str):
+    def __init__(self, report: BatchReport, out_root: Path | ObjectStore, problem: str):
         finished = report.done + report.skipped
         counts = (f"{finished} of {report.total} videos are finished ({report.done} by this run), "
                   f"{len(report.not_processed)} not processed, {report.failed} failed. Finished videos are kept; ")
         if stopped_by_input(problem):  # the problem says so, and names the URL
             message = (f"stopped, {problem}. {counts}fix that (the store, the network, the credentials, TMPDIR's "
                        "space) and rerun the same command to resume.")
+        elif isinstance(out_root, ObjectStore):
+            message = (f"stopped, the output object store {out_root.url} refused a request: {problem}. {counts}"
+                       "fix what it refused (permissions, request rate, the endpoint) and rerun the same command to "
+                       "resume.")
         else:
             message = (f"stopped, the output file system refused a write: {problem}. "
                        f"File system: {_file_system(out_root)}. {counts}"
@@ -46,10 +50,7 @@ class BatchStopped(StorageError):
 
 
 def _file_system(path: Path) -> str:
-    """The mount point holding `path` (its nearest existing ancestor) and its free space, for messages; an
-    object store's URL as it is."""
-    if isinstance(path, ObjectStore):
-        return path.url
+    """The mount point holding `path` (its nearest existing ancestor) and its free space, for messages."""
     path = path.absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
