@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..annotations import VideoOutput
 from ..errors import ConfigError, OutputError
 from ..quantize import dequantize
-from ..store import OutputReader, read_flow_pair
+from ..store import OutputReader, flow_pair_names, read_flow_pair
 from .transforms import UINT8_ZERO, Dequantize
 
 OUTPUTS = ("pixels", "unit", "uint8")
@@ -260,6 +260,8 @@ def rgb_values(frames: torch.Tensor, output: str) -> torch.Tensor:
 def read_flow_codes(reader: OutputReader, video: VideoOutput, indices: np.ndarray, direction: str = "forward"
                     ) -> np.ndarray:
     """uint8 codes (K, 2L, H, W) of the 1-based fields `indices` (K, L) of `direction`, x/y interleaved."""
+    reader.prefetch(name for number in np.unique(indices).tolist()
+                    for name in flow_pair_names(video.naming, number - 1, direction))
     codes = np.empty(0, np.uint8)
     first = 0
     placed: dict[int, tuple[int, int]] = {}  # field number -> (row, channel) where it was first put
@@ -284,6 +286,7 @@ def read_rgb_frames(reader: OutputReader, video: VideoOutput, numbers: np.ndarra
     """uint8 (K, M, 3, H, W) RGB frames of the 1-based frame `numbers` (K, M), each distinct one decoded once."""
     frames = None
     first = 0
+    reader.prefetch(video.naming.img(number - 1) for number in np.unique(numbers).tolist())
     for number in np.unique(numbers).tolist():
         frame = reader.read_image(video.naming.img(number - 1), rgb=True).transpose(2, 0, 1)
         if frames is None:

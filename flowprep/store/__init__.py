@@ -16,14 +16,15 @@ from .meta import META_FORMAT, META_NAME, check_meta, meta_field, recorded_setti
 from .naming import PACK_SUFFIX, Naming, other_pack, output_name, output_path, template_pattern
 from .outputs import (FINISHED, TEMPORARY, UNFINISHED, UNREADABLE, FoundOutput, find_outputs, finished_meta,
                       inspect_output, not_ours_message)
-from .readers import DirectoryReader, OutputReader, ZipReader, open_output, read_flow_codes, read_flow_pair
+from .readers import (DirectoryReader, OutputReader, ZipReader, flow_pair_names, open_output, read_flow_codes,
+                      read_flow_pair)
 from .writers import DirectoryWriter, OutputWriter, ZipWriter, open_writer
 
 __all__ = [
     "DirectoryReader", "DirectoryWriter", "ObjectStore", "StorageOptions", "parse_location", "parse_storage_options", "FINISHED", "FoundOutput", "LOCK_SUFFIX", "META_FORMAT", "META_NAME",
     "Naming", "OutputReader", "OutputWriter", "PACK_SUFFIX", "TEMPORARY", "TEMP_MARKER", "UNFINISHED", "UNREADABLE",
     "ZipReader", "ZipWriter", "check_meta", "codes_from_images", "decode_jpeg", "encode_flow_codes", "encode_jpeg",
-    "find_outputs", "finished_meta", "inspect_output", "is_temporary", "is_url", "lock_path", "meta_field",
+    "find_outputs", "finished_meta", "flow_pair_names", "inspect_output", "is_temporary", "is_url", "lock_path", "meta_field",
     "not_ours_message", "open_output", "open_writer", "other_pack", "output_lock", "output_name", "output_path",
     "read_flow_codes", "read_flow_pair", "recorded_settings", "remove_temps_of_outputs", "require_local", "temp_path",
     "template_pattern", "write_file_atomic",

@@ -16,7 +16,7 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .writers import ZipWriter
 # A zip local file header: signature, 22 bytes of fields the central directory repeats, name and extra lengths.
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 _ZIP_ENCRYPTED = 0x1
+_GAP = 2**16  # members closer than this are fetched in one range: reading the bytes between costs less than a request
 
 
 def _store(url: str) -> tuple[Any, str]:
@@ -216,6 +217,7 @@ class ObjectZipReader(OutputReader):
         except Exception as exc:  # noqa: BLE001 - the store's errors (refused, gone)
             raise _storage_error(url, "read", exc) from None
         self._data_offsets: dict[str, int] = {}
+        self._fetched: dict[str, bytes] = {}  # prefetched members' stored bytes, each taken by its read()
 
     def names(self) -> list[str]:
         return sorted(self._members)
@@ -232,7 +234,9 @@ class ObjectZipReader(OutputReader):
             raise OutputError(f"{where}: encrypted or compressed with method {info.compress_type}: object stores "
                               "read stored and deflated members only")
         try:
-            raw = self._member_bytes(info)
+            raw = self._fetched.pop(name, None)
+            if raw is None:
+                raw = self._member_bytes(info)
             data = raw if info.compress_type == zipfile.ZIP_STORED else zlib.decompress(raw, -zlib.MAX_WBITS)
         except (zipfile.BadZipFile, zlib.error) as exc:
             raise OutputError(f"{where}: cannot read from the zip pack ({exc})") from None
@@ -242,25 +246,66 @@ class ObjectZipReader(OutputReader):
             raise OutputError(f"{where}: truncated or corrupt in the zip pack (CRC-32 mismatch)")
         return data
 
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Fetch the stored bytes of the members `names` with one range request per run of members that lie
+        within _GAP bytes of each other in the pack (a stack's fields are written side by side), the runs
+        concurrently; read() takes each member's bytes from there once. A run that fails is left to read()."""
+        infos = sorted({self._members[name].header_offset: self._members[name] for name in names
+                        if name in self._members}.values(), key=lambda info: info.header_offset)
+        runs: list[list[zipfile.ZipInfo]] = []
+        for info in infos:
+            if runs and info.header_offset - _span_end(runs[-1][-1]) <= _GAP:
+                runs[-1].append(info)
+            else:
+                runs.append([info])
+        self._fetched = {}  # what an earlier item fetched and did not read is dropped: bounded by one item
+        if not runs:
+            return
+        starts = [run[0].header_offset for run in runs]
+        blocks = self._fs.cat_ranges([self._key] * len(runs), starts, [_span_end(run[-1]) for run in runs],
+                                     on_error="return")
+        for run, start, block in zip(runs, starts, blocks):
+            if not isinstance(block, bytes):
+                continue
+            for info in run:
+                try:
+                    data = _data_start(block, info.header_offset - start, info)
+                except zipfile.BadZipFile:
+                    continue  # read() says so
+                raw = block[data:data + info.compress_size]
+                if len(raw) == info.compress_size:  # else the header was longer than the central directory's
+                    self._fetched[info.filename] = raw
+
     def _member_bytes(self, info: zipfile.ZipInfo) -> bytes:
         """The member's stored bytes, in one request when its local header is as long as the central
         directory says (flowprep's packs; otherwise a second request once the header is read)."""
         offset = self._data_offsets.get(info.filename)
         if offset is not None:
             return self._range(offset, info.compress_size)
-        guess = _LOCAL_HEADER.size + len(info.filename.encode()) + len(info.extra)
-        block = self._range(info.header_offset, guess + info.compress_size)
-        if len(block) < _LOCAL_HEADER.size or block[:4] != b"PK\x03\x04":
-            raise zipfile.BadZipFile(f"bad local file header at byte {info.header_offset}")
-        name_length, extra_length = _LOCAL_HEADER.unpack(block[:_LOCAL_HEADER.size])[1:]
-        start = _LOCAL_HEADER.size + name_length + extra_length
+        block = self._range(info.header_offset, _span_end(info) - info.header_offset)
+        start = _data_start(block, 0, info)
         self._data_offsets[info.filename] = info.header_offset + start
-        if start == guess:
-            return block[start:]
+        if start + info.compress_size <= len(block):
+            return block[start:start + info.compress_size]
         return self._range(info.header_offset + start, info.compress_size)
 
     def _range(self, start: int, size: int) -> bytes:
         return self._fs.cat_file(self._key, start=start, end=start + size) if size else b""
+
+
+def _span_end(info: zipfile.ZipInfo) -> int:
+    """Where member `info` ends in the pack if its local header is as long as the central directory's entry."""
+    return info.header_offset + _LOCAL_HEADER.size + len(info.filename.encode()) + len(info.extra) + info.compress_size
+
+
+def _data_start(block: bytes, at: int, info: zipfile.ZipInfo) -> int:
+    """Where member `info`'s stored bytes start in `block`, whose byte `at` is its local header (whose name and
+    extra field lengths may differ from the central directory's); BadZipFile when no such header is there."""
+    header = block[at:at + _LOCAL_HEADER.size]
+    if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local file header at byte {info.header_offset}")
+    name_length, extra_length = _LOCAL_HEADER.unpack(header)[1:]
+    return at + _LOCAL_HEADER.size + name_length + extra_length
 
 
 class ObjectDirectoryReader(OutputReader):
@@ -272,6 +317,7 @@ class ObjectDirectoryReader(OutputReader):
         self._fs, self._key = _store(url)
         self._names = sorted(names)
         self._known = set(names)
+        self._fetched: dict[str, bytes] = {}
 
     def names(self) -> list[str]:
         return list(self._names)
@@ -279,8 +325,21 @@ class ObjectDirectoryReader(OutputReader):
     def has(self, name: str) -> bool:
         return name in self._known
 
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Fetch the files `names` concurrently (one request each, all in flight together); read() takes each
+        from there once. A file that fails is left to read()."""
+        wanted = sorted({name for name in names if name in self._known})
+        self._fetched = {}
+        if wanted:
+            found = self._fs.cat([f"{self._key}/{name}" for name in wanted], on_error="return")
+            self._fetched = {name: found[f"{self._key}/{name}"] for name in wanted
+                             if isinstance(found.get(f"{self._key}/{name}"), bytes)}
+
     def read(self, name: str) -> bytes:
         where = f"{self.path}/{name}"
+        fetched = self._fetched.pop(name, None)
+        if fetched is not None:
+            return fetched
         try:
             return self._fs.cat_file(f"{self._key}/{name}")
         except FileNotFoundError:

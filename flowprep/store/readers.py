@@ -8,6 +8,7 @@ import zipfile
 import zlib
 from abc import ABC, abstractmethod
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,10 @@ class OutputReader(ABC):
     @abstractmethod
     def has(self, name: str) -> bool:
         """Whether file `name` is there (one stat or zip index lookup, without listing the output)."""
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Fetch the files `names` together, ahead of their read(): on an object store a few requests for all of
+        them instead of one each (the files of one item); nothing to do on a local disk."""
 
     def close(self) -> None:
         pass
@@ -137,6 +142,13 @@ class ZipReader(OutputReader):
         self._zip.close()
 
 
+def flow_pair_names(naming: Naming, index: int, direction: str = "forward") -> tuple[str, ...]:
+    """The file names that hold pair `index` (0-based) in `direction`: x and y, or the one xy0 image."""
+    if naming.layout == "xy0":
+        return (naming.xy(index, direction),)
+    return naming.flow("x", index, direction), naming.flow("y", index, direction)
+
+
 def read_flow_pair(reader: OutputReader, naming: Naming, index: int, direction: str = "forward"
                    ) -> tuple[np.ndarray, np.ndarray]:
     """The stored uint8 HxW x and y codes of pair `index` (0-based) in `direction`, from either layout;
@@ -145,7 +157,7 @@ def read_flow_pair(reader: OutputReader, naming: Naming, index: int, direction: 
         # Written from an (x, y, 0) array as RGB: x is the red channel, y the green one.
         xy = reader.read_image(naming.xy(index, direction), rgb=True)
         return xy[..., 0], xy[..., 1]
-    x_name, y_name = naming.flow("x", index, direction), naming.flow("y", index, direction)
+    x_name, y_name = flow_pair_names(naming, index, direction)
     x, y = reader.read_image(x_name), reader.read_image(y_name)
     if x.shape != y.shape:
         raise OutputError(f"{os.path.join(reader.path, y_name)}: {y.shape[1]}x{y.shape[0]} pixels but {x_name} "
