@@ -207,3 +207,19 @@ def test_shards_write_their_indexes_and_a_run_of_the_whole_list_replaces_them(vi
     counted.clear()
     result = run_cli("extract", str(videos), url, *ARGS)
     assert result.returncode == 0 and counted.keys() == [] and len(counted.listings()) == 1
+
+
+def test_overwrite_recomputes_every_pack_and_the_next_rerun_trusts_the_new_ones(videos, clean, finished, bucket,
+                                                                               counted, tmp_path):
+    fs, _ = bucket
+    url = copy_of(finished, bucket)
+    before = {k: info["ETag"] for k, info in fs.find(url.removeprefix("s3://"), detail=True).items()}
+    result = run_cli("extract", str(videos), url, *ARGS, "--overwrite")
+    assert result.returncode == 0 and report_of(fs, url)["done"] == 4, result.stderr
+    fs.invalidate_cache()
+    after = {k: info["ETag"] for k, info in fs.find(url.removeprefix("s3://"), detail=True).items()}
+    assert all(after[k] != before[k] for k in before if k.endswith(".zip"))  # new packs (their meta.json's times)
+    counted.clear()
+    result = run_cli("extract", str(videos), url, *ARGS)
+    assert result.returncode == 0 and counted.keys() == [] and report_of(fs, url)["skipped"] == 4, counted.log
+    assert output_digest(download_prefix(fs, url.removeprefix("s3://"), tmp_path / "got")) == clean
