@@ -205,12 +205,14 @@ def group_commands(pgid: int) -> list[str]:
 
 
 def kill_holders(pgid: int, path: Path) -> set[int]:
-    """SIGKILL every process of group `pgid` but its leader that has `path` open (Linux /proc); returns their
-    pids (a process being killed can still show the file open on the next call)."""
+    """SIGKILL every process of the session that `pgid` leads (start_cli's and dask_cluster_at's processes lead
+    their own; a local Ray's workers are in that session but in groups of their own), but the leader, that has
+    `path` open (Linux /proc); returns their pids (a process being killed can still show the file open on the
+    next call)."""
     killed = set()
     for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
         try:
-            if pid == pgid or os.getpgid(pid) != pgid:
+            if pid == pgid or os.getsid(pid) != pgid:
                 continue
             fds = f"/proc/{pid}/fd"
             if any(os.readlink(os.path.join(fds, fd)) == str(path) for fd in os.listdir(fds)):
@@ -223,7 +225,7 @@ def kill_holders(pgid: int, path: Path) -> set[int]:
 
 def kill_holders_while_running(process: subprocess.Popen, pgid: int, target: Path, output: Path,
                                 times: int = 1_000_000) -> tuple[str, set[int]]:
-    """Until `process` ends, SIGKILL the processes of group `pgid` that hold video `target` open, as a decoder
+    """Until `process` ends, SIGKILL the processes of session `pgid` that hold video `target` open, as a decoder
     crash or the out-of-memory killer would end them, up to `times` of them; returns (stderr, pids killed). Not
     once `output` (the target's output base) is committed: its worker holds the video a moment longer."""
     killed: set[int] = set()

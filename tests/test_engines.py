@@ -123,6 +123,24 @@ def test_unreachable_dask_scheduler_is_a_usage_error(videos, tmp_path, monkeypat
     assert result.returncode == 2 and f"cannot reach the Dask scheduler at {address!r}" in result.stderr
 
 
+@pytest.mark.slow
+def test_ray_video_that_kills_its_workers_fails_alone(tmp_path_factory, tmp_path):
+    """Whenever a Ray worker opens one video it is SIGKILLed (a decoder crash, the OOM killer): Ray retries the
+    task (3 times by default), then the video fails, named, as on Dask, and the others finish (before: Ray's
+    WorkerCrashedError ended the run)."""
+    pytest.importorskip("ray")
+    videos = class_tree(tmp_path_factory.mktemp("videos"), classes=2, per_class=1)
+    target, other = videos / "C0" / "v0.mp4", tmp_path / "C1" / "v0"
+    process = start_cli("extract", str(videos), str(tmp_path), "--engine", "ray", *ARGS)
+    stderr, killed = kill_holders_while_running(process, process.pid, target, tmp_path / "C0" / "v0")
+    assert killed and process.returncode == 1, stderr
+    failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").open()]
+    assert [failure["source"] for failure in failures] == [str(target)], stderr
+    assert "the worker process died while processing this video (WorkerCrashedError" in failures[0]["reason"]
+    assert finished_meta(other) is not None and not (tmp_path / "C0" / "v0").exists()
+    assert temporaries(tmp_path) == []
+
+
 def test_ray_local_instance_gives_the_local_tree(videos, local, tmp_path):
     pytest.importorskip("ray")
     result = run_cli("extract", str(videos), str(tmp_path), "--engine", "ray", *ARGS)

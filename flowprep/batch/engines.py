@@ -190,6 +190,7 @@ def _run_on_ray(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool
     replaced by the next video; results in completion order. Leaving (the end, Ctrl-C, SIGTERM) shuts Ray down,
     which ends this run's tasks: a local Ray's processes go with it, a cluster kills the tasks of a driver gone.
 
+    A video whose task kills its worker every time (after Ray's retries) fails alone, named, as on Dask.
     Not Ray's pool (ray.util.multiprocessing): it hands an actor a chunk of len/(4 x actors) videos at a time
     (the progress bar moved by chunks), and its result thread outlives the pool: after a SIGTERM to the run's
     process group a second local Ray started (Ray's auto-init, from a thread) and the run waited 60 s for the
@@ -213,12 +214,21 @@ def _run_on_ray(jobs: Sequence[VideoJob], config: ExtractConfig, overwrite: bool
         shared = ray.put(config)
         waiting = deque(jobs)
         running: list[Any] = []  # the tasks' object refs
+        job_of: dict[Any, VideoJob] = {}
         while True:
             while waiting and len(running) < slots and not stop.is_set():
-                running.append(task.remote(waiting.popleft(), shared, overwrite, True, storage=storage))
+                job = waiting.popleft()
+                running.append(task.remote(job, shared, overwrite, True, storage=storage))
+                job_of[running[-1]] = job
             if not running:
                 return
             (ready,), running = ray.wait(running, num_returns=1)
-            yield ray.get(ready)
+            job = job_of.pop(ready)
+            try:
+                result = ray.get(ready)
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as exc:
+                # Ray retried the task on fresh workers first (a task's max_retries, 3 by default).
+                result = _worker_died(job, f"{type(exc).__name__}, after Ray's retries")
+            yield result
     finally:
         ray.shutdown()
