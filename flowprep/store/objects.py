@@ -30,6 +30,7 @@ from .writers import ZipWriter
 # A zip local file header: signature, 22 bytes of fields the central directory repeats, name and extra lengths.
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
 _ZIP_ENCRYPTED = 0x1
+_TAIL = 2**16  # a pack's last bytes read when it is opened: its central directory, meta.json, the last members
 _GAP = 2**16  # members closer than this are fetched in one range: reading the bytes between costs less than a request
 
 
@@ -197,9 +198,10 @@ def remove_object(url: str) -> None:
 
 
 class ObjectZipReader(OutputReader):
-    """A zip pack on an object store, read by range requests: its central directory once (at the object's end,
-    through a block cache), then each member with one request, checked against its CRC-32. Holds no connection
-    of its own (the process's fsspec client serves every request; a forked child gets its own client)."""
+    """A zip pack on an object store, read by range requests: its last 64 KiB once (the central directory, and
+    the members written last, meta.json among them, which are then read from there), then each other member
+    with one request (or prefetch's few), checked against its CRC-32. Holds no connection of its own (the
+    process's fsspec client serves every request; a forked child gets its own client)."""
 
     is_pack = True
 
@@ -207,8 +209,10 @@ class ObjectZipReader(OutputReader):
         super().__init__(url)
         self._fs, self._key = _store(url)
         try:
-            with self._fs.open(self._key, "rb", block_size=2**16, cache_type="blockcache") as handle, \
-                    zipfile.ZipFile(handle) as pack:
+            size = self._fs.size(self._key)
+            self._tail_start = max(0, size - _TAIL)
+            self._tail = self._range(self._tail_start, size - self._tail_start)
+            with zipfile.ZipFile(_PackFile(self, size)) as pack:
                 self._members = {info.filename: info for info in pack.infolist()}
         except FileNotFoundError:
             raise
@@ -218,6 +222,12 @@ class ObjectZipReader(OutputReader):
             raise _storage_error(url, "read", exc) from None
         self._data_offsets: dict[str, int] = {}
         self._fetched: dict[str, bytes] = {}  # prefetched members' stored bytes, each taken by its read()
+
+    def _bytes(self, start: int, end: int) -> bytes:
+        """Bytes `start` to `end` of the pack: from its tail when they lie there, else one range request."""
+        if start >= self._tail_start:
+            return self._tail[start - self._tail_start:end - self._tail_start]
+        return self._range(start, end - start)
 
     def names(self) -> list[str]:
         return sorted(self._members)
@@ -261,9 +271,15 @@ class ObjectZipReader(OutputReader):
         self._fetched = {}  # what an earlier item fetched and did not read is dropped: bounded by one item
         if not runs:
             return
-        starts = [run[0].header_offset for run in runs]
-        blocks = self._fs.cat_ranges([self._key] * len(runs), starts, [_span_end(run[-1]) for run in runs],
-                                     on_error="return")
+        starts, ends = [run[0].header_offset for run in runs], [_span_end(run[-1]) for run in runs]
+        far = [k for k, start in enumerate(starts) if start < self._tail_start]  # not in the tail: to fetch
+        blocks: list[Any] = [None if k in far else self._bytes(start, end)
+                             for k, (start, end) in enumerate(zip(starts, ends))]
+        if far:
+            fetched = self._fs.cat_ranges([self._key] * len(far), [starts[k] for k in far], [ends[k] for k in far],
+                                          on_error="return")
+            for k, block in zip(far, fetched):
+                blocks[k] = block
         for run, start, block in zip(runs, starts, blocks):
             if not isinstance(block, bytes):
                 continue
@@ -282,7 +298,7 @@ class ObjectZipReader(OutputReader):
         offset = self._data_offsets.get(info.filename)
         if offset is not None:
             return self._range(offset, info.compress_size)
-        block = self._range(info.header_offset, _span_end(info) - info.header_offset)
+        block = self._bytes(info.header_offset, _span_end(info))
         start = _data_start(block, 0, info)
         self._data_offsets[info.filename] = info.header_offset + start
         if start + info.compress_size <= len(block):
@@ -291,6 +307,27 @@ class ObjectZipReader(OutputReader):
 
     def _range(self, start: int, size: int) -> bytes:
         return self._fs.cat_file(self._key, start=start, end=start + size) if size else b""
+
+
+class _PackFile:
+    """The pack as the seekable file zipfile reads its central directory from: bytes from the reader's tail,
+    or, before it (a directory larger than the tail), range requests."""
+
+    def __init__(self, reader: ObjectZipReader, size: int):
+        self._reader, self._size, self._position = reader, size, 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._position = max(0, offset + (0, self._position, self._size)[whence])
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, count: int = -1) -> bytes:
+        end = self._size if count is None or count < 0 else min(self._size, self._position + count)
+        data = self._reader._bytes(self._position, end) if end > self._position else b""
+        self._position += len(data)
+        return data
 
 
 def _span_end(info: zipfile.ZipInfo) -> int:
