@@ -24,7 +24,7 @@ from . import store
 from .config import VIDEO_EXTENSIONS
 from .errors import ConfigError, OutputError
 from .quantize import DEFAULT_BOUND
-from .store import META_NAME, PACK_SUFFIX, Naming, OutputReader, is_url, open_output, template_pattern
+from .store import META_NAME, PACK_SUFFIX, Naming, OutputReader, as_location, open_output, template_pattern
 
 MODALITIES = ("flow", "rgb")
 # The sorted spool of list_annotations: records sorted in memory per run, pickled per batch, merged so many runs at
@@ -105,7 +105,7 @@ def find_outputs(root: str | os.PathLike, naming: Naming = Naming(), bound: floa
 def _described(root: str | os.PathLike, naming: Naming, bound: float) -> Iterator[tuple[str, VideoOutput]]:
     """(path relative to root without '.zip', description) of each video output under `root` in the walk's
     order: a folder's packs before its subfolders."""
-    root = str(root).rstrip("/") if is_url(root) else Path(root)
+    root = as_location(root)
     if isinstance(root, Path) and not root.is_dir():
         raise OutputError(f"{root}: not a directory")
     for output in store.find_outputs(root, naming):

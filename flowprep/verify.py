@@ -33,7 +33,7 @@ from .flow.warp import Warper
 from .quantize import RoundTripBound, dequantize, jpeg_roundtrip_bound, roundtrip_error
 from .source import local_video
 from .store import (FINISHED, META_NAME, PACK_SUFFIX, TEMPORARY, UNFINISHED, FoundOutput, Naming, OutputReader,
-                    StorageOptions, codes_from_images, is_url, meta_field, open_output, read_flow_codes, recorded_settings)
+                    StorageOptions, as_location, codes_from_images, meta_field, open_output, read_flow_codes, recorded_settings)
 from .store import find_outputs as walk_outputs
 
 CLIP_WARNING = 0.01  # warn when more than this fraction of flow values sits at the bound
@@ -247,11 +247,6 @@ def _outputs(root: Path | str, problem: Callable[[str], None]) -> Iterator[Path 
         yield from held.pop()[1]
 
 
-def _location(path: str | os.PathLike) -> Path | str:
-    """A local Path, or an object store's URL as it is (Path would make 's3://b' 's3:/b')."""
-    return str(path).rstrip("/") if is_url(path) else Path(path)
-
-
 def _leftover_problem(found: FoundOutput) -> str:
     if found.kind == UNFINISHED:
         return f"{found.path}: {len(found.names)} JPEG files but no {META_NAME}: unfinished output"
@@ -281,7 +276,7 @@ def verify_tree(
 ) -> VerifyReport:
     """Check every video output under `root` (see check_video) into a report that holds every video's check
     (write_report streams it instead); `n_jobs` > 1 checks videos in processes."""
-    report = VerifyReport(_location(root))
+    report = VerifyReport(as_location(root))
     outputs = _outputs(report.root, report.problems.append)
     report.videos = list(_check_all(outputs, roundtrip, seed, n_jobs, clip_warning))
     if not report.videos and not report.problems:
@@ -309,7 +304,7 @@ def write_report(
     totals = Totals()
     with ExitStack() as stack:
         tree_problems, problems, warnings = (stack.enter_context(_Spool()) for _ in range(3))
-        for check in _check_all(_outputs(_location(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning,
+        for check in _check_all(_outputs(as_location(root), tree_problems.add), roundtrip, seed, n_jobs, clip_warning,
                                 storage):
             totals.add(check)
             echo(_video_line(check))
@@ -386,7 +381,7 @@ def check_video(path: str | os.PathLike, roundtrip: int = 0, *, seed: int = 0,
     random pairs (chosen with `seed`) from the source video with the recorded settings and compares them with
     the stored JPEGs against quantize.jpeg_roundtrip_bound.
     """
-    check = VideoCheck(_location(path))
+    check = VideoCheck(as_location(path))
     try:
         reader = open_output(path)
     except OutputError as exc:

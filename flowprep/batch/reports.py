@@ -13,7 +13,7 @@ from typing import Protocol
 from ..config import ExtractConfig
 from ..errors import ConfigError, StorageError
 from ..source import stopped_by_input
-from ..store import ObjectStore, is_url
+from ..store import ObjectStore, as_location
 from ..store.objects import object_times, read_object
 from .shards import Shard
 from .video import VideoJob, VideoResult
@@ -153,7 +153,7 @@ def merge_reports(out_root: str | os.PathLike) -> MergedReport:
     report is the newest (a run of the shards of another N, later, supersedes those of the former N; each run of
     the whole list removes the shards' records, each shard run removes report.json). ConfigError when there is no
     report at all."""
-    out_root = str(out_root).rstrip("/") if is_url(out_root) else Path(out_root)
+    out_root = as_location(out_root)
     merged = MergedReport(out_root)
     records = _record_times(out_root)
     shards: dict[int, dict[int, str]] = {}

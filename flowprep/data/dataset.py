@@ -24,7 +24,7 @@ from ..annotations import Annotation, VideoOutput, build_annotations, describe_o
 from ..config import StoreConfig
 from ..errors import ConfigError, OutputError
 from ..reader_cache import ReaderCache
-from ..store import Naming, ObjectStore, OutputReader, StorageOptions, is_url, open_output, parse_location
+from ..store import Naming, OutputReader, StorageOptions, as_location, is_url, open_output
 from .sampling import Sampler, check_length, check_mode, is_integer, make_sampler
 from .stacking import OUTPUTS, RGBStacking, Stacking, make_stacking
 from .transforms import apply_transform
@@ -118,9 +118,8 @@ class FlowStackDataset(Dataset):
         # (a spawned worker starts without them); never in a message or repr.
         self._storage = StorageOptions.of(storage_options or {}, [root])
         self._storage.apply()
-        location = parse_location(root)  # a URL of an unknown protocol or a missing package: ConfigError now
-        # A URL stays a string: Path('s3://b/flow') is 's3:/b/flow'.
-        self.root: Path | str = str(location) if isinstance(location, ObjectStore) else location
+        # A URL stays a string; one of an unknown protocol or a missing package is a ConfigError now.
+        self.root: Path | str = as_location(root)
         self.length = length
         self.mode = mode
         self.transform = transform

@@ -88,6 +88,12 @@ def parse_location(location: str | os.PathLike) -> Path | ObjectStore:
     return ObjectStore(location) if is_url(location) else Path(location)
 
 
+def as_location(location: str | os.PathLike) -> Path | str:
+    """A local Path, or an object store's URL as a str (its ObjectStore's, without a trailing '/'): Path would
+    make 's3://b/flow' 's3:/b/flow'. ConfigError naming a missing package or an unknown protocol."""
+    return str(ObjectStore(location)) if is_url(location) else Path(location)
+
+
 def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
     """{key: value} of ``KEY=VALUE`` items; a value that parses as JSON is that (``true``, ``3``, ``{"a": 1}``),
     any other is the string. ConfigError for an item without a key, naming its position, never its text (a
