@@ -13,16 +13,16 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .decode import check_video_file
 from .errors import DecodeError, StorageError
-from .store.location import ObjectStore, is_url
+from .store.location import is_url, object_path
+from .store.objects import object_stamp
 
 # The beginning of a stopped run's reason when reading the input failed (not the output): messages say which.
 INPUT_FAILED = "reading the input failed: "
@@ -30,8 +30,6 @@ INPUT_FAILED = "reading the input failed: "
 OBJECT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 # A download's errors that are TMPDIR's, not the store's.
 LOCAL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-# Keys of an fsspec info dict that hold the object's modification time: S3's, Azure's, GCS's.
-MODIFIED_KEYS = ("LastModified", "last_modified", "mtime", "updated")
 
 
 @dataclass(frozen=True)
@@ -53,20 +51,6 @@ def stopped_by_input(reason: str) -> bool:
     return reason.startswith(INPUT_FAILED)
 
 
-def object_stamp(info: Mapping[str, Any]) -> tuple[int, int]:
-    """(bytes, modification time in ns since the epoch) of an object from its fsspec info (a listing's entry, or
-    fs.info). The time is 0 when the store gives none that is known here: only the size then tells a change."""
-    for key in MODIFIED_KEYS:
-        when = info.get(key)
-        if isinstance(when, str):
-            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        if isinstance(when, datetime):
-            when = when.timestamp()
-        if isinstance(when, (int, float)):  # seconds; rounded to microseconds, the finest a store gives
-            return int(info["size"]), round(when * 10**6) * 1000
-    return int(info["size"]), 0
-
-
 def source_stamp(source: str | os.PathLike, listed: tuple[int, int] | None = None) -> dict[str, int]:
     """meta.json's source_file for `source`: {"bytes": size, "mtime_ns": modification time}. `listed`: the
     object's (bytes, mtime_ns) from its listing, taken as they are (no request). OSError when the file or object
@@ -76,7 +60,7 @@ def source_stamp(source: str | os.PathLike, listed: tuple[int, int] | None = Non
     if not is_url(source):
         stat = os.stat(source)
         return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    fs, key = _object(source)
+    fs, key = object_path(source)
     try:
         size, mtime_ns = object_stamp(fs.info(key))
     except OBJECT_ERRORS:
@@ -105,7 +89,7 @@ def local_video(source: str | os.PathLike, listed: tuple[int, int] | None = None
         stamp = source_stamp(source, listed)
     except OBJECT_ERRORS as exc:
         raise _object_failure(source, exc) from None
-    fs, key = _object(source)
+    fs, key = object_path(source)
     folder = Path(tempfile.mkdtemp(prefix="flowprep-download-"))
     try:
         path = folder / (source.rsplit("/", 1)[1] or "video")  # the name's suffix helps the decoders guess
@@ -121,11 +105,6 @@ def local_video(source: str | os.PathLike, listed: tuple[int, int] | None = None
         yield LocalVideo(path, source, stamp)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _object(url: str) -> tuple[Any, str]:
-    store = ObjectStore(url)
-    return store.filesystem(), store.key(url)
 
 
 def _object_failure(url: str, exc: OSError) -> DecodeError:

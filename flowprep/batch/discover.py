@@ -9,8 +9,8 @@ from pathlib import Path, PurePath, PurePosixPath
 
 from ..config import VIDEO_EXTENSIONS
 from ..errors import ConfigError
-from ..source import object_stamp
 from ..store import ObjectStore, is_url, parse_location
+from ..store.objects import object_stamp
 from .video import VideoJob
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")

@@ -16,7 +16,7 @@ import os
 
 from ..errors import ConfigError, MissingDependencyError, OutputError, StorageError
 from ..reader_cache import OPEN_READERS, ReaderCache
-from ..store import PACK_SUFFIX, ObjectStore, OutputReader, is_url, open_output
+from ..store import PACK_SUFFIX, OutputReader, is_url, object_path, open_output
 
 try:
     from mmengine import fileio
@@ -49,8 +49,8 @@ def _is_there(location: str) -> bool:
     """Whether a file or a folder (on an object store: an object or a prefix of some) is at `location`."""
     if not is_url(location):
         return os.path.exists(location)
-    store = ObjectStore(location)
-    return store.filesystem().exists(store.key(location))
+    fs, key = object_path(location)
+    return fs.exists(key)
 
 
 class FlowprepBackend(fileio.BaseStorageBackend):

@@ -11,7 +11,8 @@ object-store writer, readers and listings). A new storage target is a reader and
 from .atomic import (LOCK_SUFFIX, TEMP_MARKER, is_temporary, lock_path, output_lock, remove_temps_of_outputs,
                      temp_path, write_file_atomic)
 from .jpeg import codes_from_images, decode_jpeg, encode_flow_codes, encode_jpeg
-from .location import ObjectStore, StorageOptions, as_location, is_url, parse_location, parse_storage_options, require_local
+from .location import (ObjectStore, StorageOptions, as_location, is_url, object_path, parse_location,
+                       parse_storage_options, require_local)
 from .meta import META_FORMAT, META_NAME, check_meta, meta_field, recorded_settings
 from .naming import PACK_SUFFIX, Naming, other_pack, output_name, output_path, template_pattern
 from .outputs import (FINISHED, TEMPORARY, UNFINISHED, UNREADABLE, FoundOutput, find_outputs, finished_meta,
@@ -21,7 +22,7 @@ from .readers import (DirectoryReader, OutputReader, ZipReader, flow_pair_names,
 from .writers import DirectoryWriter, OutputWriter, ZipWriter, open_writer
 
 __all__ = [
-    "DirectoryReader", "DirectoryWriter", "ObjectStore", "as_location", "StorageOptions", "parse_location", "parse_storage_options", "FINISHED", "FoundOutput", "LOCK_SUFFIX", "META_FORMAT", "META_NAME",
+    "DirectoryReader", "DirectoryWriter", "ObjectStore", "as_location", "object_path", "StorageOptions", "parse_location", "parse_storage_options", "FINISHED", "FoundOutput", "LOCK_SUFFIX", "META_FORMAT", "META_NAME",
     "Naming", "OutputReader", "OutputWriter", "PACK_SUFFIX", "TEMPORARY", "TEMP_MARKER", "UNFINISHED", "UNREADABLE",
     "ZipReader", "ZipWriter", "check_meta", "codes_from_images", "decode_jpeg", "encode_flow_codes", "encode_jpeg",
     "find_outputs", "finished_meta", "flow_pair_names", "inspect_output", "is_temporary", "is_url", "lock_path", "meta_field",

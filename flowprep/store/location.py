@@ -88,6 +88,12 @@ def parse_location(location: str | os.PathLike) -> Path | ObjectStore:
     return ObjectStore(location) if is_url(location) else Path(location)
 
 
+def object_path(url: str) -> tuple[Any, str]:
+    """(the fsspec file system of `url`'s store, its path of `url`: ``bucket/prefix/name``), for fsspec calls."""
+    store = ObjectStore(url)
+    return store.filesystem(), store.key(url)
+
+
 def as_location(location: str | os.PathLike) -> Path | str:
     """A local Path, or an object store's URL as a str (its ObjectStore's, without a trailing '/'): Path would
     make 's3://b/flow' 's3:/b/flow'. ConfigError naming a missing package or an unknown protocol."""

@@ -12,31 +12,25 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, StorageError
-from .location import ObjectStore
+from .location import object_path
 from .meta import META_NAME
 from .naming import PACK_SUFFIX
-from .readers import OutputReader
+from .readers import LOCAL_HEADER, ZIP_ENCRYPTED, OutputReader, checked_member, member_data_start
 from .writers import ZipWriter
 
-# A zip local file header: signature, 22 bytes of fields the central directory repeats, name and extra lengths.
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
-_ZIP_ENCRYPTED = 0x1
+# Keys of an fsspec info dict that hold the object's modification time: S3's, Azure's, GCS's.
+MODIFIED_KEYS = ("LastModified", "last_modified", "mtime", "updated")
 _TAIL = 2**16  # a pack's last bytes read when it is opened: its central directory, meta.json, the last members
 _GAP = 2**16  # members closer than this are fetched in one range: reading the bytes between costs less than a request
-
-
-def _store(url: str) -> tuple[Any, str]:
-    store = ObjectStore(url)
-    return store.filesystem(), store.key(url)
 
 
 def _storage_error(url: str, what: str, exc: Exception) -> StorageError:
@@ -80,7 +74,7 @@ class ObjectZipWriter(ZipWriter):
         """Write meta.json last, close the pack and upload it whole, replacing an older object; its URL."""
         self.write(META_NAME, json.dumps(meta, indent=1, sort_keys=True).encode())
         self._close()
-        fs, key = _store(self.final)
+        fs, key = object_path(self.final)
         try:
             fs.put_file(str(self.temp), key)
         except Exception as exc:  # noqa: BLE001 - any failure of the store; s3fs aborted a multipart upload
@@ -113,7 +107,7 @@ def inspect_object(base: str) -> tuple[dict[str, Any] | None, str]:
 
 def write_object(url: str, data: bytes) -> None:
     """Put `data` as the object `url`, whole (an object store has no partial object to protect against)."""
-    fs, key = _store(url)
+    fs, key = object_path(url)
     try:
         fs.pipe_file(key, data)
     except Exception as exc:  # noqa: BLE001
@@ -122,7 +116,7 @@ def write_object(url: str, data: bytes) -> None:
 
 def read_object(url: str) -> bytes:
     """The whole object `url`; StorageError naming it when it is not there (errno ENOENT) or cannot be read."""
-    fs, key = _store(url)
+    fs, key = object_path(url)
     try:
         return fs.cat_file(key)
     except FileNotFoundError:
@@ -133,29 +127,26 @@ def read_object(url: str) -> bytes:
 
 def object_times(prefix: str, pattern: str = "*") -> dict[str, int]:
     """{name: last modification time in ns} of the objects matching `pattern` directly under the prefix URL."""
-    fs, key = _store(prefix)
+    fs, key = object_path(prefix)
     try:
         found = fs.glob(f"{key.rstrip('/')}/{pattern}", detail=True)
     except Exception as exc:  # noqa: BLE001
         raise _storage_error(prefix, "list", exc) from None
-    return {path.rsplit("/", 1)[1]: _time_ns(info) for path, info in found.items() if info.get("type") == "file"}
+    return {path.rsplit("/", 1)[1]: object_stamp(info)[1] for path, info in found.items() if info.get("type") == "file"}
 
 
-def _time_ns(info: dict[str, Any]) -> int:
-    when = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
-    if hasattr(when, "timestamp"):
-        return int(when.timestamp() * 1e9)
-    return int(float(when or 0) * 1e9)
-
-
-def list_objects(pattern: str) -> list[str]:
-    """The URLs of the objects that match `pattern` (a URL with * wildcards)."""
-    fs, key = _store(pattern)
-    protocol = pattern.split("://", 1)[0]
-    try:
-        return [f"{protocol}://{found}" for found in fs.glob(key)]
-    except Exception as exc:  # noqa: BLE001
-        raise _storage_error(pattern, "list", exc) from None
+def object_stamp(info: Mapping[str, Any]) -> tuple[int, int]:
+    """(bytes, modification time in ns since the epoch) of an object from its fsspec info (a listing's entry, or
+    fs.info). The time is 0 when the store gives none that is known here: only the size then tells a change."""
+    for key in MODIFIED_KEYS:
+        when = info.get(key)
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        if isinstance(when, datetime):
+            when = when.timestamp()
+        if isinstance(when, (int, float)):  # seconds; rounded to microseconds, the finest a store gives
+            return int(info["size"]), round(when * 10**6) * 1000
+    return int(info["size"]), 0
 
 
 def list_tags(prefix: str) -> dict[str, str | None]:
@@ -163,7 +154,7 @@ def list_tags(prefix: str) -> dict[str, str | None]:
     one recursive listing (on S3 one request per 1000 keys); {} when there is none. The listing is not kept in
     the client's cache (a million keys' details would stay in memory). StorageError when the store fails (a missing
     bucket too)."""
-    fs, key = _store(prefix)
+    fs, key = object_path(prefix)
     key = key.rstrip("/")
     try:
         found = fs.find(key, detail=True)
@@ -188,7 +179,7 @@ def object_tag(info: dict[str, Any]) -> str | None:
 
 def remove_object(url: str) -> None:
     """Remove the object `url` if it is there."""
-    fs, key = _store(url)
+    fs, key = object_path(url)
     try:
         fs.rm_file(key)
     except FileNotFoundError:
@@ -207,7 +198,7 @@ class ObjectZipReader(OutputReader):
 
     def __init__(self, url: str):
         super().__init__(url)
-        self._fs, self._key = _store(url)
+        self._fs, self._key = object_path(url)
         try:
             size = self._fs.size(self._key)
             self._tail_start = max(0, size - _TAIL)
@@ -240,7 +231,7 @@ class ObjectZipReader(OutputReader):
         where = f"{self.path}/{name}"
         if info is None:
             raise OutputError(f"{where}: no such file in the zip pack")
-        if info.flag_bits & _ZIP_ENCRYPTED or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        if info.flag_bits & ZIP_ENCRYPTED or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise OutputError(f"{where}: encrypted or compressed with method {info.compress_type}: object stores "
                               "read stored and deflated members only")
         try:
@@ -252,9 +243,7 @@ class ObjectZipReader(OutputReader):
             raise OutputError(f"{where}: cannot read from the zip pack ({exc})") from None
         except Exception as exc:  # noqa: BLE001
             raise _storage_error(where, "read", exc) from None
-        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-            raise OutputError(f"{where}: truncated or corrupt in the zip pack (CRC-32 mismatch)")
-        return data
+        return checked_member(data, info, where)
 
     def prefetch(self, names: Iterable[str]) -> None:
         """Fetch the stored bytes of the members `names` with one range request per run of members that lie
@@ -285,7 +274,7 @@ class ObjectZipReader(OutputReader):
                 continue
             for info in run:
                 try:
-                    data = _data_start(block, info.header_offset - start, info)
+                    data = member_data_start(block, info.header_offset - start, info)
                 except zipfile.BadZipFile:
                     continue  # read() says so
                 raw = block[data:data + info.compress_size]
@@ -299,7 +288,7 @@ class ObjectZipReader(OutputReader):
         if offset is not None:
             return self._range(offset, info.compress_size)
         block = self._bytes(info.header_offset, _span_end(info))
-        start = _data_start(block, 0, info)
+        start = member_data_start(block, 0, info)
         self._data_offsets[info.filename] = info.header_offset + start
         if start + info.compress_size <= len(block):
             return block[start:start + info.compress_size]
@@ -332,17 +321,7 @@ class _PackFile:
 
 def _span_end(info: zipfile.ZipInfo) -> int:
     """Where member `info` ends in the pack if its local header is as long as the central directory's entry."""
-    return info.header_offset + _LOCAL_HEADER.size + len(info.filename.encode()) + len(info.extra) + info.compress_size
-
-
-def _data_start(block: bytes, at: int, info: zipfile.ZipInfo) -> int:
-    """Where member `info`'s stored bytes start in `block`, whose byte `at` is its local header (whose name and
-    extra field lengths may differ from the central directory's); BadZipFile when no such header is there."""
-    header = block[at:at + _LOCAL_HEADER.size]
-    if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-        raise zipfile.BadZipFile(f"bad local file header at byte {info.header_offset}")
-    name_length, extra_length = _LOCAL_HEADER.unpack(header)[1:]
-    return at + _LOCAL_HEADER.size + name_length + extra_length
+    return info.header_offset + LOCAL_HEADER.size + len(info.filename.encode()) + len(info.extra) + info.compress_size
 
 
 class ObjectDirectoryReader(OutputReader):
@@ -351,7 +330,7 @@ class ObjectDirectoryReader(OutputReader):
 
     def __init__(self, url: str, names: list[str]):
         super().__init__(url)
-        self._fs, self._key = _store(url)
+        self._fs, self._key = object_path(url)
         self._names = sorted(names)
         self._known = set(names)
         self._fetched: dict[str, bytes] = {}
@@ -388,7 +367,7 @@ class ObjectDirectoryReader(OutputReader):
 def open_object_output(url: str) -> OutputReader:
     """The output at `url`: a folder of objects, a ``.zip`` pack, or a base URL that has either (the folder
     first, as on disk); OutputError when there is neither, FileNotFoundError not raised."""
-    fs, key = _store(url)
+    fs, key = object_path(url)
     if not url.endswith(PACK_SUFFIX):
         names = _folder_names(fs, key, url)
         if names:
@@ -415,7 +394,7 @@ def _folder_names(fs: Any, key: str, url: str) -> list[str]:
 def walk_objects(url: str) -> Iterator[tuple[str, list[str], list[str]]]:
     """os.walk's (folder URL, subfolder names, object names) top-down under the prefix `url`, from one recursive
     listing (held whole: its keys, about 100 bytes each); the caller may prune the subfolder list in place."""
-    fs, key = _store(url)
+    fs, key = object_path(url)
     try:
         keys = fs.find(key)
     except FileNotFoundError:

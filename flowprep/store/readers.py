@@ -20,8 +20,8 @@ from .meta import META_NAME, check_meta
 from .naming import PACK_SUFFIX, Naming, output_path
 
 # A zip local file header: signature, 22 bytes of fields the central directory repeats, name and extra lengths.
-_LOCAL_HEADER = struct.Struct("<4s22xHH")
-_ZIP_ENCRYPTED = 0x1
+LOCAL_HEADER = struct.Struct("<4s22xHH")
+ZIP_ENCRYPTED = 0x1
 _pread = getattr(os, "pread", None)  # POSIX only; elsewhere zipfile reads
 
 
@@ -116,30 +116,42 @@ class ZipReader(OutputReader):
         if info is None:
             raise OutputError(f"{self.path / name}: no such file in the zip pack")
         try:
-            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & _ZIP_ENCRYPTED or _pread is None:
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & ZIP_ENCRYPTED or _pread is None:
                 return self._zip.read(info)
             data = _pread(self._zip.fp.fileno(), info.file_size, self._data_offset(info))
         except (OSError, zipfile.BadZipFile) as exc:
             raise OutputError(f"{self.path / name}: cannot read from the zip pack ({exc})") from None
-        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-            raise OutputError(f"{self.path / name}: truncated or corrupt in the zip pack (CRC-32 mismatch)")
-        return data
+        return checked_member(data, info, os.path.join(self.path, name))
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
-        """Where the member's bytes start: after its local header, whose name and extra field lengths may
-        differ from the central directory's."""
+        """Where the member's bytes start: after its local header."""
         offset = self._data_offsets.get(info.filename)
         if offset is None:
-            header = _pread(self._zip.fp.fileno(), _LOCAL_HEADER.size, info.header_offset)
-            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-                raise zipfile.BadZipFile(f"bad local file header at byte {info.header_offset}")
-            name_length, extra_length = _LOCAL_HEADER.unpack(header)[1:]
-            offset = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            header = _pread(self._zip.fp.fileno(), LOCAL_HEADER.size, info.header_offset)
+            offset = info.header_offset + member_data_start(header, 0, info)
             self._data_offsets[info.filename] = offset
         return offset
 
     def close(self) -> None:
         self._zip.close()
+
+
+def member_data_start(block: bytes, at: int, info: zipfile.ZipInfo) -> int:
+    """Where member `info`'s stored bytes start in `block`, whose byte `at` is its local header (whose name and
+    extra field lengths may differ from the central directory's); BadZipFile when no such header is there."""
+    header = block[at:at + LOCAL_HEADER.size]
+    if len(header) < LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local file header at byte {info.header_offset}")
+    name_length, extra_length = LOCAL_HEADER.unpack(header)[1:]
+    return at + LOCAL_HEADER.size + name_length + extra_length
+
+
+def checked_member(data: bytes, info: zipfile.ZipInfo, where: str) -> bytes:
+    """`data`, member `info`'s bytes as read; OutputError naming `where` unless its size and CRC-32 are the
+    central directory's."""
+    if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+        raise OutputError(f"{where}: truncated or corrupt in the zip pack (CRC-32 mismatch)")
+    return data
 
 
 def flow_pair_names(naming: Naming, index: int, direction: str = "forward") -> tuple[str, ...]:
