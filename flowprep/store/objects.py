@@ -58,11 +58,12 @@ class ObjectZipWriter(ZipWriter):
     """The zip pack of the video whose output base is `base` (a URL), built in a local temporary file and
     uploaded whole as ``base.zip`` by commit()."""
 
-    def __init__(self, base: str, durable: bool = True):
+    def __init__(self, base: str):
         # Not OutputWriter.__init__: that one makes the temporary a sibling of the final path, on the store here.
         self.base = base
-        # `durable` is the store's to keep: the local temporary is only read back by the upload (a crash loses it
-        # either way), so it is not fsync'ed (one fsync per video cost a 16-frame video a quarter of its wall time).
+        # Durability is the store's to keep: the local temporary is only read back by the upload (a crash loses
+        # it either way), so it is never fsync'ed (one fsync per video cost a 16-frame video a quarter of its
+        # wall time), whatever --no-fsync says.
         self.durable = False
         self.final = base + PACK_SUFFIX
         self._folder = Path(tempfile.mkdtemp(prefix="flowprep-upload-"))

@@ -170,9 +170,9 @@ class ZipWriter(OutputWriter):
 def open_writer(base: str | os.PathLike, pack: str = "dir", durable: bool = True) -> OutputWriter:
     """A writer for the output of form `pack` ('dir' or 'zip') at `base`; commit() puts it in place, fsync'ed
     to the disk first unless not `durable` (see OutputWriter). On an object store (`base` a URL) a zip pack,
-    uploaded whole (see store.objects)."""
+    uploaded whole (see store.objects; `durable` is the store's there)."""
     if is_url(base):
         from .objects import ObjectZipWriter  # imports this module
 
-        return ObjectZipWriter(str(base), durable)
+        return ObjectZipWriter(str(base))
     return ZipWriter(Path(base), durable) if pack == "zip" else DirectoryWriter(Path(base), durable)
