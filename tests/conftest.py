@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -106,3 +108,32 @@ def upload_tree(fs, local: Path, prefix: str) -> str:
     fs.put(f"{local}/", prefix, recursive=True)
     fs.invalidate_cache()
     return f"s3://{prefix}"
+
+
+class SecondS3Server:
+    """A second moto server on 127.0.0.1 serving the same buckets (moto keeps them per process), for a test to
+    take away mid-run (stop) and bring back on the same address (back); AWS_ENDPOINT_URL points the CLI at it,
+    botocore's retries bounded (2 attempts) so that a run notices quickly."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        from moto.server import ThreadedMotoServer
+
+        self._make = lambda port: ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server = self._make(0)
+        self._server.start()
+        host, self.port = self._server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{self.port}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    @contextmanager
+    def back(self) -> Iterator[None]:
+        self._server = self._make(self.port)
+        self._server.start()
+        try:
+            yield
+        finally:
+            self._server.stop()

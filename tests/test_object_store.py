@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 from batchdata import dask_cluster_at, output_digest, start_cli, tree_and_clean_run, wait_for
-from conftest import download_prefix, run_cli
+from conftest import SecondS3Server, download_prefix, run_cli
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 ARGS = ("--algo", "dis", "--pack", "zip", "-q")
 videos, clean = tree_and_clean_run(2, 2, *ARGS)  # 4 carphone copies in 2 class folders, and their local zip run
@@ -84,12 +84,7 @@ def test_a_server_that_goes_away_stops_the_run_and_the_rerun_completes(videos, c
     back on the same address (moto keeps its buckets in this process) lets the rerun complete the tree."""
     fs, name = bucket
     url = f"s3://{name}/flow"
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's retries, bounded so that the test is quick
-    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    server = SecondS3Server(monkeypatch)
     process = start_cli("extract", str(videos), url, *ARGS)
     wait_for(lambda: fs.invalidate_cache() or any(k.endswith(".zip") for k in fs.find(name))
              or process.poll() is not None, 60, "a first uploaded pack")
@@ -101,15 +96,11 @@ def test_a_server_that_goes_away_stops_the_run_and_the_rerun_completes(videos, c
     assert not re.search(r'File "[^"]*flowprep/', stderr) and "FAILED" not in stderr, stderr
     assert len([line for line in stderr.splitlines() if line.startswith("flowprep: stopped")]) == 1, stderr
     assert f"could not be written in {url} (" in stderr or "NOT WRITTEN" not in stderr
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
+    with server.back():
         result = run_cli("extract", str(videos), url, *ARGS)
         assert result.returncode == 0, result.stderr
         fs.invalidate_cache()
         assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

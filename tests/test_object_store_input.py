@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from batchdata import (CARPHONE, SOURCE_META, dask_cluster_at, output_digest, start_cli, tree_and_clean_run,
                        wait_for)
-from conftest import VIDEOS, download_prefix, run_cli, upload_tree, without_credentials
+from conftest import VIDEOS, SecondS3Server, download_prefix, run_cli, upload_tree, without_credentials
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 ARGS = ("--algo", "dis", "--pack", "zip", "-q")
 # 4 carphone copies in 2 class folders and their local zip run, compared without where each video was read from
@@ -187,12 +187,7 @@ def test_an_input_store_that_goes_away_stops_the_run_with_exit_3_and_the_rerun_c
     of failing each remaining video after its retries; the downloads are removed; the rerun completes."""
     fs, name = bucket
     upload_tree(fs, videos, f"{name}/videos")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()  # the same buckets (moto keeps them in this process), on an address this test can take away
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's retries, bounded so that the test is quick
-    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    server = SecondS3Server(monkeypatch)
     out = tmp_path / "out"
     process = start_cli("extract", f"s3://{name}/videos", str(out), *ARGS)
     wait_for(lambda: any(out.rglob("*.zip")) or process.poll() is not None, 60, "a first finished pack")
@@ -204,14 +199,10 @@ def test_an_input_store_that_goes_away_stops_the_run_with_exit_3_and_the_rerun_c
                                                    "/videos/"), stderr
     assert "(stopped: reading the input failed)" in stderr and "FAILED" not in stderr, stderr
     assert list(scratch.iterdir()) == []
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
+    with server.back():
         result = run_cli("extract", f"s3://{name}/videos", str(out), *ARGS)
         assert result.returncode == 0, result.stderr
         assert output_digest(out, SOURCE_META) == clean
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
