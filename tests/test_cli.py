@@ -101,7 +101,7 @@ def test_a_url_of_an_unknown_protocol_is_a_usage_error_naming_it(tmp_path, comma
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_library_refuses_urls_too(tmp_path):
+def test_the_library_refuses_a_pack_dir_store_and_an_unknown_protocol():
     from flowprep.batch import run_batch
     from flowprep.errors import ConfigError
 
@@ -112,4 +112,3 @@ def test_the_library_refuses_urls_too(tmp_path):
 
     with pytest.raises(ConfigError, match="'nosuch://bucket/flow': Protocol not known: nosuch"):
         FlowStackDataset("nosuch://bucket/flow")  # it reads object stores (test_dataset.py), of known protocols
-    assert list(tmp_path.iterdir()) == []

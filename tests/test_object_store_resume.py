@@ -171,21 +171,6 @@ def test_a_killed_overwrite_keeps_the_index_of_the_packs_left_and_the_rerun_comp
     assert output_digest(download_prefix(fs, key, tmp_path / "got")) == clean
 
 
-def test_a_killed_first_run_then_the_rerun_ends_with_the_local_tree(videos, clean, bucket, tmp_path):
-    fs, name = bucket
-    url = f"s3://{name}/flow"
-    process = start_cli("extract", str(videos), url, *ARGS)
-    wait_for(lambda: fs.invalidate_cache() or any(k.endswith(".zip") for k in fs.find(name))
-             or process.poll() is not None, 60, "a first uploaded pack")
-    kill_group(process.pid, signal.SIGKILL)
-    process.wait()
-    result = run_cli("extract", str(videos), url, *ARGS)
-    assert result.returncode == 0, result.stderr
-    fs.invalidate_cache()
-    assert output_digest(download_prefix(fs, f"{name}/flow", tmp_path / "got")) == clean
-    assert report_of(fs, url)["done"] + report_of(fs, url)["skipped"] == 4
-
-
 def test_shards_write_their_indexes_and_a_run_of_the_whole_list_replaces_them(videos, finished, bucket, counted):
     fs, _ = bucket
     url = copy_of(finished, bucket)
